@@ -1,0 +1,51 @@
+// npm run rootfs [-- --source alpine|busybox] [--from-tar FILE [--name NAME]] [--force]
+//
+// Prepares the image containers use as their root filesystem. See
+// rootfs/README.md for the sources and where images live.
+
+import { parseArgs } from 'node:util'
+import { exitWithError, UsageError } from '../shared/errors.ts'
+import { prepareImage } from '../shared/rootfs.ts'
+import { imagesDir } from '../shared/settings.ts'
+
+const usage = `Usage: npm run rootfs -- [options]
+
+Prepare the image that containers use as their root filesystem, in
+${imagesDir} (set CFS_HOME to move it).
+
+Options:
+  --source alpine|busybox  where to get it (default: Alpine if the network
+                           allows, else the host's busybox-static)
+  --from-tar FILE          use any root filesystem tarball (e.g. docker export)
+  --name NAME              the image's name (with --from-tar; default: file name)
+  --force                  rebuild even if the image exists
+`
+
+try {
+  const { values } = parseArgs({
+    options: {
+      source: { type: 'string' },
+      'from-tar': { type: 'string' },
+      name: { type: 'string' },
+      force: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  })
+  if (values.help) {
+    process.stdout.write(usage)
+    process.exit(0)
+  }
+  if (values.source && values.source !== 'alpine' && values.source !== 'busybox') {
+    throw new UsageError(`--source must be alpine or busybox, not \`${values.source}\``)
+  }
+  const rootfs = await prepareImage({
+    source: values.source as 'alpine' | 'busybox' | undefined,
+    fromTar: values['from-tar'],
+    name: values.name,
+    force: values.force,
+  })
+  console.log(rootfs)
+} catch (err) {
+  exitWithError(err)
+}
+

@@ -1,0 +1,51 @@
+// The parent's side of a container's life: re-running the step as `child`,
+// waiting for it, passing signals on, and turning its end into an exit code.
+
+import type { ChildProcess, StdioOptions } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { constants } from 'node:os'
+import { spawnInNamespaces } from './namespaces.ts'
+
+/** A short random id, as Docker's: 12 hex digits. Also the hostname. */
+export function newContainerId(): string {
+  return randomBytes(6).toString('hex')
+}
+
+/**
+ * Re-run this very step as `<step> child <config>` in new namespaces, the
+ * way Liz Rice's main.go re-runs /proc/self/exe: same Node binary, same
+ * loader flags (tsx), same script. The config travels as one JSON argument.
+ */
+export function reexecChild(config: object, cloneFlags = 0, stdio: StdioOptions = 'inherit'): ChildProcess {
+  const args = [...process.execArgv, process.argv[1], 'child', JSON.stringify(config)]
+  return spawnInNamespaces(cloneFlags, process.execPath, args, { stdio })
+}
+
+/** How long a container gets to stop after SIGINT/SIGTERM before SIGKILL. */
+export const STOP_TIMEOUT_MS = 2000
+
+/**
+ * Wait for the container and return its exit code: its own code, or 128+N
+ * if signal N killed it (as a shell reports it).
+ *
+ * SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to this process are passed on.
+ * A PID 1 ignores signals it has no handler for, so passing them on is not
+ * enough: if the container is still there after STOP_TIMEOUT_MS, SIGKILL.
+ */
+export function waitForExit(child: ChildProcess): Promise<number> {
+  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const
+  let killTimer: NodeJS.Timeout | undefined
+  const forward = (signal: NodeJS.Signals) => {
+    child.kill(signal)
+    killTimer ??= setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS)
+  }
+  for (const signal of signals) process.on(signal, forward)
+  return new Promise((resolve, reject) => {
+    child.on('error', reject)
+    child.on('exit', (code, signal) => {
+      clearTimeout(killTimer)
+      for (const s of signals) process.off(s, forward)
+      resolve(code ?? 128 + constants.signals[signal!])
+    })
+  })
+}

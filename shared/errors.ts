@@ -1,0 +1,55 @@
+// Errors the project raises, and how they end the program.
+//
+// Two kinds, kept apart on purpose:
+//   SyscallError - the kernel said no. Carries the syscall, the errno name and
+//                  a hint, and reads like `mount \`proc\` on \`/proc\`: EPERM (...)`.
+//   UsageError   - the learner asked for something that cannot work (a bad
+//                  option, no root, no image). One plain sentence, no stack.
+
+/** Exit codes, following Docker: 125 for our own failures, 126/127 for exec. */
+export const EXIT_SETUP_FAILED = 125
+export const EXIT_NOT_EXECUTABLE = 126
+export const EXIT_NOT_FOUND = 127
+
+/** The kernel refused a system call (see errno(3) for the codes). */
+export class SyscallError extends Error {
+  override name = 'SyscallError'
+  constructor(
+    readonly syscall: string,
+    readonly code: string,
+    readonly errno: number,
+    readonly description: string,
+    readonly path?: string,
+    readonly hint?: string,
+  ) {
+    super(`${syscall}${path ? ` \`${path}\`` : ''}: ${code} (${description})`)
+  }
+}
+
+/** A mistake in how the program was called or prepared: one line, no stack. */
+export class UsageError extends Error {
+  override name = 'UsageError'
+  constructor(
+    message: string,
+    readonly exitCode = EXIT_SETUP_FAILED,
+    readonly hint?: string,
+  ) {
+    super(message)
+  }
+}
+
+/** Print an error as one line and exit; a stack only for real bugs. */
+export function exitWithError(err: unknown, prefix = 'cfs'): never {
+  if (err instanceof SyscallError || err instanceof UsageError) {
+    process.stderr.write(`${prefix}: ${err.message}${err.hint ? ` (${err.hint})` : ''}\n`)
+    process.exit(err instanceof UsageError ? err.exitCode : EXIT_SETUP_FAILED)
+  }
+  if (String((err as { code?: string })?.code).startsWith('ERR_PARSE_ARGS')) {
+    // node:util parseArgs: an unknown option or a missing value, a usage error.
+    process.stderr.write(`${prefix}: ${(err as Error).message.split('. ')[0]} (see --help)\n`)
+    process.exit(EXIT_SETUP_FAILED)
+  }
+  process.stderr.write(`${prefix}: internal error (a bug, please report it):\n`)
+  process.stderr.write(`${err instanceof Error ? err.stack : String(err)}\n`)
+  process.exit(EXIT_SETUP_FAILED)
+}

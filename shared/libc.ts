@@ -1,0 +1,70 @@
+// The only file that talks to koffi: it loads glibc and declares the C
+// functions the project calls. Everything else imports the checked wrappers
+// from the area modules (namespaces.ts, mounts.ts, process.ts, ...).
+//
+// Why koffi: the talk's materials used ffi-napi/ref-napi, which no longer
+// compile against Node 20's headers; koffi ships prebuilt binaries.
+
+import koffi, { type LibraryHandle } from 'koffi'
+import { SyscallError, UsageError } from './errors.ts'
+
+/** Raw glibc functions. They return -1 and set errno on failure; use `check`. */
+export const raw = process.platform === 'linux' ? bind(koffi.load('libc.so.6')) : notLinux()
+
+function bind(lib: LibraryHandle) {
+  return {
+    unshare: lib.func('int unshare(int flags)'),
+    setns: lib.func('int setns(int fd, int nstype)'),
+    sethostname: lib.func('int sethostname(const char *name, size_t len)'),
+    mount: lib.func('int mount(const char *source, const char *target, const char *filesystemtype, unsigned long mountflags, const char *data)'),
+    umount2: lib.func('int umount2(const char *target, int flags)'),
+    chroot: lib.func('int chroot(const char *path)'),
+    chdir: lib.func('int chdir(const char *path)'),
+    fchdir: lib.func('int fchdir(int fd)'),
+    execvp: lib.func('int execvp(const char *file, const char **argv)'),
+    fcntl: lib.func('int fcntl(int fd, int cmd, ...)'),
+    mknod: lib.func('int mknod(const char *pathname, unsigned int mode, unsigned long dev)'),
+    prctl: lib.func('int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)'),
+    kill: lib.func('int kill(int pid, int sig)'),
+    // syscall(2): for calls glibc has no wrapper for (pivot_root).
+    syscall: lib.func('long syscall(long number, ...)'),
+    strerror: lib.func('const char *strerror(int errnum)'),
+  }
+}
+
+// On macOS or Windows there is no libc.so.6 and none of these calls: say so
+// on first use instead of crashing at import.
+function notLinux(): ReturnType<typeof bind> {
+  return new Proxy({} as ReturnType<typeof bind>, {
+    get() {
+      throw new UsageError('containers need a Linux kernel: on macOS or Windows use the VM in vagrant/ (see README.md)')
+    },
+  })
+}
+
+// errno number -> name ('EPERM'), from koffi's table of POSIX codes.
+const errnoNames = new Map<number, string>(
+  Object.entries(koffi.os.errno as Record<string, number>).map(([name, n]) => [n, name]),
+)
+
+/** Hints for the errors learners meet most, keyed by errno name. */
+const commonHints: Record<string, string> = {
+  EPERM: 'needs root: rerun with sudo',
+}
+
+/**
+ * Check a libc return value: -1 means failure, so read errno and throw a
+ * SyscallError naming the call, the path it was about and a hint.
+ */
+export function check<T extends number | bigint>(
+  syscall: string,
+  result: T,
+  path?: string,
+  hints: Record<string, string> = {},
+): T {
+  if (Number(result) !== -1) return result
+  const errno = koffi.errno()
+  const code = errnoNames.get(errno) ?? `errno ${errno}`
+  const hint = hints[code] ?? commonHints[code]
+  throw new SyscallError(syscall, code, errno, raw.strerror(errno) as string, path, hint)
+}

@@ -1,0 +1,82 @@
+// The calling process itself: its directory, its file descriptors, its
+// death signal, and exec, which replaces it with the container's command.
+
+import { check, raw } from './libc.ts'
+import { EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, UsageError } from './errors.ts'
+
+export const F_GETFD = 1
+export const F_SETFD = 2
+export const F_GETFL = 3
+export const F_SETFL = 4
+export const FD_CLOEXEC = 1
+export const O_NONBLOCK = 0o4000
+export const PR_SET_PDEATHSIG = 1
+export const SIGKILL = 9
+
+/** chdir(2) */
+export function chdir(path: string): void {
+  check('chdir', raw.chdir(path), path)
+}
+
+/** fchdir(2) */
+export function fchdir(fd: number): void {
+  check('fchdir', raw.fchdir(fd))
+}
+
+/** fcntl(2), for the commands that take an int argument. */
+export function fcntl(fd: number, cmd: number, arg = 0): number {
+  return check('fcntl', raw.fcntl(fd, cmd, 'int', arg) as number, `fd ${fd}`)
+}
+
+/** prctl(2) */
+export function prctl(option: number, arg2 = 0): void {
+  check('prctl', raw.prctl(option, arg2, 0, 0, 0))
+}
+
+/** kill(2): send a signal; returns false if the process does not exist. */
+export function kill(pid: number, signal: number): boolean {
+  const result = raw.kill(pid, signal) as number
+  if (result === -1) {
+    try {
+      check('kill', result, `pid ${pid}`)
+    } catch (err) {
+      if ((err as { code?: string }).code === 'ESRCH') return false
+      throw err
+    }
+  }
+  return true
+}
+
+/**
+ * execvp(3): replace this Node process with `command`, looked up in PATH
+ * inside whatever root the process has now. Returns only by throwing.
+ */
+export function execvp(command: string, args: string[]): never {
+  check('execvp', raw.execvp(command, [command, ...args, null]), command)
+  throw new Error('execvp returned without an error') // unreachable
+}
+
+/**
+ * Run the container's command in place of this process.
+ *
+ * Node marks fds 0-2 close-on-exec (and may make them non-blocking); without
+ * undoing that, the command would start with no stdin/stdout/stderr.
+ * A command that is not there exits 127, one that cannot run 126, as in a shell.
+ */
+export function execCommand(command: string[]): never {
+  for (const fd of [0, 1, 2]) {
+    fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) & ~FD_CLOEXEC)
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+  }
+  const [file, ...args] = command
+  try {
+    execvp(file, args)
+  } catch (err) {
+    const code = (err as { code?: string }).code
+    if (code === 'ENOENT') throw new UsageError(`${file}: command not found`, EXIT_NOT_FOUND)
+    if (code === 'EACCES' || code === 'ENOEXEC') {
+      throw new UsageError(`${file}: permission denied (not an executable)`, EXIT_NOT_EXECUTABLE)
+    }
+    throw err
+  }
+}

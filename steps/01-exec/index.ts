@@ -1,0 +1,47 @@
+// Step 01: exec
+//
+// Goal: run a command the way every container runtime does at its core. The
+// parent starts a copy of itself as `child`; the child replaces itself with
+// the command (execvp), so the command keeps the child's PID, the user's
+// terminal, and hands its exit code back to the parent. Nothing is isolated
+// yet: that is what the next steps add, one kernel feature at a time.
+//
+// Usage: npx tsx steps/01-exec run <command> [args...]
+
+import { parseRunArgs } from '../../shared/cli.ts'
+import { reexecChild, waitForExit } from '../../shared/container.ts'
+import { exitWithError } from '../../shared/errors.ts'
+import { execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+
+const usage = `
+Usage: npx tsx steps/01-exec run <command> [args...]
+
+Run <command> as a child process that replaces itself with the command.
+Nothing is isolated yet.
+`
+
+/** What the parent hands to the child. */
+interface Container {
+  command: string[]
+}
+
+async function main(argv: string[]): Promise<void> {
+  if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
+  const { command } = parseRunArgs(argv, {}, usage)
+  await run({ command })
+}
+
+// Parent: start the child, wait for it, exit with its exit code.
+async function run(container: Container): Promise<void> {
+  const child = reexecChild(container)
+  process.exit(await waitForExit(child))
+}
+
+// Child: become the command.
+function child(container: Container): void {
+  // If the parent dies (even by SIGKILL), the kernel kills us too.
+  prctl(PR_SET_PDEATHSIG, SIGKILL)
+  execCommand(container.command)
+}
+
+main(process.argv.slice(2)).catch((err) => exitWithError(err))
