@@ -97,3 +97,10 @@ export function readMountInfo(pid: number | 'self' = 'self'): MountInfo[] {
 function unescape(field: string): string {
   return field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)))
 }
+
+/** Unmount `target` (lazily, MNT_DETACH) if something is mounted there; false if not. */
+export function unmountIfMounted(target: string): boolean {
+  if (!readMountInfo().some((m) => m.mountPoint === target)) return false
+  umount2(target, MNT_DETACH)
+  return true
+}

@@ -37,7 +37,7 @@ async function run(container: Container): Promise<void> {
   process.exit(await waitForExit(child))
 }
 
-// Child: become the command.
+// Child: set up the container from the inside, then become the command.
 function child(container: Container): void {
   // If the parent dies (even by SIGKILL), the kernel kills us too.
   prctl(PR_SET_PDEATHSIG, SIGKILL)
