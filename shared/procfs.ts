@@ -1,0 +1,40 @@
+// Reading processes from the host's /proc (proc(5)): what `ps` does.
+
+import { readdirSync, readFileSync } from 'node:fs'
+
+/** A process's command line as its argv. Empty if it is gone. */
+export function cmdline(pid: number): string[] {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').slice(0, -1)
+  } catch {
+    return []
+  }
+}
+
+/** A process's parent PID (from /proc/PID/stat), or 0 if it is gone. */
+export function parentPid(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+  } catch {
+    return 0
+  }
+}
+
+/** PIDs of all processes whose argv matches `test`. */
+export function findProcesses(test: (argv: string[]) => boolean): number[] {
+  return readdirSync('/proc')
+    .filter((name) => /^\d+$/.test(name))
+    .map(Number)
+    .filter((pid) => test(cmdline(pid)))
+}
+
+/** Wait until `find` returns something (or `timeoutMs` passes); returns the last result. */
+export async function waitFor<T>(find: () => T | undefined, timeoutMs = 10_000): Promise<T | undefined> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const found = find()
+    if (found !== undefined || Date.now() > deadline) return found
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
