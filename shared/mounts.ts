@@ -69,6 +69,7 @@ export interface MountInfo {
   propagation: string // 'shared:1', 'master:2', or '' for private
   fstype: string
   source: string
+  superOptions: string // per-superblock options; for cgroup v1, its controllers
 }
 
 /** Parse /proc/PID/mountinfo (proc(5)): the mount table as the kernel sees it. */
@@ -79,7 +80,7 @@ export function readMountInfo(pid: number | 'self' = 'self'): MountInfo[] {
     .map((line) => {
       const [left, right] = line.split(' - ')
       const [id, parent, , root, mountPoint, options, ...optional] = left.split(' ')
-      const [fstype, source] = right.split(' ')
+      const [fstype, source, superOptions] = right.split(' ')
       return {
         id: Number(id),
         parent: Number(parent),
@@ -88,7 +89,8 @@ export function readMountInfo(pid: number | 'self' = 'self'): MountInfo[] {
         options,
         propagation: optional.join(' '),
         fstype,
-        source,
+        source: unescape(source),
+        superOptions,
       }
     })
 }

@@ -1,0 +1,55 @@
+// Device nodes: mknod(2) and the minimal /dev a container gets.
+//
+// Mounting devtmpfs would hand the container every device of the host
+// (disks included, seed 000 shows it); a container gets a tmpfs with only
+// the nodes programs expect, as runc and Docker do.
+
+import { mkdirSync, symlinkSync } from 'node:fs'
+import { join } from 'node:path'
+import { check, raw } from './libc.ts'
+import { mount, MS_NOEXEC, MS_NOSUID } from './mounts.ts'
+
+export const S_IFCHR = 0o020000
+
+/** makedev(3): a device number from its major and minor. */
+export function makedev(major: number, minor: number): number {
+  return ((major & 0xfff) << 8) | (minor & 0xff) | ((minor & ~0xff) << 12)
+}
+
+/** mknod(2) */
+export function mknod(path: string, mode: number, dev: number): void {
+  check('mknod', raw.mknod(path, mode, dev), path)
+}
+
+/** The character devices a container gets: name, major, minor (see devices.txt in the kernel). */
+export const DEVICES: [name: string, major: number, minor: number][] = [
+  ['null', 1, 3],
+  ['zero', 1, 5],
+  ['full', 1, 7],
+  ['random', 1, 8],
+  ['urandom', 1, 9],
+  ['tty', 5, 0],
+]
+
+/** Everything mountDev puts in /dev, for checks: nodes, directories and links. */
+export const DEV_ENTRIES = [...DEVICES.map(([name]) => name), 'pts', 'ptmx', 'shm', 'fd', 'stdin', 'stdout', 'stderr'].sort()
+
+/**
+ * Build a minimal /dev at `dev`: a tmpfs with the DEVICES nodes, a private
+ * devpts (so the container's terminals are its own), /dev/shm, and the
+ * fd/stdin/stdout/stderr links into /proc/self/fd.
+ */
+export function mountDev(dev: string): void {
+  mount('tmpfs', dev, 'tmpfs', MS_NOSUID | MS_NOEXEC, 'mode=755,size=64k')
+  for (const [name, major, minor] of DEVICES) {
+    mknod(join(dev, name), S_IFCHR | 0o666, makedev(major, minor))
+  }
+  mkdirSync(join(dev, 'pts'))
+  // newinstance: a devpts of its own, not the host's list of terminals.
+  mount('devpts', join(dev, 'pts'), 'devpts', MS_NOSUID | MS_NOEXEC, 'newinstance,ptmxmode=0666,mode=0620')
+  symlinkSync('pts/ptmx', join(dev, 'ptmx'))
+  mkdirSync(join(dev, 'shm'))
+  mount('shm', join(dev, 'shm'), 'tmpfs', MS_NOSUID | MS_NOEXEC, 'mode=1777,size=64m')
+  symlinkSync('/proc/self/fd', join(dev, 'fd'))
+  for (const [i, name] of ['stdin', 'stdout', 'stderr'].entries()) symlinkSync(`/proc/self/fd/${i}`, join(dev, name))
+}

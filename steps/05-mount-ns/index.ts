@@ -1,0 +1,87 @@
+// Step 05: mount namespace, pivot_root and a minimal /dev
+//
+// Goal: give the container its own mount table. In a new mount namespace
+// (CLONE_NEWNS) the child first makes every mount private, so nothing it
+// mounts propagates to the host. It then swaps the root for the image with
+// pivot_root, which, unlike chroot, leaves no way back: the old root is
+// unmounted and gone. Last, it mounts /proc, a read-only /sys, and a /dev
+// with only the devices a container needs.
+//
+// Usage: sudo npx tsx steps/05-mount-ns run [--image NAME|DIR] <command> [args...]
+
+import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
+import { newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
+import { exitWithError } from '../../shared/errors.ts'
+import { mkdtempSync, rmdirSync } from 'node:fs'
+import { basename, join } from 'node:path'
+import { mountDev } from '../../shared/devices.ts'
+import {
+  mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
+} from '../../shared/mounts.ts'
+import { CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
+import { chdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { ensureImage } from '../../shared/rootfs.ts'
+import { sethostname } from '../../shared/uts.ts'
+
+const usage = `
+Usage: sudo npx tsx steps/05-mount-ns run [--image NAME|DIR] <command> [args...]
+
+Run <command> as PID 1 of new UTS, PID and mount namespaces, with an image
+as its root (pivot_root), /proc, /sys and a minimal /dev.
+
+Options:
+  --image NAME|DIR  image name (see npm run rootfs) or a root filesystem directory
+`
+
+/** What the parent hands to the child. */
+interface Container {
+  id: string
+  rootfs: string
+  command: string[]
+}
+
+async function main(argv: string[]): Promise<void> {
+  if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
+  const { options, command } = parseRunArgs(argv, { image: { type: 'string' } }, usage)
+  requireRoot()
+  const rootfs = await ensureImage(options.image)
+  await run({ id: newContainerId(), rootfs, command })
+}
+
+// Parent: start the child, wait for it, exit with its exit code.
+async function run(container: Container): Promise<void> {
+  const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS)
+  process.exit(await waitForExit(child))
+}
+
+// Child: set up the container from the inside, then become the command.
+function child(container: Container): void {
+  // If the parent dies (even by SIGKILL), the kernel kills us too.
+  prctl(PR_SET_PDEATHSIG, SIGKILL)
+  // Our own UTS namespace: this hostname is seen only in here.
+  sethostname(container.id)
+  pivotInto(container.rootfs)
+  // A proc filesystem shows the PID namespace of the process that mounts it.
+  mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  mount('sysfs', '/sys', 'sysfs', MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  mountDev('/dev')
+  execCommand(container.command)
+}
+
+// Make `rootfs` the root of this mount namespace, with no way back to the host's.
+function pivotInto(rootfs: string): void {
+  // The host's / is usually a shared mount (`findmnt -o TARGET,PROPAGATION /`):
+  // anything mounted under it would show up on the host too. MS_REC: all of
+  // the tree, or mounts such as /dev/pts would still leak.
+  mount(null, '/', null, MS_REC | MS_PRIVATE)
+  // pivot_root needs the new root to be a mount point: bind it onto itself.
+  mount(rootfs, rootfs, null, MS_BIND | MS_REC)
+  const oldRoot = mkdtempSync(join(rootfs, '.old-root-'))
+  pivot_root(rootfs, oldRoot)
+  chdir('/')
+  // Detach the host's tree from ours; after this there is no path back to it.
+  umount2(`/${basename(oldRoot)}`, MNT_DETACH)
+  rmdirSync(`/${basename(oldRoot)}`)
+}
+
+main(process.argv.slice(2)).catch((err) => exitWithError(err))
