@@ -222,3 +222,20 @@ export function parseCpus(text: string): number {
   if (cpus > availableParallelism()) throw new UsageError(`--cpus ${text}: this machine has only ${availableParallelism()} CPUs`)
   return cpus
 }
+
+/** Without --pids-limit a container may have this many processes: a fork bomb stops here. */
+export const DEFAULT_PIDS_LIMIT = 512
+
+/** The --pids-limit, --memory, --cpus and --cpu-shares options as Limits (Docker's names and syntax). */
+export function limitsFromOptions(options: { 'pids-limit'?: string; memory?: string; cpus?: string; 'cpu-shares'?: string }): Limits {
+  const shares = options['cpu-shares']
+  if (shares !== undefined && (parseCount(shares, '--cpu-shares')! < 2 || Number(shares) > 262144)) {
+    throw new UsageError(`--cpu-shares \`${shares}\`: expected a number from 2 to 262144 (the default weight is 1024)`)
+  }
+  return {
+    pids: parseCount(options['pids-limit'] ?? String(DEFAULT_PIDS_LIMIT), '--pids-limit', true),
+    memory: options.memory === undefined ? undefined : parseSize(options.memory),
+    cpus: options.cpus === undefined ? undefined : parseCpus(options.cpus),
+    cpuShares: shares === undefined ? undefined : Number(shares),
+  }
+}
