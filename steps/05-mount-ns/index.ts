@@ -60,6 +60,10 @@ function child(container: Container): void {
   prctl(PR_SET_PDEATHSIG, SIGKILL)
   // Our own UTS namespace: this hostname is seen only in here.
   sethostname(container.id)
+  // The host's / is usually a shared mount (`findmnt -o TARGET,PROPAGATION /`):
+  // anything mounted under it would show up on the host too. MS_REC: all of
+  // the tree, or mounts such as /dev/pts would still leak.
+  mount(null, '/', null, MS_REC | MS_PRIVATE)
   pivotInto(container.rootfs)
   // A proc filesystem shows the PID namespace of the process that mounts it.
   mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -70,10 +74,6 @@ function child(container: Container): void {
 
 // Make `rootfs` the root of this mount namespace, with no way back to the host's.
 function pivotInto(rootfs: string): void {
-  // The host's / is usually a shared mount (`findmnt -o TARGET,PROPAGATION /`):
-  // anything mounted under it would show up on the host too. MS_REC: all of
-  // the tree, or mounts such as /dev/pts would still leak.
-  mount(null, '/', null, MS_REC | MS_PRIVATE)
   // pivot_root needs the new root to be a mount point: bind it onto itself.
   mount(rootfs, rootfs, null, MS_BIND | MS_REC)
   const oldRoot = mkdtempSync(join(rootfs, '.old-root-'))
