@@ -3,8 +3,11 @@
 
 import type { ChildProcess, StdioOptions } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { closeSync, readSync } from 'node:fs'
 import { constants } from 'node:os'
+import { UsageError } from './errors.ts'
 import { spawnInNamespaces } from './namespaces.ts'
+import { fcntl, F_GETFL, F_SETFL, O_NONBLOCK } from './process.ts'
 
 /** A short random id, as Docker's: 12 hex digits. Also the hostname. */
 export function newContainerId(): string {
@@ -48,4 +51,28 @@ export function waitForExit(child: ChildProcess): Promise<number> {
       resolve(code ?? 128 + constants.signals[signal!])
     })
   })
+}
+
+/** The child's end of the sync pipe: fd 3, given as the fourth stdio entry. */
+export const SYNC_FD = 3
+
+/** Stdio for a child that waits for the parent: the user's terminal, plus the sync pipe. */
+export const STDIO_WITH_SYNC: StdioOptions = ['inherit', 'inherit', 'inherit', 'pipe']
+
+/** Parent: tell a child blocked in waitForParent() that it may go on. */
+export function tellChild(child: ChildProcess): void {
+  ;(child.stdio[SYNC_FD] as NodeJS.WritableStream).end('ready\n')
+}
+
+/**
+ * Child: block until the parent says `ready` on the sync pipe (runc does the
+ * same), then close it so the command never inherits it. If the parent went
+ * away first, stop: there is no container to finish setting up.
+ */
+export function waitForParent(): void {
+  fcntl(SYNC_FD, F_SETFL, fcntl(SYNC_FD, F_GETFL) & ~O_NONBLOCK)
+  const buffer = Buffer.alloc(16)
+  const n = readSync(SYNC_FD, buffer)
+  closeSync(SYNC_FD)
+  if (buffer.subarray(0, n).toString() !== 'ready\n') throw new UsageError('the parent went away while setting up the container')
 }

@@ -33,6 +33,12 @@ export function removeContainerDir(dir: string): void {
   if (existsSync(dir)) rmSync(dir, { recursive: true, force: true })
 }
 
+/** Mark a container's directory as kept on purpose (--keep), so clean-up leaves it alone. */
+export function keepContainerDir(dir: string): void {
+  writeFileSync(join(dir, 'kept'), `${new Date().toISOString()}\n`)
+  process.stderr.write(`cfs: kept the container's changes in ${dir}/upper (remove with npm run clean -- --all)\n`)
+}
+
 /**
  * Mount the image (read-only, shared by all containers) with the container's
  * upper dir on top, at merged/.

@@ -23,7 +23,7 @@ import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
 } from '../../shared/mounts.ts'
 import { CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
-import { createContainerDir, mountOverlay, removeContainerDir } from '../../shared/overlay.ts'
+import { createContainerDir, keepContainerDir, mountOverlay, removeContainerDir } from '../../shared/overlay.ts'
 import { chdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { sethostname } from '../../shared/uts.ts'
@@ -80,7 +80,7 @@ async function run(container: Omit<Container, 'cgroup' | 'dir'>, limits: Limits,
     // Also after Ctrl-C, SIGTERM or an error: kill what is left, remove the cgroup.
     removeCgroup(cgroup)
     // The overlay was mounted in the container's mount namespace: it went with it.
-    if (keep) process.stderr.write(`cfs: kept the container's changes in ${dir}/upper\n`)
+    if (keep) keepContainerDir(dir)
     else removeContainerDir(dir)
   }
   process.exit()

@@ -1,0 +1,223 @@
+// Networking: a bridge on the host, a veth pair per container, addresses.
+// See network_namespaces(7), veth(4), and ip-link(8) / ip-address(8).
+//
+//   host:  cfs0 (bridge, 10.77.0.1/24) ── cfs<id> ┐ veth pair
+//   container netns:                       eth0 ──┘ 10.77.0.N/24, default via 10.77.0.1
+//
+// The `ip` command (iproute2) does the netlink work. Traffic stays on this
+// machine: containers reach each other and the bridge, nothing else.
+
+import { execFileSync } from 'node:child_process'
+import { mkdirSync, readdirSync, readFileSync, rmSync, rmdirSync, statSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { UsageError } from './errors.ts'
+import { kill } from './process.ts'
+import { PREFIX, stateDir } from './settings.ts'
+
+/** The host's bridge that all containers plug into. */
+export const BRIDGE = `${PREFIX}0`
+
+/** The container subnet: a /24 away from Docker's 172.17.0.0/16. CFS_SUBNET moves it. */
+export const SUBNET = parseSubnet(process.env.CFS_SUBNET || '10.77.0.0/24')
+
+const netDir = join(stateDir, 'net')
+const leasesDir = join(netDir, 'leases')
+const lockDir = join(netDir, 'lock')
+
+/** What the parent hands the child about its network. */
+export interface Network {
+  address: string // e.g. 10.77.0.2
+  prefix: number // e.g. 24
+  gateway: string // the bridge's address
+  hostVeth: string // cfs<id>: the host's end of the pair
+}
+
+/** Names of network interfaces are at most 15 characters (IFNAMSIZ - 1). */
+export function vethName(id: string): string {
+  const name = `${PREFIX}${id}`
+  if (name.length > 15) throw new Error(`interface name ${name} is longer than 15 characters`)
+  return name
+}
+
+/** Run `ip` (iproute2); its error becomes one line. With `input`, commands are read as a batch. */
+export function ip(args: string[], input?: string): string {
+  try {
+    return execFileSync('ip', input === undefined ? args : ['-batch', '-', ...args], {
+      encoding: 'utf8', input, stdio: ['pipe', 'pipe', 'pipe'],
+    })
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException & { stderr?: string }
+    if (e.code === 'ENOENT') throw new UsageError('the `ip` command is missing: apt-get install iproute2')
+    const what = input === undefined ? `ip ${args.join(' ')}` : `ip -batch: ${input.trim().split('\n').join('; ')}`
+    throw new UsageError(`${what}: ${(e.stderr ?? '').trim().split('\n')[0] || e.message}`)
+  }
+}
+
+/**
+ * Parent, before the child starts: take a free address and make sure the
+ * bridge is up. Under a lock, so containers starting together get different
+ * addresses and never race with the last one leaving, which removes the bridge.
+ */
+export function allocateNetwork(id: string): Network {
+  const hostVeth = vethName(id)
+  if (interfaceExists(hostVeth)) throw new UsageError(`an interface named ${hostVeth} already exists on this host`)
+  return withLock(() => {
+    const address = takeLease(id)
+    try {
+      ensureBridge()
+    } catch (err) {
+      rmSync(join(leasesDir, address), { force: true })
+      throw err
+    }
+    return { address, prefix: SUBNET.prefix, gateway: SUBNET.gateway, hostVeth }
+  })
+}
+
+/**
+ * Parent, once the child exists: create the veth pair with one end already
+ * inside the child's network namespace as eth0, and plug the other into the bridge.
+ */
+export function connectContainer(network: Network, pid: number): void {
+  ip([], [
+    `link add ${network.hostVeth} type veth peer name eth0 netns ${pid}`,
+    `link set ${network.hostVeth} master ${BRIDGE} up`,
+  ].join('\n') + '\n')
+}
+
+/** Child, inside its network namespace: loopback up, eth0 addressed, default route via the bridge. */
+export function configureContainerNetwork(network: Network): void {
+  ip([], [
+    'link set lo up',
+    `addr add ${network.address}/${network.prefix} dev eth0`,
+    'link set eth0 up',
+    `route add default via ${network.gateway}`,
+  ].join('\n') + '\n')
+}
+
+/** Parent, after the container ended: free its address and veth; the last one out removes the bridge. */
+export function releaseNetwork(network: Network): void {
+  deleteInterface(network.hostVeth)
+  withLock(() => {
+    rmSync(join(leasesDir, network.address), { force: true })
+    if (liveLeases().length === 0) deleteInterface(BRIDGE)
+  })
+}
+
+/** Delete an interface if it exists; one that vanishes meanwhile (its namespace died) is fine. */
+export function deleteInterface(name: string): boolean {
+  if (!interfaceExists(name)) return false
+  try {
+    ip(['link', 'del', name])
+  } catch (err) {
+    if (interfaceExists(name)) throw err
+  }
+  return true
+}
+
+/** True if an interface of that name exists in this network namespace. */
+export function interfaceExists(name: string): boolean {
+  try {
+    statSync(`/sys/class/net/${name}`)
+    return true
+  } catch {
+    return false
+  }
+}
+
+// The first free address in the subnet. A lease is a file named after the
+// address, holding the container id and the parent's PID; a lease whose
+// parent is gone is stale and is taken over.
+function takeLease(id: string): string {
+  mkdirSync(leasesDir, { recursive: true })
+  const taken = new Set(liveLeases().map((lease) => lease.address))
+  for (const address of SUBNET.hosts) {
+    if (taken.has(address)) continue
+    writeFileSync(join(leasesDir, address), `${id} ${process.pid}\n`)
+    return address
+  }
+  throw new UsageError(`no free address left in ${SUBNET.cidr}: ${taken.size} containers are running (npm run clean drops stale ones)`)
+}
+
+/** The leases whose parent process is still alive (stale ones are removed). */
+export function liveLeases(): { address: string; id: string; pid: number }[] {
+  let files: string[] = []
+  try {
+    files = readdirSync(leasesDir)
+  } catch {
+    return []
+  }
+  return files.flatMap((address) => {
+    const [id, pid] = readFileSync(join(leasesDir, address), 'utf8').trim().split(' ')
+    if (kill(Number(pid), 0)) return [{ address, id, pid: Number(pid) }]
+    rmSync(join(leasesDir, address), { force: true })
+    return []
+  })
+}
+
+// Create the bridge if it is not there, after checking that no other
+// interface or route on the host already uses the subnet.
+function ensureBridge(): void {
+  if (interfaceExists(BRIDGE)) return
+  const addresses = JSON.parse(ip(['-j', 'addr', 'show'])) as { ifname: string; addr_info: { family: string; local: string }[] }[]
+  for (const link of addresses) {
+    for (const addr of link.addr_info ?? []) {
+      if (addr.family === 'inet' && SUBNET.contains(addr.local)) {
+        throw new UsageError(`${SUBNET.cidr} is already in use on this host (${link.ifname} has ${addr.local}): set CFS_SUBNET to a free range`)
+      }
+    }
+  }
+  const routes = JSON.parse(ip(['-j', 'route', 'show'])) as { dst: string; dev: string }[]
+  const clash = routes.find((r) => r.dst !== 'default' && SUBNET.contains(r.dst.split('/')[0]))
+  if (clash) throw new UsageError(`${SUBNET.cidr} is already routed on this host (via ${clash.dev}): set CFS_SUBNET to a free range`)
+  ip([], [
+    `link add ${BRIDGE} type bridge`,
+    `addr add ${SUBNET.gateway}/${SUBNET.prefix} dev ${BRIDGE}`,
+    `link set ${BRIDGE} up`,
+  ].join('\n') + '\n')
+}
+
+// A lock shared by all the project's processes: a directory, since mkdir(2)
+// either creates it or fails. A lock older than 10 s is left over from a crash.
+function withLock<T>(fn: () => T): T {
+  mkdirSync(netDir, { recursive: true })
+  const deadline = Date.now() + 15_000
+  for (;;) {
+    try {
+      mkdirSync(lockDir)
+      break
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+      try {
+        if (Date.now() - statSync(lockDir).mtimeMs > 10_000) rmdirSync(lockDir)
+      } catch {}
+      if (Date.now() > deadline) throw new UsageError(`timed out waiting for ${lockDir} (npm run clean removes a stale one)`)
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5)
+    }
+  }
+  try {
+    return fn()
+  } finally {
+    rmdirSync(lockDir)
+  }
+}
+
+/** A /24 to /30 IPv4 subnet: its gateway (.1) and the addresses containers may take. */
+export function parseSubnet(cidr: string) {
+  const match = /^(\d+)\.(\d+)\.(\d+)\.(\d+)\/(\d+)$/.exec(cidr)
+  const prefix = Number(match?.[5])
+  if (!match || match.slice(1, 5).some((o) => Number(o) > 255) || prefix < 16 || prefix > 30) {
+    throw new UsageError(`CFS_SUBNET \`${cidr}\`: expected an IPv4 range from /16 to /30, such as 10.77.0.0/24`)
+  }
+  const toInt = (a: string) => a.split('.').reduce((n, o) => n * 256 + Number(o), 0)
+  const toAddress = (n: number) => [24, 16, 8, 0].map((shift) => Math.floor(n / 2 ** shift) % 256).join('.')
+  const size = 2 ** (32 - prefix)
+  const network = toInt(match.slice(1, 5).join('.')) - (toInt(match.slice(1, 5).join('.')) % size)
+  const hosts = Array.from({ length: Math.min(size - 3, 1000) }, (_, i) => toAddress(network + 2 + i))
+  return {
+    cidr: `${toAddress(network)}/${prefix}`,
+    prefix,
+    gateway: toAddress(network + 1),
+    hosts,
+    contains: (address: string) => Math.floor(toInt(address) / size) === network / size,
+  }
+}

@@ -1,0 +1,143 @@
+// Step 08: network namespace
+//
+// Goal: give the container a network of its own that can still talk. In a
+// new network namespace (CLONE_NEWNET) there is only `lo`, down. The parent
+// plugs a veth pair in: one end on a bridge on the host, the other inside as
+// eth0, with an address no other running container has. The child waits on a
+// pipe until the parent is done, then brings lo and eth0 up and routes via
+// the bridge, so the command never starts before its network is ready.
+//
+// Usage: sudo npx tsx steps/08-net run [--image NAME|DIR] [--keep] [--pids-limit N|max]
+//          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]
+
+import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
+import {
+  newContainerId, reexecChild, STDIO_WITH_SYNC, tellChild, waitForExit, waitForParent,
+} from '../../shared/container.ts'
+import { exitWithError } from '../../shared/errors.ts'
+import { mkdtempSync, rmdirSync } from 'node:fs'
+import { basename, join } from 'node:path'
+import {
+  createCgroup, DEFAULT_PIDS_LIMIT, joinCgroup, limitsFromOptions, removeCgroup, type Cgroup, type Limits,
+} from '../../shared/cgroups.ts'
+import { mountDev } from '../../shared/devices.ts'
+import {
+  mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
+} from '../../shared/mounts.ts'
+import { CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
+import {
+  allocateNetwork, BRIDGE, configureContainerNetwork, connectContainer, releaseNetwork, type Network,
+} from '../../shared/net.ts'
+import { createContainerDir, keepContainerDir, mountOverlay, removeContainerDir } from '../../shared/overlay.ts'
+import { chdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { ensureImage } from '../../shared/rootfs.ts'
+import { sethostname } from '../../shared/uts.ts'
+
+const usage = `
+Usage: sudo npx tsx steps/08-net run [options] <command> [args...]
+
+Run <command> as PID 1 of new UTS, PID, mount and network namespaces, on a
+copy-on-write overlay of an image (pivot_root), with /proc, /sys and a
+minimal /dev, in its own cgroup, with eth0 on the host's ${BRIDGE} bridge.
+
+Options:
+  --image NAME|DIR    image name (see npm run rootfs) or a root filesystem directory
+  --keep              keep the container's directory (its changes) after it ends
+  --pids-limit N|max  most processes at once (default: ${DEFAULT_PIDS_LIMIT}; max: no limit)
+  -m, --memory SIZE   memory limit, e.g. 100M or 1G; beyond it the OOM killer acts
+  --cpus N            CPU time, in CPUs, e.g. 0.5
+  -c, --cpu-shares N  CPU weight relative to others (default 1024)
+`
+
+/** What the parent hands to the child. */
+interface Container {
+  id: string
+  rootfs: string
+  command: string[]
+  cgroup: Cgroup
+  dir: string // <state dir>/containers/<id>: upper/, work/, merged/
+  network: Network
+}
+
+async function main(argv: string[]): Promise<void> {
+  if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
+  const { options, command } = parseRunArgs(argv, {
+    image: { type: 'string' },
+    keep: { type: 'boolean' },
+    'pids-limit': { type: 'string' },
+    memory: { type: 'string', short: 'm' },
+    cpus: { type: 'string' },
+    'cpu-shares': { type: 'string', short: 'c' },
+  }, usage)
+  const limits = limitsFromOptions(options)
+  requireRoot()
+  const rootfs = await ensureImage(options.image)
+  await run({ id: newContainerId(), rootfs, command }, limits, options.keep)
+}
+
+// Parent: start the child, wait for it, exit with its exit code.
+async function run(container: Omit<Container, 'cgroup' | 'dir' | 'network'>, limits: Limits, keep = false): Promise<void> {
+  const cgroup = createCgroup(container.id, limits)
+  const dir = createContainerDir(container.id)
+  const network = allocateNetwork(container.id)
+  try {
+    const flags = CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET
+    const child = reexecChild({ ...container, cgroup, dir, network }, flags, STDIO_WITH_SYNC)
+    try {
+      // The child's network namespace exists now: put eth0 in it, then let it go on.
+      connectContainer(network, child.pid!)
+    } catch (err) {
+      child.kill('SIGKILL')
+      throw err
+    }
+    tellChild(child)
+    process.exitCode = await waitForExit(child)
+  } finally {
+    // Also after Ctrl-C, SIGTERM or an error: kill what is left, remove the cgroup.
+    removeCgroup(cgroup)
+    // The veth pair went with the container's namespace; free the address (and the bridge, if last).
+    releaseNetwork(network)
+    // The overlay was mounted in the container's mount namespace: it went with it.
+    if (keep) keepContainerDir(dir)
+    else removeContainerDir(dir)
+  }
+  process.exit()
+}
+
+// Child: set up the container from the inside, then become the command.
+function child(container: Container): void {
+  // If the parent dies (even by SIGKILL), the kernel kills us too.
+  prctl(PR_SET_PDEATHSIG, SIGKILL)
+  // Into the cgroup first: everything from here on, and the command, is limited.
+  joinCgroup(container.cgroup)
+  // Our own UTS namespace: this hostname is seen only in here.
+  sethostname(container.id)
+  // Wait until the parent has put eth0 in our network namespace, then set it up.
+  waitForParent()
+  configureContainerNetwork(container.network)
+  // The host's / is usually a shared mount (`findmnt -o TARGET,PROPAGATION /`):
+  // anything mounted under it would show up on the host too. MS_REC: all of
+  // the tree, or mounts such as /dev/pts would still leak.
+  mount(null, '/', null, MS_REC | MS_PRIVATE)
+  // The image stays as it is (lowerdir); our writes go to our own upper dir.
+  pivotInto(mountOverlay(container.rootfs, container.dir))
+  // A proc filesystem shows the PID namespace of the process that mounts it.
+  mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  mount('sysfs', '/sys', 'sysfs', MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  mountDev('/dev')
+  execCommand(container.command)
+}
+
+// Make `rootfs` the root of this mount namespace, with no way back to the host's.
+function pivotInto(rootfs: string): void {
+  // pivot_root needs the new root to be a mount point: bind it onto itself.
+  mount(rootfs, rootfs, null, MS_BIND | MS_REC)
+  const oldRoot = mkdtempSync(join(rootfs, '.old-root-'))
+  pivot_root(rootfs, oldRoot)
+  chdir('/')
+  // Detach the host's tree from ours; after this there is no path back to it.
+  umount2(`/${basename(oldRoot)}`, MNT_DETACH)
+  rmdirSync(`/${basename(oldRoot)}`)
+}
+
+main(process.argv.slice(2)).catch((err) => exitWithError(err))
