@@ -38,3 +38,23 @@ export async function waitFor<T>(find: () => T | undefined, timeoutMs = 10_000):
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
 }
+
+/** Whether a process is running: it exists and is not a zombie (state Z in /proc/PID/stat). */
+export function isRunning(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z'
+  } catch {
+    return false
+  }
+}
+
+/** A process's PID in each PID namespace it is in, the host's first (NSpid in /proc/PID/status). */
+export function nsPids(pid: number): number[] {
+  try {
+    const line = readFileSync(`/proc/${pid}/status`, 'utf8').match(/^NSpid:\s*(.*)$/m)
+    return line ? line[1].trim().split(/\s+/).map(Number) : []
+  } catch {
+    return []
+  }
+}

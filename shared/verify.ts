@@ -5,6 +5,8 @@
 import chalk from 'chalk'
 import { $, type ProcessPromise } from 'zx'
 import { join } from 'node:path'
+import { setTimeout as delay } from 'node:timers/promises'
+import { findProcesses, isRunning, parentPid, waitFor } from './procfs.ts'
 import { repoDir } from './settings.ts'
 
 /** The project's own tsx, so verify runs steps as `npx tsx` would, minus npx. */
@@ -19,6 +21,44 @@ export function runStep(step: string, args: string[], options: { input?: string;
 /** The command line a learner would type for the same run, for the report. */
 export function shown(step: string, args: string[]): string {
   return `npx tsx steps/${step} run ${args.map((a) => (/^[\w./=:-]+$/.test(a) ? a : `'${a}'`)).join(' ')}`
+}
+
+/** PID of the step's own node process in the run whose argv includes `marker` (not tsx's launcher, its parent). */
+export function findStepProcess(step: string, marker: string): number | undefined {
+  const runs = findProcesses((argv) => argv.some((arg) => arg.endsWith(`steps/${step}`)) && argv.includes('run') && argv.includes(marker))
+  return runs.find((pid) => !runs.some((other) => parentPid(other) === pid))
+}
+
+/** A run of `sleep <marker>` in the container; the marker is unique, so /proc can find the sleep and the step. */
+export interface Sleeper {
+  run: ProcessPromise
+  marker: string
+  sleep?: number // host PID of the sleep, once it is up
+  step?: number // the step's own node process
+}
+
+let sleepers = 0
+
+/** Start `run sleep <marker>` (about 100 s) and wait (up to 10 s) until the sleep is up. */
+export async function runSleeper(step: string): Promise<Sleeper> {
+  const marker = `100.${process.pid}${++sleepers}`
+  const run = runStep(step, ['sleep', marker])
+  const sleep = await waitFor(() => findProcesses((argv) => argv[0] === 'sleep' && argv[1] === marker)[0])
+  return { run, marker, sleep, step: findStepProcess(step, marker) }
+}
+
+/** Send `signal` to the step's own process; how long the run took to end (Infinity after `timeoutMs`), and its exit code. */
+export async function signalStep(s: Sleeper, signal: NodeJS.Signals, timeoutMs = 10_000): Promise<{ ms: number; exitCode: number | null }> {
+  const started = Date.now()
+  if (s.step) process.kill(s.step, signal)
+  const ended = await Promise.race([s.run, delay(timeoutMs, undefined, { ref: false })])
+  return { ms: ended ? Date.now() - started : Infinity, exitCode: ended ? ended.exitCode : null }
+}
+
+/** SIGKILL whatever is left of a sleeper run (the sleep first, then the step and tsx) and wait for the run to end. */
+export async function killSleeper(s: Sleeper): Promise<void> {
+  for (const pid of [s.sleep, s.step, s.run.pid]) if (pid && isRunning(pid)) process.kill(pid, 'SIGKILL')
+  await s.run
 }
 
 /** Collects claims and reports them; `finish()` sets the exit code. */
