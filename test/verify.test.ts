@@ -13,7 +13,11 @@ const steps = readdirSync(join(repoDir, 'steps')).filter((name) => existsSync(jo
 
 for (const step of steps) {
   t.test(`steps/${step}/verify.ts`, rootOnly(), async (t) => {
-    const result = await $({ cwd: repoDir, nothrow: true, quiet: true, env: { ...process.env, FORCE_COLOR: '0' } })`${tsx} ${`steps/${step}/verify.ts`}`
+    // `env -u NODE_OPTIONS`: run steps as a learner does, without tap's
+    // preloads. tap puts them back on every spawn from Node, and its
+    // processinfo would write .tap/ files inside the image when a step's
+    // child exits after chroot (a missing command, say).
+    const result = await $({ cwd: repoDir, nothrow: true, quiet: true, env: { ...process.env, FORCE_COLOR: '0' } })`env -u NODE_OPTIONS ${tsx} ${`steps/${step}/verify.ts`}`
     const lines = result.stdout.split('\n')
     let claims = 0
     for (const [i, line] of lines.entries()) {
