@@ -22,8 +22,9 @@ const prompt = 'cfs-prompt#'
 /** A detached tmux session on the project's own tmux server, running an interactive bash. */
 class Pane {
   static options = ['-L', 'cfs-test', '-f', '/dev/null']
-  // The tmux server, and so the pane, gets a clean environment, not tap's.
-  static env = { PATH: process.env.PATH, HOME: process.env.HOME, LANG: 'C.UTF-8' }
+  // `env -i`: the tmux server, and so the pane, gets a clean environment.
+  // Not tap's: tap adds its preloads to NODE_OPTIONS on every spawn from Node.
+  static env = ['-i', `PATH=${process.env.PATH}`, `HOME=${process.env.HOME}`, 'LANG=C.UTF-8']
   readonly pid: number
 
   constructor(readonly session: string) {
@@ -67,7 +68,7 @@ class Pane {
   }
 
   private tmux(...args: string[]): string {
-    return execFileSync('tmux', [...Pane.options, ...args], { encoding: 'utf8', env: Pane.env }).trim()
+    return execFileSync('env', [...Pane.env, 'tmux', ...Pane.options, ...args], { encoding: 'utf8' }).trim()
   }
 }
 
