@@ -76,3 +76,31 @@ export function waitForParent(): void {
   closeSync(SYNC_FD)
   if (buffer.subarray(0, n).toString() !== 'ready\n') throw new UsageError('the parent went away while setting up the container')
 }
+
+/**
+ * Clean-up actions for the parent, like Go's `defer`: each one registered
+ * right after the thing it undoes is made, all run last-in first-out in
+ * run()'s `finally`, every one even if another fails.
+ */
+export class Cleanup {
+  private actions: (() => void)[] = []
+
+  /** Undo something at the end, however the container ends. */
+  defer(action: () => void): void {
+    this.actions.push(action)
+  }
+
+  /** Run the actions, newest first; rethrow the first error after all ran. */
+  run(): void {
+    const errors: unknown[] = []
+    for (const action of this.actions.reverse()) {
+      try {
+        action()
+      } catch (err) {
+        errors.push(err)
+      }
+    }
+    this.actions = []
+    if (errors.length) throw errors[0]
+  }
+}

@@ -44,7 +44,14 @@ export function exitWithError(err: unknown, prefix = 'cfs'): never {
     process.stderr.write(`${prefix}: ${err.message}${err.hint ? ` (${err.hint})` : ''}\n`)
     process.exit(err instanceof UsageError ? err.exitCode : EXIT_SETUP_FAILED)
   }
-  if (String((err as { code?: string })?.code).startsWith('ERR_PARSE_ARGS')) {
+  const system = err as NodeJS.ErrnoException
+  if (system?.syscall && system.code && /^E[A-Z]+$/.test(system.code)) {
+    // Node's own calls (fs, child_process) failing: the kernel said no there too.
+    const what = `${system.syscall}${system.path ? ` \`${system.path}\`` : ''}`
+    process.stderr.write(`${prefix}: ${what}: ${system.code} (${system.message.split(': ')[1]?.split(',')[0] ?? system.message})\n`)
+    process.exit(EXIT_SETUP_FAILED)
+  }
+  if (String(system?.code).startsWith('ERR_PARSE_ARGS')) {
     // node:util parseArgs: an unknown option or a missing value, a usage error.
     process.stderr.write(`${prefix}: ${(err as Error).message.split('. ')[0]} (see --help)\n`)
     process.exit(EXIT_SETUP_FAILED)

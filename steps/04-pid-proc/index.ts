@@ -10,7 +10,7 @@
 // Usage: sudo npx tsx steps/04-pid-proc run [--image NAME|DIR] <command> [args...]
 
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
-import { newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
+import { Cleanup, newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
 import { join } from 'node:path'
 import { chroot, mount, MS_NODEV, MS_NOEXEC, MS_NOSUID, unmountIfMounted } from '../../shared/mounts.ts'
@@ -46,12 +46,14 @@ async function main(argv: string[]): Promise<void> {
 
 // Parent: start the child, wait for it, exit with its exit code.
 async function run(container: Container): Promise<void> {
-  const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID)
+  const cleanup = new Cleanup()
   try {
+    const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID)
+    // No mount namespace yet: the child's /proc mount is on the host too.
+    cleanup.defer(() => unmountIfMounted(join(container.rootfs, 'proc')))
     process.exitCode = await waitForExit(child)
   } finally {
-    // No mount namespace yet: the child's /proc mount is on the host too.
-    unmountIfMounted(join(container.rootfs, 'proc'))
+    cleanup.run()
   }
   process.exit()
 }

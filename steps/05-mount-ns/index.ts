@@ -10,7 +10,7 @@
 // Usage: sudo npx tsx steps/05-mount-ns run [--image NAME|DIR] <command> [args...]
 
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
-import { newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
+import { Cleanup, newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
 import { mkdtempSync, rmdirSync } from 'node:fs'
 import { basename, join } from 'node:path'
@@ -50,8 +50,14 @@ async function main(argv: string[]): Promise<void> {
 
 // Parent: start the child, wait for it, exit with its exit code.
 async function run(container: Container): Promise<void> {
-  const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS)
-  process.exit(await waitForExit(child))
+  const cleanup = new Cleanup()
+  try {
+    const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS)
+    process.exitCode = await waitForExit(child)
+  } finally {
+    cleanup.run()
+  }
+  process.exit()
 }
 
 // Child: set up the container from the inside, then become the command.

@@ -11,7 +11,7 @@
 //          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]
 
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
-import { newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
+import { Cleanup, newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
 import { mkdtempSync, rmdirSync } from 'node:fs'
 import { basename, join } from 'node:path'
@@ -66,13 +66,15 @@ async function main(argv: string[]): Promise<void> {
 
 // Parent: start the child, wait for it, exit with its exit code.
 async function run(container: Omit<Container, 'cgroup'>, limits: Limits): Promise<void> {
-  const cgroup = createCgroup(container.id, limits)
+  const cleanup = new Cleanup()
   try {
+    const cgroup = createCgroup(container.id, limits)
+    // Also after Ctrl-C, SIGTERM or an error: kill what is left, remove the cgroup.
+    cleanup.defer(() => removeCgroup(cgroup))
     const child = reexecChild({ ...container, cgroup }, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS)
     process.exitCode = await waitForExit(child)
   } finally {
-    // Also after Ctrl-C, SIGTERM or an error: kill what is left, remove the cgroup.
-    removeCgroup(cgroup)
+    cleanup.run()
   }
   process.exit()
 }

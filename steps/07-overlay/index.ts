@@ -11,7 +11,7 @@
 //          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]
 
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
-import { newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
+import { Cleanup, newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
 import { mkdtempSync, rmdirSync } from 'node:fs'
 import { basename, join } from 'node:path'
@@ -71,17 +71,18 @@ async function main(argv: string[]): Promise<void> {
 
 // Parent: start the child, wait for it, exit with its exit code.
 async function run(container: Omit<Container, 'cgroup' | 'dir'>, limits: Limits, keep = false): Promise<void> {
-  const cgroup = createCgroup(container.id, limits)
-  const dir = createContainerDir(container.id)
+  const cleanup = new Cleanup()
   try {
+    const cgroup = createCgroup(container.id, limits)
+    // Also after Ctrl-C, SIGTERM or an error: kill what is left, remove the cgroup.
+    cleanup.defer(() => removeCgroup(cgroup))
+    const dir = createContainerDir(container.id)
+    // The overlay is mounted in the container's mount namespace and goes with it.
+    cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
     const child = reexecChild({ ...container, cgroup, dir }, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS)
     process.exitCode = await waitForExit(child)
   } finally {
-    // Also after Ctrl-C, SIGTERM or an error: kill what is left, remove the cgroup.
-    removeCgroup(cgroup)
-    // The overlay was mounted in the container's mount namespace: it went with it.
-    if (keep) keepContainerDir(dir)
-    else removeContainerDir(dir)
+    cleanup.run()
   }
   process.exit()
 }

@@ -12,7 +12,7 @@
 
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
 import {
-  newContainerId, reexecChild, STDIO_WITH_SYNC, tellChild, waitForExit, waitForParent,
+  Cleanup, newContainerId, reexecChild, STDIO_WITH_SYNC, tellChild, waitForExit, waitForParent,
 } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
 import { mkdtempSync, rmdirSync } from 'node:fs'
@@ -77,29 +77,27 @@ async function main(argv: string[]): Promise<void> {
 
 // Parent: start the child, wait for it, exit with its exit code.
 async function run(container: Omit<Container, 'cgroup' | 'dir' | 'network'>, limits: Limits, keep = false): Promise<void> {
-  const cgroup = createCgroup(container.id, limits)
-  const dir = createContainerDir(container.id)
-  const network = allocateNetwork(container.id)
+  const cleanup = new Cleanup()
   try {
+    const cgroup = createCgroup(container.id, limits)
+    // Also after Ctrl-C, SIGTERM or an error: kill what is left, remove the cgroup.
+    cleanup.defer(() => removeCgroup(cgroup))
+    const dir = createContainerDir(container.id)
+    // The overlay is mounted in the container's mount namespace and goes with it.
+    cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
+    const network = allocateNetwork(container.id)
+    // The veth pair goes with the container's namespace; free the address (and the bridge, if last).
+    cleanup.defer(() => releaseNetwork(network))
     const flags = CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET
     const child = reexecChild({ ...container, cgroup, dir, network }, flags, STDIO_WITH_SYNC)
-    try {
-      // The child's network namespace exists now: put eth0 in it, then let it go on.
-      connectContainer(network, child.pid!)
-    } catch (err) {
-      child.kill('SIGKILL')
-      throw err
-    }
+    // Until the child runs the command, it dies with us: kill it if setting up eth0 fails.
+    cleanup.defer(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
+    // The child's network namespace exists now: put eth0 in it, then let it go on.
+    connectContainer(network, child.pid!)
     tellChild(child)
     process.exitCode = await waitForExit(child)
   } finally {
-    // Also after Ctrl-C, SIGTERM or an error: kill what is left, remove the cgroup.
-    removeCgroup(cgroup)
-    // The veth pair went with the container's namespace; free the address (and the bridge, if last).
-    releaseNetwork(network)
-    // The overlay was mounted in the container's mount namespace: it went with it.
-    if (keep) keepContainerDir(dir)
-    else removeContainerDir(dir)
+    cleanup.run()
   }
   process.exit()
 }
