@@ -138,7 +138,7 @@ function takeLease(id: string): string {
   throw new UsageError(`no free address left in ${SUBNET.cidr}: ${taken.size} containers are running (npm run clean drops stale ones)`)
 }
 
-/** The leases whose parent process is still alive (stale ones are removed). */
+/** The leases whose parent process is still alive; stale ones are simply taken over. */
 export function liveLeases(): { address: string; id: string; pid: number }[] {
   let files: string[] = []
   try {
@@ -148,9 +148,7 @@ export function liveLeases(): { address: string; id: string; pid: number }[] {
   }
   return files.flatMap((address) => {
     const [id, pid] = readFileSync(join(leasesDir, address), 'utf8').trim().split(' ')
-    if (kill(Number(pid), 0)) return [{ address, id, pid: Number(pid) }]
-    rmSync(join(leasesDir, address), { force: true })
-    return []
+    return kill(Number(pid), 0) ? [{ address, id, pid: Number(pid) }] : []
   })
 }
 

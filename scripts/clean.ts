@@ -1,0 +1,34 @@
+// npm run clean [-- --all]
+//
+// Remove what a crashed or killed container left behind. Leaves running
+// containers alone unless --all is given; safe to run any number of times.
+
+import chalk from 'chalk'
+import { parseArgs } from 'node:util'
+import { clean } from '../shared/clean.ts'
+import { exitWithError, UsageError } from '../shared/errors.ts'
+import { stateDir } from '../shared/settings.ts'
+
+try {
+  const { values } = parseArgs({ options: { all: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } })
+  if (values.help) {
+    console.log(`Usage: sudo npm run clean [-- --all]
+
+Remove what containers left behind after a crash: mounts under ${stateDir},
+cfs-* cgroups, cfs* interfaces and netns, container directories, stale leases.
+Anything a running container still uses is left alone.
+
+  --all   also stop running containers and remove directories kept with --keep`)
+    process.exit(0)
+  }
+  if (process.getuid?.() !== 0) throw new UsageError('needs root (mounts, cgroups and interfaces are root-only): rerun with sudo')
+  const { removed, kept, failed } = clean(values.all)
+  for (const item of removed) console.log(`${chalk.green('removed')}   ${item.kind}: ${item.name}`)
+  for (const item of kept) console.log(`${chalk.yellow('left')}      ${item.kind}: ${item.name} (${item.inUse})`)
+  for (const { item, error } of failed) console.log(`${chalk.red('failed')}    ${item.kind}: ${item.name}: ${error}`)
+  if (removed.length + kept.length + failed.length === 0) console.log('nothing to clean')
+  else console.log(`removed ${removed.length}, left ${kept.length} in use, ${failed.length} failed`)
+  process.exitCode = failed.length ? 1 : 0
+} catch (err) {
+  exitWithError(err)
+}

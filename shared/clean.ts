@@ -1,0 +1,184 @@
+// Finding and removing what the project may have left on the host after a
+// crash (a parent killed with SIGKILL cannot clean up after itself):
+// mounts under the state dir, cfs-* cgroups, cfs* interfaces and netns,
+// container directories, stale address leases. Only things with the
+// project's prefix or under its state dir are ever looked at.
+
+import { execFileSync } from 'node:child_process'
+import { existsSync, readdirSync, readFileSync, readlinkSync, rmdirSync, rmSync, statSync } from 'node:fs'
+import { join } from 'node:path'
+import { cgroupProcs, findHierarchies, removeCgroup } from './cgroups.ts'
+import { MNT_DETACH, readMountInfo, umount2 } from './mounts.ts'
+import { BRIDGE, deleteInterface, liveLeases } from './net.ts'
+import { kill } from './process.ts'
+import { containersDir, PREFIX, stateDir } from './settings.ts'
+
+/** Something the project made: what it is, whether a running container still uses it, how to remove it. */
+export interface Leftover {
+  kind: 'mount' | 'cgroup' | 'interface' | 'netns' | 'container dir' | 'lease' | 'lock'
+  name: string
+  inUse: string | false // why it must stay, if it must
+  remove: () => void
+}
+
+/** Everything the project has on this host right now (read-only: removes nothing). */
+export function findLeftovers(): Leftover[] {
+  return [...mounts(), ...cgroups(), ...interfaces(), ...netns(), ...containerDirs(), ...leases()]
+}
+
+/**
+ * Remove the leftovers no running container uses; with `all`, stop running
+ * containers' cgroups and remove kept container directories too.
+ */
+export function clean(all = false): { removed: Leftover[]; kept: Leftover[]; failed: { item: Leftover; error: string }[] } {
+  const removed: Leftover[] = []
+  const kept: Leftover[] = []
+  const failed: { item: Leftover; error: string }[] = []
+  // Order matters: cgroups first (kills processes), then mounts, then the rest.
+  const order = ['cgroup', 'mount', 'interface', 'netns', 'container dir', 'lease', 'lock']
+  const items = findLeftovers().sort((a, b) => order.indexOf(a.kind) - order.indexOf(b.kind))
+  for (const item of items) {
+    if (item.inUse && !all) {
+      kept.push(item)
+      continue
+    }
+    try {
+      item.remove()
+      removed.push(item)
+    } catch (err) {
+      failed.push({ item, error: (err as Error).message })
+    }
+  }
+  // The bridge goes last, once no container's lease holds it.
+  if (existsSync(`/sys/class/net/${BRIDGE}`) && liveLeases().length === 0) {
+    const bridge: Leftover = { kind: 'interface', name: `${BRIDGE} (bridge)`, inUse: false, remove: () => deleteInterface(BRIDGE) }
+    try {
+      bridge.remove()
+      removed.push(bridge)
+    } catch (err) {
+      failed.push({ item: bridge, error: (err as Error).message })
+    }
+  }
+  return { removed, kept, failed }
+}
+
+// Mounts at or under the state dir, deepest first. One is in use if a
+// process has its root in the image it belongs to (step 04's /proc).
+function mounts(): Leftover[] {
+  const roots = processRoots()
+  return readMountInfo()
+    .filter((m) => m.mountPoint.startsWith(`${stateDir}/`))
+    .sort((a, b) => b.mountPoint.length - a.mountPoint.length)
+    .map((m) => {
+      const user = roots.find((r) => m.mountPoint.startsWith(`${r.root}/`))
+      return {
+        kind: 'mount' as const,
+        name: `${m.fstype} on ${m.mountPoint}`,
+        inUse: user ? `process ${user.pid} runs in ${user.root}` : false,
+        remove: () => umount2(m.mountPoint, MNT_DETACH),
+      }
+    })
+}
+
+// cfs-* directories at the root of every cgroup hierarchy, v1 and v2.
+function cgroups(): Leftover[] {
+  return findHierarchies().flatMap((h) =>
+    listDir(h.mountPoint)
+      .filter((name) => name.startsWith(`${PREFIX}-`))
+      .map((name) => {
+        const dir = join(h.mountPoint, name)
+        const procs = cgroupProcs(dir)
+        return {
+          kind: 'cgroup' as const,
+          name: dir,
+          inUse: procs.length ? `${procs.length} processes in it` : false,
+          remove: () => removeCgroup({ name, dirs: [{ version: h.version, dir, controllers: [] }] }),
+        }
+      }),
+  )
+}
+
+// cfs<id> veth ends; in use while their container holds an address lease.
+function interfaces(): Leftover[] {
+  const live = new Set(liveLeases().map((lease) => `${PREFIX}${lease.id}`))
+  return listDir('/sys/class/net')
+    .filter((name) => name.startsWith(PREFIX) && name !== BRIDGE)
+    .map((name) => ({
+      kind: 'interface' as const,
+      name,
+      inUse: live.has(name) ? 'its container is running' : false,
+      remove: () => void deleteInterface(name),
+    }))
+}
+
+// Named network namespaces (ip netns) with the project's prefix, made by exercises and tests.
+function netns(): Leftover[] {
+  return listDir('/run/netns')
+    .filter((name) => name.startsWith(PREFIX))
+    .map((name) => ({
+      kind: 'netns' as const,
+      name,
+      inUse: false,
+      remove: () => void execFileSync('ip', ['netns', 'delete', name], { stdio: 'ignore' }),
+    }))
+}
+
+// <state dir>/containers/<id>: in use while its parent lives; kept on purpose with --keep.
+function containerDirs(): Leftover[] {
+  return listDir(containersDir).map((id) => {
+    const dir = join(containersDir, id)
+    const parent = Number(readText(join(dir, 'parent.pid')))
+    const alive = parent > 0 && kill(parent, 0) && existsSync(join(dir, 'merged')) && !existsSync(join(dir, 'kept'))
+    return {
+      kind: 'container dir' as const,
+      name: dir,
+      inUse: existsSync(join(dir, 'kept')) ? 'kept with --keep (--all removes it)' : alive ? `its parent ${parent} is running` : false,
+      remove: () => rmSync(dir, { recursive: true, force: true }),
+    }
+  })
+}
+
+// Address leases whose parent is gone, and a lock left by a crash.
+function leases(): Leftover[] {
+  const netDir = join(stateDir, 'net')
+  const stale: Leftover[] = listDir(join(netDir, 'leases')).flatMap((address) => {
+    const file = join(netDir, 'leases', address)
+    const pid = Number(readText(file).split(' ')[1])
+    return pid > 0 && kill(pid, 0) ? [] : [{ kind: 'lease' as const, name: file, inUse: false as const, remove: () => rmSync(file, { force: true }) }]
+  })
+  const lock = join(netDir, 'lock')
+  if (existsSync(lock) && Date.now() - statSync(lock).mtimeMs > 10_000) {
+    stale.push({ kind: 'lock', name: lock, inUse: false, remove: () => rmdirSync(lock) })
+  }
+  return stale
+}
+
+// The root directory of every process, as the host sees it (not '/').
+function processRoots(): { pid: number; root: string }[] {
+  return listDir('/proc')
+    .filter((name) => /^\d+$/.test(name))
+    .flatMap((pid) => {
+      try {
+        const root = readlinkSync(`/proc/${pid}/root`)
+        return root === '/' ? [] : [{ pid: Number(pid), root }]
+      } catch {
+        return []
+      }
+    })
+}
+
+function listDir(dir: string): string[] {
+  try {
+    return readdirSync(dir)
+  } catch {
+    return []
+  }
+}
+
+function readText(file: string): string {
+  try {
+    return readFileSync(file, 'utf8').trim()
+  } catch {
+    return ''
+  }
+}
