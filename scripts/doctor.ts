@@ -1,0 +1,91 @@
+// npm run doctor
+//
+// Can this machine run the workshop's containers? One line per requirement:
+// a green check, or a red cross with what to do about it.
+
+import chalk from 'chalk'
+import { execFileSync } from 'node:child_process'
+import { existsSync, readFileSync, statfsSync } from 'node:fs'
+import { release } from 'node:os'
+import { CONTROLLERS, cgroupLayout, findControllers, findHierarchies } from '../shared/cgroups.ts'
+import { readMountInfo } from '../shared/mounts.ts'
+import { DEFAULT_IMAGES, imageRootfs } from '../shared/rootfs.ts'
+import { imagesDir, stateDir } from '../shared/settings.ts'
+
+let failures = 0
+
+function check(ok: boolean, what: string, hint = ''): void {
+  if (ok) console.log(`${chalk.green('✔')} ${what}`)
+  else {
+    failures++
+    console.log(`${chalk.red('✘')} ${what}${hint ? chalk.dim(`  → ${hint}`) : ''}`)
+  }
+}
+
+function note(what: string): void {
+  console.log(`${chalk.yellow('•')} ${what}`)
+}
+
+const linux = process.platform === 'linux'
+check(linux, `Linux (${process.platform})`, 'containers need a Linux kernel: use the VM in vagrant/ (see README.md)')
+if (!linux) process.exit(1)
+
+check(process.getuid?.() === 0, 'running as root', 'rerun with sudo: namespaces, mounts and cgroups need root')
+const [major, minor] = release().split('.').map(Number)
+check(major > 5 || (major === 5 && minor >= 4), `kernel ${release()}`, 'Linux 5.4 or newer is needed (5.14+ for cgroup.kill)')
+check(Number(process.versions.node.split('.')[0]) >= 20, `Node ${process.versions.node}`, 'install Node 20 or newer')
+
+for (const ns of ['uts', 'pid', 'mnt', 'ipc', 'net', 'cgroup', 'user']) {
+  check(existsSync(`/proc/self/ns/${ns}`), `${ns} namespaces`, `this kernel was built without CONFIG_${ns.toUpperCase()}_NS`)
+}
+
+const filesystems = readFileSync('/proc/filesystems', 'utf8')
+const overlay = /\toverlay$/m.test(filesystems) || hasModule('overlay')
+check(overlay, 'overlayfs (step 07)', 'modprobe overlay')
+
+const hierarchies = findHierarchies()
+const where = findControllers(hierarchies)
+const layout = cgroupLayout(hierarchies)
+check(layout !== 'none', `cgroups: ${layout}${layout === 'hybrid' ? ' (v1 and v2 both mounted)' : ''}`, 'no cgroup filesystem is mounted')
+for (const controller of CONTROLLERS) {
+  const h = where.get(controller)
+  check(!!h, `  ${controller}: ${h ? `v${h.version} at ${h.mountPoint}` : 'not found'}`, `no ${controller} controller: step 06 limits need it`)
+}
+for (const h of hierarchies.filter((h) => h.version === 2)) {
+  const useful = h.controllers.filter((c) => (CONTROLLERS as string[]).includes(c))
+  note(`  cgroup2 at ${h.mountPoint} offers ${useful.length ? useful.join(', ') : `none of ${CONTROLLERS.join('/')}`}${h.controllers.length ? ` (all: ${h.controllers.join(' ')})` : ''}`)
+}
+
+let ipVersion = ''
+try {
+  ipVersion = execFileSync('ip', ['-V'], { encoding: 'utf8' }).trim()
+} catch {}
+check(!!ipVersion, `ip (iproute2)${ipVersion ? `: ${ipVersion.replace(/^ip utility, /, '')}` : ''}`, 'apt-get install iproute2 (step 08)')
+
+const busybox = ['/bin/busybox', '/usr/bin/busybox'].find((p) => existsSync(p))
+check(!!busybox, `busybox for the offline image${busybox ? `: ${busybox}` : ''}`, 'apt-get install busybox-static')
+
+const image = DEFAULT_IMAGES.map((name) => ({ name, rootfs: imageRootfs(name) })).find((i) => existsSync(i.rootfs))
+check(!!image, image ? `image \`${image.name}\` at ${image.rootfs}` : `an image in ${imagesDir}`, 'npm run rootfs (steps also prepare one on first use)')
+
+// Overlay upper dirs and device nodes need a real local filesystem for the state dir.
+const stateMount = readMountInfo()
+  .filter((m) => `${stateDir}/`.startsWith(m.mountPoint === '/' ? '/' : `${m.mountPoint}/`))
+  .sort((a, b) => b.mountPoint.length - a.mountPoint.length)[0]
+const unsuitable = ['vboxsf', '9p', 'overlay', 'nfs', 'nfs4', 'cifs', 'fuse', 'virtiofs']
+check(!!stateMount && !unsuitable.includes(stateMount.fstype), `state dir ${stateDir} on ${stateMount?.fstype ?? '?'}`, 'set CFS_HOME to a directory on a local disk (ext4, xfs, btrfs, tmpfs)')
+try {
+  const { bavail, bsize } = statfsSync(existsSync(stateDir) ? stateDir : '/')
+  note(`  ${((bavail * bsize) / 1024 ** 3).toFixed(1)} GiB free there`)
+} catch {}
+
+console.log(failures ? chalk.red(`${failures} problem${failures > 1 ? 's' : ''} found`) : chalk.green('all set'))
+process.exitCode = failures ? 1 : 0
+
+function hasModule(name: string): boolean {
+  try {
+    return readFileSync(`/lib/modules/${release()}/modules.builtin`, 'utf8').includes(`/${name}.ko`) || existsSync(`/sys/module/${name}`)
+  } catch {
+    return existsSync(`/sys/module/${name}`)
+  }
+}
