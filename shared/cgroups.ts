@@ -83,11 +83,11 @@ export function cgroupName(id: string): string {
  * Create the container's cgroup in every hierarchy that holds a controller
  * it needs, and write its limits. The caller removes it with removeCgroup.
  */
-export function createCgroup(id: string, limits: Limits): Cgroup {
+export function createCgroup(id: string, limits: Limits, hierarchies = findHierarchies()): Cgroup {
   const wanted = new Set<Controller>(['pids']) // always: the cgroup also tells us who is alive
   if (limits.memory !== undefined) wanted.add('memory')
   if (limits.cpus !== undefined || limits.cpuShares !== undefined) wanted.add('cpu')
-  const where = findControllers()
+  const where = findControllers(hierarchies)
   const cgroup: Cgroup = { name: cgroupName(id), dirs: [] }
   for (const controller of wanted) {
     const hierarchy = where.get(controller)

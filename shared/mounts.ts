@@ -50,7 +50,8 @@ export function pivot_root(newRoot: string, putOld: string): void {
   const nr = process.arch === 'arm64' ? SYS_pivot_root_arm64 : SYS_pivot_root
   check('pivot_root', raw.syscall(nr, 'const char *', newRoot, 'const char *', putOld) as number, newRoot, {
     EINVAL: 'the new root must be a mount point (bind it onto itself) and / must not be a shared mount (make it private first)',
-    EBUSY: 'the new root or put_old is already mounted there',
+    // The kernel says EBUSY when the new root is on the current root's filesystem.
+    EBUSY: 'the new root must be a mount point of its own: bind it onto itself first',
   })
 }
 
