@@ -5,6 +5,7 @@ import type { ChildProcess, StdioOptions } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { closeSync, readSync } from 'node:fs'
 import { constants } from 'node:os'
+import { compiledScript } from './compile.ts'
 import { UsageError } from './errors.ts'
 import { spawnInNamespaces } from './namespaces.ts'
 import { fcntl, F_GETFL, F_SETFL, O_NONBLOCK } from './process.ts'
@@ -17,11 +18,13 @@ export function newContainerId(): string {
 /**
  * Re-run this very step as `<step> child <config>` in new namespaces, the
  * way Liz Rice's main.go re-runs /proc/self/exe: same Node binary, same
- * loader flags (tsx), same script. The config travels as one JSON argument.
+ * script. The config travels as one JSON argument. The script runs as
+ * plain JS when it can (see compile.ts), else with the same loader flags (tsx).
  */
 export function reexecChild(config: object, cloneFlags = 0, stdio: StdioOptions = 'inherit'): ChildProcess {
-  const args = [...process.execArgv, process.argv[1], 'child', JSON.stringify(config)]
-  return spawnInNamespaces(cloneFlags, process.execPath, args, { stdio })
+  const js = compiledScript(process.argv[1])
+  const script = js ? [js] : [...process.execArgv, process.argv[1]]
+  return spawnInNamespaces(cloneFlags, process.execPath, [...script, 'child', JSON.stringify(config)], { stdio })
 }
 
 /** How long a container gets to stop after SIGINT/SIGTERM before SIGKILL. */
