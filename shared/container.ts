@@ -8,7 +8,7 @@ import { constants } from 'node:os'
 import { compiledScript } from './compile.ts'
 import { UsageError } from './errors.ts'
 import { spawnInNamespaces } from './namespaces.ts'
-import { fcntl, F_GETFL, F_SETFL, O_NONBLOCK } from './process.ts'
+import { fcntl, F_GETFL, F_SETFL, O_NONBLOCK, reclaimTerminal } from './process.ts'
 
 /** A short random id, as Docker's: 12 hex digits. Also the hostname. */
 export function newContainerId(): string {
@@ -37,6 +37,7 @@ export const STOP_TIMEOUT_MS = 2000
  * SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to this process are passed on.
  * A PID 1 ignores signals it has no handler for, so passing them on is not
  * enough: if the container is still there after STOP_TIMEOUT_MS, SIGKILL.
+ * Afterwards the terminal, if any, comes back to us (see reclaimTerminal).
  */
 export function waitForExit(child: ChildProcess): Promise<number> {
   const signals = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const
@@ -51,6 +52,7 @@ export function waitForExit(child: ChildProcess): Promise<number> {
     child.on('exit', (code, signal) => {
       clearTimeout(killTimer)
       for (const s of signals) process.off(s, forward)
+      reclaimTerminal()
       resolve(code ?? 128 + constants.signals[signal!])
     })
   })

@@ -26,6 +26,10 @@ function bind(lib: LibraryHandle) {
     mknod: lib.func('int mknod(const char *pathname, unsigned int mode, unsigned long dev)'),
     prctl: lib.func('int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)'),
     kill: lib.func('int kill(int pid, int sig)'),
+    getpgrp: lib.func('int getpgrp(void)'),
+    tcgetpgrp: lib.func('int tcgetpgrp(int fd)'),
+    tcsetpgrp: lib.func('int tcsetpgrp(int fd, int pgrp)'),
+    pthread_sigmask: lib.func('int pthread_sigmask(int how, const uint8_t *set, _Out_ uint8_t *oldset)'),
     // syscall(2): for calls glibc has no wrapper for (pivot_root).
     syscall: lib.func('long syscall(long number, ...)'),
     strerror: lib.func('const char *strerror(int errnum)'),

@@ -80,3 +80,29 @@ export function execCommand(command: string[]): never {
     throw err
   }
 }
+
+export const SIGTTOU = 22
+const SIG_BLOCK = 0
+const SIG_SETMASK = 2
+
+/**
+ * Give the terminal on fd 0 back to our process group (tcsetpgrp(3)).
+ *
+ * An interactive shell takes the terminal for its own process group. As PID 1
+ * of a new PID namespace it cannot see ours (tcgetpgrp returns 0 in there),
+ * so it cannot hand it back on exit, and the terminal would be left to a dead
+ * group. A background group may take the terminal only with SIGTTOU blocked.
+ */
+export function reclaimTerminal(): void {
+  const isTty = (raw.tcgetpgrp(0) as number) !== -1
+  if (!isTty || raw.tcgetpgrp(0) === raw.getpgrp()) return
+  const set = Buffer.alloc(128) // sigset_t, one bit per signal
+  set[Math.floor((SIGTTOU - 1) / 8)] |= 1 << ((SIGTTOU - 1) % 8)
+  const old = Buffer.alloc(128)
+  check('pthread_sigmask', raw.pthread_sigmask(SIG_BLOCK, set, old) === 0 ? 0 : -1)
+  try {
+    check('tcsetpgrp', raw.tcsetpgrp(0, raw.getpgrp()), 'stdin')
+  } finally {
+    raw.pthread_sigmask(SIG_SETMASK, old, null)
+  }
+}
