@@ -3,8 +3,8 @@
 //
 // Usage: npx tsx steps/01-exec/verify.ts
 
-import { Checks, runStep, shown } from '../../shared/verify.ts'
-import { cmdline, findProcesses, parentPid, waitFor } from '../../shared/procfs.ts'
+import { Checks, killSleeper, runSleeper, runStep, shown, signalStep } from '../../shared/verify.ts'
+import { cmdline, isRunning, parentPid, waitFor } from '../../shared/procfs.ts'
 
 const step = '01-exec'
 const c = new Checks(`Step ${step}: exec`)
@@ -28,17 +28,22 @@ const notExecutable = await runStep(step, ['/etc/passwd'])
 c.equal('a file that is not executable exits 126', notExecutable.exitCode, 126, shown(step, ['/etc/passwd']))
 
 // A sleep with an argument nobody else uses, so we can find it in /proc.
-const marker = `${Math.floor(30 + Math.random() * 1000)}.${process.pid}`
-const sleeper = runStep(step, ['sleep', marker])
-const pid = await waitFor(() => findProcesses((argv) => argv[0] === 'sleep' && argv[1] === marker)[0])
-const parent = pid ? cmdline(parentPid(pid)) : []
+const sleeper = await runSleeper(step)
+const parent = sleeper.sleep ? cmdline(parentPid(sleeper.sleep)) : []
 c.ok(
   'on the host, the command\'s parent is the step itself (the child became the command)',
   parent.some((arg) => arg.endsWith(`steps/${step}`)) && parent.includes('run'),
-  { ran: `ps -o ppid= -p <pid of sleep ${marker}>`, expected: `…steps/${step} run sleep ${marker}`, got: parent.join(' ') || 'no sleep process found' },
+  { ran: `ps -o ppid= -p <pid of sleep ${sleeper.marker}>`, expected: `…steps/${step} run sleep ${sleeper.marker}`, got: parent.join(' ') || 'no sleep process found' },
 )
-sleeper.kill('SIGTERM')
-const stopped = await sleeper
-c.equal('SIGTERM to the step ends the command, exit 143 (128+15)', stopped.exitCode, 143, `kill -TERM <step>`)
+const stopped = await signalStep(sleeper, 'SIGTERM')
+c.equal('SIGTERM to the step is passed on: the command dies of it, exit 143 (128+15)', stopped.exitCode, 143, `kill -TERM <step>`)
+await killSleeper(sleeper)
+
+// PR_SET_PDEATHSIG: if the step dies by SIGKILL, the kernel kills the command too.
+const orphan = await runSleeper(step)
+if (orphan.step) process.kill(orphan.step, 'SIGKILL')
+const gone = await waitFor(() => (orphan.sleep && isRunning(orphan.sleep) ? undefined : true), 5000)
+c.ok('SIGKILL to the step takes the command with it (PR_SET_PDEATHSIG)', gone === true, { ran: `kill -KILL <step>; ps -p <sleep>`, expected: 'no sleep', got: gone ? 'no sleep' : `sleep ${orphan.sleep} still running` })
+await killSleeper(orphan)
 
 c.finish()
