@@ -12,10 +12,18 @@ import { repoDir } from './settings.ts'
 /** The project's own tsx, so verify runs steps as `npx tsx` would, minus npx. */
 export const tsx = join(repoDir, 'node_modules/.bin/tsx')
 
-/** `tsx steps/<step> run <args...>` from the repo root; never throws on a non-zero exit. */
+/**
+ * The program a verify script checks: `steps/<step>`, or the learner's file
+ * when the exercise checker sets CFS_VERIFY_TARGET (e.g. exercises/04-pid-proc).
+ */
+export function stepPath(step: string): string {
+  return process.env.CFS_VERIFY_TARGET || `steps/${step}`
+}
+
+/** `tsx <stepPath> run <args...>` from the repo root; never throws on a non-zero exit. */
 export function runStep(step: string, args: string[], options: { input?: string; env?: NodeJS.ProcessEnv } = {}): ProcessPromise {
   const shell = $({ cwd: repoDir, nothrow: true, quiet: true, input: options.input, env: { ...process.env, ...options.env } })
-  return shell`${tsx} ${'steps/' + step} run ${args}`
+  return shell`${tsx} ${stepPath(step)} run ${args}`
 }
 
 /** The command line a learner would type for the same run, for the report. */
@@ -25,7 +33,7 @@ export function shown(step: string, args: string[]): string {
 
 /** PID of the step's own node process in the run whose argv includes `marker` (not tsx's launcher, its parent). */
 export function findStepProcess(step: string, marker: string): number | undefined {
-  const runs = findProcesses((argv) => argv.some((arg) => arg.endsWith(`steps/${step}`)) && argv.includes('run') && argv.includes(marker))
+  const runs = findProcesses((argv) => argv.some((arg) => arg.endsWith(stepPath(step)) || arg.endsWith(`${stepPath(step)}/index.ts`) || arg.endsWith(`${stepPath(step)}/index.js`)) && argv.includes('run') && argv.includes(marker))
   return runs.find((pid) => !runs.some((other) => parentPid(other) === pid))
 }
 

@@ -3,7 +3,7 @@
 //
 // Usage: npx tsx steps/01-exec/verify.ts
 
-import { Checks, killSleeper, runSleeper, runStep, shown, signalStep } from '../../shared/verify.ts'
+import { Checks, killSleeper, runSleeper, runStep, shown, signalStep, stepPath } from '../../shared/verify.ts'
 import { cmdline, isRunning, parentPid, waitFor } from '../../shared/procfs.ts'
 
 const step = '01-exec'
@@ -32,7 +32,7 @@ const sleeper = await runSleeper(step)
 const parent = sleeper.sleep ? cmdline(parentPid(sleeper.sleep)) : []
 c.ok(
   'on the host, the command\'s parent is the step itself (the child became the command)',
-  parent.some((arg) => arg.endsWith(`steps/${step}`)) && parent.includes('run'),
+  parent.some((arg) => arg.endsWith(stepPath(step))) && parent.includes('run'),
   { ran: `ps -o ppid= -p <pid of sleep ${sleeper.marker}>`, expected: `…steps/${step} run sleep ${sleeper.marker}`, got: parent.join(' ') || 'no sleep process found' },
 )
 const stopped = await signalStep(sleeper, 'SIGTERM')
