@@ -11,9 +11,7 @@
 //          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]
 
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
-import {
-  Cleanup, newContainerId, reexecChild, STDIO_WITH_SYNC, tellChild, waitForExit, waitForParent,
-} from '../../shared/container.ts'
+import { Cleanup, newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
 import { mkdtempSync, rmdirSync } from 'node:fs'
 import { basename, join } from 'node:path'
@@ -81,10 +79,7 @@ async function run(container: Omit<Container, 'cgroup' | 'dir'>, limits: Limits,
     const dir = createContainerDir(container.id)
     // The overlay is mounted in the container's mount namespace and goes with it.
     cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
-    const child = reexecChild({ ...container, cgroup, dir }, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS, STDIO_WITH_SYNC)
-    // Into the cgroup before it does anything of its own: the child waits for our word.
-    joinCgroup(cgroup, child.pid!)
-    tellChild(child)
+    const child = reexecChild({ ...container, cgroup, dir }, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS)
     process.exitCode = await waitForExit(child)
   } finally {
     cleanup.run()
@@ -96,8 +91,8 @@ async function run(container: Omit<Container, 'cgroup' | 'dir'>, limits: Limits,
 function child(container: Container): void {
   // If the parent dies (even by SIGKILL), the kernel kills us too.
   prctl(PR_SET_PDEATHSIG, SIGKILL)
-  // Wait until the parent has put us in our cgroup: from here on, everything is limited.
-  waitForParent()
+  // Into the cgroup first: everything from here on, and the command, is limited.
+  joinCgroup(container.cgroup)
   // Our own UTS namespace: this hostname is seen only in here.
   sethostname(container.id)
   // The host's / is usually a shared mount (`findmnt -o TARGET,PROPAGATION /`):

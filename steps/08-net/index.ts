@@ -92,9 +92,7 @@ async function run(container: Omit<Container, 'cgroup' | 'dir' | 'network'>, lim
     const child = reexecChild({ ...container, cgroup, dir, network }, flags, STDIO_WITH_SYNC)
     // Until the child runs the command, it dies with us: kill it if setting up eth0 fails.
     cleanup.defer(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
-    // Into the cgroup before it does anything of its own: the child waits for our word.
-    joinCgroup(cgroup, child.pid!)
-    // Its network namespace exists now: put eth0 in it too, then let it go on.
+    // The child's network namespace exists now: put eth0 in it, then let it go on.
     connectContainer(network, child.pid!)
     tellChild(child)
     process.exitCode = await waitForExit(child)
@@ -108,11 +106,12 @@ async function run(container: Omit<Container, 'cgroup' | 'dir' | 'network'>, lim
 function child(container: Container): void {
   // If the parent dies (even by SIGKILL), the kernel kills us too.
   prctl(PR_SET_PDEATHSIG, SIGKILL)
-  // Wait until the parent has put us in our cgroup: from here on, everything is limited.
-  waitForParent()
+  // Into the cgroup first: everything from here on, and the command, is limited.
+  joinCgroup(container.cgroup)
   // Our own UTS namespace: this hostname is seen only in here.
   sethostname(container.id)
-  // The parent has put eth0 in our network namespace: bring it up.
+  // Wait until the parent has put eth0 in our network namespace, then set it up.
+  waitForParent()
   configureContainerNetwork(container.network)
   // The host's / is usually a shared mount (`findmnt -o TARGET,PROPAGATION /`):
   // anything mounted under it would show up on the host too. MS_REC: all of
