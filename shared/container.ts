@@ -53,6 +53,7 @@ export function waitForExit(child: ChildProcess): Promise<number> {
       clearTimeout(killTimer)
       for (const s of signals) process.off(s, forward)
       reclaimTerminal()
+      if (process.env.CFS_TIMING) process.stderr.write(`cfs-timing: parent peak RSS ${process.resourceUsage().maxRSS} KiB\n`)
       resolve(code ?? 128 + constants.signals[signal!])
     })
   })
@@ -66,7 +67,10 @@ export const STDIO_WITH_SYNC: StdioOptions = ['inherit', 'inherit', 'inherit', '
 
 /** Parent: tell a child blocked in waitForParent() that it may go on. */
 export function tellChild(child: ChildProcess): void {
-  ;(child.stdio[SYNC_FD] as NodeJS.WritableStream).end('ready\n')
+  const pipe = child.stdio[SYNC_FD] as NodeJS.WritableStream
+  // If the child died first, the write fails; waitForExit reports how it ended.
+  pipe.on('error', () => {})
+  pipe.end('ready\n')
 }
 
 /**

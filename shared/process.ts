@@ -11,6 +11,9 @@ export const F_SETFL = 4
 export const FD_CLOEXEC = 1
 export const O_NONBLOCK = 0o4000
 export const PR_SET_PDEATHSIG = 1
+
+// For `npm run bench` (CFS_TIMING=1): when the child's modules were loaded.
+const loadedAt = performance.now()
 export const SIGKILL = 9
 
 /** chdir(2) */
@@ -69,6 +72,10 @@ export function execCommand(command: string[]): never {
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
   }
   const [file, ...args] = command
+  if (process.env.CFS_TIMING) {
+    const setup = (performance.now() - loadedAt).toFixed(1)
+    process.stderr.write(`cfs-timing: child setup ${setup} ms, child peak RSS ${process.resourceUsage().maxRSS} KiB\n`)
+  }
   try {
     execvp(file, args)
   } catch (err) {

@@ -1,0 +1,138 @@
+// npm run bench [-- --runs N]
+//
+// What a container start costs, side by side in one run, as medians:
+//   - `tsx steps/NN run /bin/true` for every step, against the floor: the
+//     same launcher running an empty .ts file, then one bare `node -e 0`
+//     (a parent started by tsx plus a child), and against util-linux
+//     `unshare … chroot IMAGE /bin/true`, runc and crun where they run;
+//   - the kernel-side setup inside the child (modules loaded → exec);
+//   - overlay start and per-container disk, small image vs a 200 MB one,
+//     against copying the image per container;
+//   - peak memory (RSS) of the parent and of the child.
+// Prints a table and writes bench/results.json.
+
+import chalk from 'chalk'
+import { execFileSync, spawnSync } from 'node:child_process'
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { cpus, release, tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { parseArgs } from 'node:util'
+import { cgroupLayout } from '../shared/cgroups.ts'
+import { ensureImage } from '../shared/rootfs.ts'
+import { containersDir, repoDir } from '../shared/settings.ts'
+import { tsx } from '../shared/verify.ts'
+
+const { values } = parseArgs({ options: { runs: { type: 'string', default: '9' } } })
+const runs = Number(values.runs)
+const steps = readdirSync(join(repoDir, 'steps')).filter((name) => /^\d\d-/.test(name)).sort()
+const image = await ensureImage()
+
+/** Run a command `runs` times; the median wall time in ms and the stderr of the last run. */
+function time(command: string, args: string[], options: { env?: NodeJS.ProcessEnv; before?: () => void } = {}) {
+  const samples: number[] = []
+  let stderr = ''
+  let status: number | null = 0
+  for (let i = 0; i < runs; i++) {
+    options.before?.()
+    const started = performance.now()
+    const result = spawnSync(command, args, { cwd: repoDir, encoding: 'utf8', env: { ...process.env, ...options.env } })
+    samples.push(performance.now() - started)
+    stderr = result.stderr
+    status = result.status
+  }
+  return { ms: median(samples), stderr, status }
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.floor(sorted.length / 2)]
+}
+
+// The floor: tsx running an empty file, then a bare Node, as one unit.
+const empty = join(mkdtempSync(join(tmpdir(), 'cfs-bench-')), 'empty.ts')
+writeFileSync(empty, '')
+const floor = time('sh', ['-c', `${tsx} ${empty} && node -e 0`]).ms
+const bareNode = time('node', ['-e', '0']).ms
+const tsxEmpty = time(tsx, [empty]).ms
+rmSync(join(empty, '..'), { recursive: true })
+
+// Every step, plus what the child itself spends on kernel setup.
+const stepRows = steps.map((step) => {
+  spawnSync(tsx, [`steps/${step}`, 'run', '/bin/true'], { cwd: repoDir }) // warm: image, compiled child
+  const result = time(tsx, [`steps/${step}`, 'run', '/bin/true'], { env: { CFS_TIMING: '1' } })
+  const setup = Number(/child setup ([\d.]+) ms/.exec(result.stderr)?.[1] ?? NaN)
+  const childRss = Number(/child peak RSS (\d+) KiB/.exec(result.stderr)?.[1] ?? NaN)
+  const parentRss = Number(/parent peak RSS (\d+) KiB/.exec(result.stderr)?.[1] ?? NaN)
+  return { step, ms: result.ms, ratio: result.ms / floor, setupMs: setup, childRssMiB: childRss / 1024, parentRssMiB: parentRss / 1024, ok: result.status === 0 }
+})
+
+// Other tools doing the same, where they can run here.
+const others: { tool: string; ms?: number; skipped?: string }[] = []
+others.push({ tool: 'unshare --uts --pid --mount --ipc --net --fork --mount-proc chroot IMAGE /bin/true', ...timeOrSkip('unshare', ['--uts', '--pid', '--mount', '--ipc', '--net', '--fork', '--mount-proc', 'chroot', image, '/bin/true']) })
+for (const runtime of ['runc', 'crun']) others.push({ tool: `${runtime} run`, ...ociRuntime(runtime) })
+
+function timeOrSkip(command: string, args: string[]): { ms?: number; skipped?: string } {
+  const probe = spawnSync(command, args, { encoding: 'utf8' })
+  if (probe.error || probe.status !== 0) return { skipped: (probe.error?.message ?? probe.stderr.trim().split('\n').at(-1) ?? `exit ${probe.status}`).slice(0, 120) }
+  return { ms: time(command, args).ms }
+}
+
+// An OCI bundle over the same image, for runc and crun (cgroup named with our prefix).
+function ociRuntime(runtime: string): { ms?: number; skipped?: string } {
+  if (spawnSync('which', [runtime]).status !== 0) return { skipped: 'not installed' }
+  const bundle = mkdtempSync(join(tmpdir(), `cfs-bench-${runtime}-`))
+  try {
+    execFileSync(runtime, ['spec'], { cwd: bundle })
+    const spec = JSON.parse(execFileSync('cat', [join(bundle, 'config.json')], { encoding: 'utf8' }))
+    spec.process.args = ['/bin/true']
+    spec.process.terminal = false
+    spec.root = { path: image, readonly: true }
+    spec.linux.cgroupsPath = `/cfs-bench-${runtime}`
+    writeFileSync(join(bundle, 'config.json'), JSON.stringify(spec))
+    const id = `cfs-bench-${runtime}-${process.pid}`
+    return timeOrSkip(runtime, ['run', '--bundle', bundle, id])
+  } finally {
+    rmSync(bundle, { recursive: true, force: true })
+  }
+}
+
+// Overlay vs copy, small image vs large: start time and disk per container.
+const large = join(mkdtempSync(join(tmpdir(), 'cfs-bench-image-')), 'rootfs')
+cpSync(image, large, { recursive: true, verbatimSymlinks: true })
+mkdirSync(join(large, 'usr/share/big'), { recursive: true })
+for (let i = 0; i < 4; i++) execFileSync('dd', ['if=/dev/urandom', `of=${join(large, `usr/share/big/blob${i}`)}`, 'bs=1M', 'count=50', 'status=none'])
+const du = (path: string) => Number(execFileSync('du', ['-sk', path], { encoding: 'utf8' }).split('\t')[0])
+const overlayRows = [['small', image], ['large', large]].map(([name, rootfs]) => {
+  const start = time(tsx, ['steps/07-overlay', 'run', '--image', rootfs, '/bin/true']).ms
+  const kept = spawnSync(tsx, ['steps/07-overlay', 'run', '--keep', '--image', rootfs, 'sh', '-c', 'echo $HOSTNAME > /etc/hostname'], { cwd: repoDir, encoding: 'utf8' })
+  const dir = /kept the container's changes in (\S+)\/upper/.exec(kept.stderr)?.[1]
+  const perContainerKiB = dir ? du(dir) : NaN
+  if (dir) rmSync(dir, { recursive: true, force: true })
+  const copy = join(tmpdir(), `cfs-bench-copy-${process.pid}`)
+  const copyMs = time('cp', ['-a', rootfs, copy], { before: () => rmSync(copy, { recursive: true, force: true }) }).ms
+  const copyKiB = du(copy)
+  rmSync(copy, { recursive: true, force: true })
+  return { image: name, imageKiB: du(rootfs), overlayStartMs: start, overlayPerContainerKiB: perContainerKiB, copyMs, copyPerContainerKiB: copyKiB }
+})
+rmSync(join(large, '..'), { recursive: true, force: true })
+
+// Report.
+const f = (ms: number) => `${ms.toFixed(0)} ms`
+console.log(chalk.bold(`\nContainer start, median of ${runs} runs (${cpus().length} × ${cpus()[0]?.model.trim()}, Linux ${release()}, cgroups ${cgroupLayout()})\n`))
+console.log(`floor: tsx empty.ts + node -e 0 = ${f(floor)}   (tsx empty.ts ${f(tsxEmpty)}, node -e 0 ${f(bareNode)})\n`)
+console.log('step            total   ×floor  child setup  parent RSS  child RSS')
+for (const r of stepRows) {
+  const ratio = r.ratio <= 1.3 ? chalk.green(`${r.ratio.toFixed(2)}×`) : chalk.red(`${r.ratio.toFixed(2)}×`)
+  const setup = r.setupMs <= 15 ? chalk.green(`${r.setupMs.toFixed(1)} ms`) : chalk.red(`${r.setupMs.toFixed(1)} ms`)
+  console.log(`${r.step.padEnd(14)} ${f(r.ms).padStart(7)}   ${ratio.padEnd(14)} ${setup.padEnd(19)} ${`${r.parentRssMiB.toFixed(0)} MiB`.padStart(8)}  ${`${r.childRssMiB.toFixed(0)} MiB`.padStart(8)}${r.ok ? '' : chalk.red('  (failed)')}`)
+}
+console.log('\nothers')
+for (const o of others) console.log(`  ${o.tool}: ${o.ms !== undefined ? f(o.ms) : chalk.dim(`skipped (${o.skipped})`)}`)
+console.log('\noverlay vs copy (step 07)')
+for (const o of overlayRows) {
+  console.log(`  ${o.image} image (${(o.imageKiB / 1024).toFixed(1)} MiB): overlay start ${f(o.overlayStartMs)}, ${o.overlayPerContainerKiB} KiB per container; copy ${f(o.copyMs)}, ${(o.copyPerContainerKiB / 1024).toFixed(1)} MiB per container`)
+}
+const results = { date: new Date().toISOString(), runs, machine: { cpus: cpus().length, model: cpus()[0]?.model, kernel: release(), cgroups: cgroupLayout(), node: process.versions.node }, floor: { ms: floor, tsxEmptyMs: tsxEmpty, bareNodeMs: bareNode }, steps: stepRows, others, overlay: overlayRows }
+writeFileSync(join(repoDir, 'bench', 'results.json'), JSON.stringify(results, null, 2) + '\n')
+console.log(chalk.dim('\nwritten to bench/results.json'))
+if (existsSync(containersDir) && readdirSync(containersDir).length) console.log(chalk.yellow(`note: ${containersDir} is not empty`))
