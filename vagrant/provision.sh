@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Make a Debian or Ubuntu machine ready for the workshop, as root:
+#   1. apt packages: busybox-static (the offline image), iproute2 (step 08),
+#      tmux (the interactive test), procps and util-linux (ps, findmnt, lsns);
+#   2. Node.js 20 or newer, from NodeSource's apt repository, unless a Node
+#      20+ with npm is already there (Ubuntu 24.04 and Debian 12 ship Node 18);
+#   3. npm ci in the repository, as the repository's owner;
+#   4. an image (npm run rootfs), then npm run doctor, which must be green.
+#
+# Vagrant runs it (see Vagrantfile); on any other machine:
+#   sudo REPO=/path/to/containers-from-scratch bash vagrant/provision.sh
+#
+# Environment:
+#   REPO              the repository (default: the one this script is in, else
+#                     /home/vagrant/containers-from-scratch)
+#   NODE_MAJOR        Node.js major version to install if needed (default 24)
+#   CFS_IMAGE_SOURCE  busybox or alpine (default: Alpine if it can be
+#                     downloaded, else the host's busybox)
+#   CFS_HOME          where images and containers live (default
+#                     /var/lib/containers-from-scratch)
+#
+# Idempotent: run it again after pulling changes (`vagrant provision`).
+set -euo pipefail
+
+MIN_NODE_MAJOR=20
+NODE_MAJOR=${NODE_MAJOR:-24}
+CFS_IMAGE_SOURCE=${CFS_IMAGE_SOURCE:-}
+
+log() { printf '\n== %s\n' "$*"; }
+die() { printf 'provision: %s\n' "$*" >&2; exit 1; }
+
+# The repository: $REPO, else the one around this script, else the VM's.
+find_repo() {
+  if [ -n "${REPO:-}" ]; then
+    printf '%s\n' "$REPO"
+    return
+  fi
+  local here
+  here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  if [ -f "$here/package.json" ]; then
+    printf '%s\n' "$here"
+  else
+    printf '%s\n' /home/vagrant/containers-from-scratch
+  fi
+}
+
+# The major version of the `node` on PATH, or nothing if there is none.
+node_major() {
+  local version
+  command -v node >/dev/null 2>&1 || return 0
+  version=$(node --version 2>/dev/null) || return 0 # v20.11.1
+  version=${version#v}
+  version=${version%%.*}
+  case $version in
+    '' | *[!0-9]*) return 0 ;;
+    *) printf '%s\n' "$version" ;;
+  esac
+}
+
+# True if Node $MIN_NODE_MAJOR+ and npm are both on PATH.
+have_node() {
+  local major
+  major=$(node_major)
+  [ -n "$major" ] && [ "$major" -ge "$MIN_NODE_MAJOR" ] && command -v npm >/dev/null 2>&1
+}
+
+# apt-get install, waiting for the lock: on a fresh Ubuntu VM,
+# unattended-upgrades often holds it for the first minutes after boot.
+apt_install() {
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    -o DPkg::Lock::Timeout=600 "$@"
+}
+
+apt_update() {
+  apt-get update -q -o DPkg::Lock::Timeout=600
+}
+
+# Node from NodeSource's apt repository ("nodistro": the same packages for
+# every Debian and Ubuntu release), pinned above the distribution's nodejs.
+install_node() {
+  log "Node.js $NODE_MAJOR from NodeSource"
+  apt_install ca-certificates curl gnupg
+  install -d -m 0755 /etc/apt/keyrings
+  curl -fsSL https://deb.nodesource.com/gpgkey/nodesource-repo.gpg.key \
+    | gpg --dearmor --yes -o /etc/apt/keyrings/nodesource.gpg
+  printf 'deb [signed-by=/etc/apt/keyrings/nodesource.gpg] https://deb.nodesource.com/node_%s.x nodistro main\n' \
+    "$NODE_MAJOR" >/etc/apt/sources.list.d/nodesource.list
+  printf 'Package: nodejs\nPin: origin deb.nodesource.com\nPin-Priority: 600\n' \
+    >/etc/apt/preferences.d/nodesource
+  apt_update
+  apt_install nodejs
+  hash -r
+  have_node || die "installed nodejs from NodeSource, but there is still no Node $MIN_NODE_MAJOR+ with npm on PATH"
+}
+
+# Run a command as the owner of the repository, so node_modules belongs to
+# the user who runs the steps without sudo (vagrant in the VM).
+as_owner() {
+  local owner
+  owner=$(stat -c %U "$REPO")
+  if [ "$owner" = root ] || [ "$owner" = UNKNOWN ]; then
+    "$@"
+  else
+    runuser -u "$owner" -- "$@"
+  fi
+}
+
+main() {
+  local started=$SECONDS
+  [ "$(id -u)" -eq 0 ] || die "run me as root: sudo bash $0"
+  command -v apt-get >/dev/null 2>&1 || die "this script knows Debian and Ubuntu (apt-get) only"
+  REPO=$(find_repo)
+  [ -f "$REPO/package.json" ] || die "no repository at $REPO (set REPO=/path/to/containers-from-scratch)"
+  export REPO
+
+  log "apt packages"
+  apt_update
+  apt_install busybox-static iproute2 tmux procps util-linux
+
+  if have_node; then
+    log "Node.js: $(node --version) is already installed, npm $(npm --version); skipping"
+  else
+    install_node
+  fi
+
+  log "npm ci in $REPO (as $(stat -c %U "$REPO"))"
+  # npm ci would remove node_modules itself, but as the owner it cannot
+  # remove what root put there: steps run with sudo compile into
+  # node_modules/.cache (shared/compile.ts).
+  rm -rf "$REPO/node_modules"
+  # node_modules exactly as package-lock.json says, for this machine's
+  # platform (koffi's, esbuild's and tsc's Linux binaries).
+  (cd "$REPO" && as_owner npm ci --no-audit --no-fund)
+
+  log "image"
+  # As root: images go to /var/lib/containers-from-scratch (or $CFS_HOME).
+  # Without --source: an existing image, else Alpine, else busybox.
+  (cd "$REPO" && npm run rootfs -- ${CFS_IMAGE_SOURCE:+--source "$CFS_IMAGE_SOURCE"})
+
+  log "doctor"
+  (cd "$REPO" && npm run doctor)
+
+  log "ready in $((SECONDS - started)) s: sudo npx tsx steps/01-exec run echo hello (in $REPO)"
+}
+
+# Run only when executed, so a test can source this file and call the functions.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  main "$@"
+fi
