@@ -29,7 +29,11 @@ export function compiledScript(script: string): string | undefined {
   const version = String(Math.floor(newestMtime(sourceDirs.map((dir) => join(repoDir, dir)))))
   const out = join(cacheDir, `js-${version}`, rel.replace(/\.ts$/, '.js'))
   if (existsSync(out)) return out
-  return build(version) ? (existsSync(out) ? out : undefined) : undefined
+  try {
+    return build(version) && existsSync(out) ? out : undefined
+  } catch {
+    return undefined // e.g. a cache made by root, and we are not: tsx it is
+  }
 }
 
 // Compile all sources into js-<version>/, atomically: into a temporary
