@@ -19,7 +19,7 @@ export function parseRunArgs<const T extends OptionSpec>(argv: string[], options
   }
   const split = firstNonOption(rest, options)
   const spec: OptionSpec = { ...options, help: { type: 'boolean', short: 'h' } }
-  const { values } = parseArgs({ args: rest.slice(0, split), options: spec, strict: true })
+  const { values } = parseArgs({ args: joinNegativeValues(rest.slice(0, split), options), options: spec, strict: true })
   if (values.help) exitWithUsage(usage)
   const command = rest.slice(split).filter((arg, i) => !(i === 0 && arg === '--'))
   if (command.length === 0) throw new UsageError('missing command: what should run in the container? (see --help)')
@@ -48,6 +48,18 @@ function firstNonOption(args: string[], options: OptionSpec): number {
     if (name !== undefined && options[name]?.type === 'string') i++
   }
   return args.length
+}
+
+// `--pids-limit -1`: a value that looks like an option. Pass it as
+// `--pids-limit=-1`, so the option's own check can say what is wrong with it.
+function joinNegativeValues(args: string[], options: OptionSpec): string[] {
+  const joined: string[] = []
+  for (let i = 0; i < args.length; i++) {
+    const name = args[i].startsWith('--') ? args[i].slice(2) : undefined
+    if (name && options[name]?.type === 'string' && /^-\d/.test(args[i + 1] ?? '')) joined.push(`${args[i]}=${args[++i]}`)
+    else joined.push(args[i])
+  }
+  return joined
 }
 
 function exitWithUsage(usage: string): never {

@@ -53,7 +53,7 @@ export function exitWithError(err: unknown, prefix = 'cfs'): never {
   }
   if (String(system?.code).startsWith('ERR_PARSE_ARGS')) {
     // node:util parseArgs: an unknown option or a missing value, a usage error.
-    process.stderr.write(`${prefix}: ${(err as Error).message.split('. ')[0]} (see --help)\n`)
+    process.stderr.write(`${prefix}: ${(err as Error).message.split(/\.(\s|$)/)[0]} (see --help)\n`)
     process.exit(EXIT_SETUP_FAILED)
   }
   process.stderr.write(`${prefix}: internal error (a bug, please report it):\n`)
