@@ -1,0 +1,64 @@
+// Step 03: chroot
+//
+// Goal: give the container its own files. The child changes its root
+// directory to the image (chroot) and moves into it, so `/` is the image and
+// the command is looked up there: `ls` is the image's busybox, not the host's.
+// chroot only changes where path lookups start; step 05 shows its limits.
+//
+// Usage: sudo npx tsx exercises/03-chroot run [--image NAME|DIR] <command> [args...]//
+// Exercise: fill in each TODO, then check with `sudo npm run exercise -- 03`
+// (add --hint for a hint). exercises/README.md explains the loop.
+
+import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
+import { newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
+import { exitWithError } from '../../shared/errors.ts'
+import { chroot } from '../../shared/mounts.ts'
+import { CLONE_NEWUTS } from '../../shared/namespaces.ts'
+import { chdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { ensureImage } from '../../shared/rootfs.ts'
+import { sethostname } from '../../shared/uts.ts'
+
+const usage = `
+Usage: sudo npx tsx exercises/03-chroot run [--image NAME|DIR] <command> [args...]
+
+Run <command> in a new UTS namespace, chrooted into an image.
+
+Options:
+  --image NAME|DIR  image name (see npm run rootfs) or a root filesystem directory
+`
+
+/** What the parent hands to the child. */
+interface Container {
+  id: string
+  rootfs: string
+  command: string[]
+}
+
+async function main(argv: string[]): Promise<void> {
+  if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
+  const { options, command } = parseRunArgs(argv, { image: { type: 'string' } }, usage)
+  requireRoot()
+  const rootfs = await ensureImage(options.image)
+  await run({ id: newContainerId(), rootfs, command })
+}
+
+// Parent: start the child, wait for it, exit with its exit code.
+async function run(container: Container): Promise<void> {
+  const child = reexecChild(container, CLONE_NEWUTS)
+  process.exit(await waitForExit(child))
+}
+
+// Child: set up the container from the inside, then become the command.
+function child(container: Container): void {
+  // If the parent dies (even by SIGKILL), the kernel kills us too.
+  prctl(PR_SET_PDEATHSIG, SIGKILL)
+  // Our own UTS namespace: this hostname is seen only in here.
+  sethostname(container.id)
+  // TODO: make the image (container.rootfs) this process's `/`, so every path
+  // lookup from here on, the command's too, starts in the image. The kernel
+  // changes the root without moving the current directory: move it into the
+  // new root too, or a relative path still leads out to the host's files.
+  execCommand(container.command)
+}
+
+main(process.argv.slice(2)).catch((err) => exitWithError(err))

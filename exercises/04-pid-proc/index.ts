@@ -1,0 +1,81 @@
+// Step 04: PID namespace and /proc
+//
+// Goal: give the container its own process tree. In a new PID namespace
+// (CLONE_NEWPID) the child is PID 1, and because it becomes the command with
+// exec, the command is PID 1. `ps` reads /proc, so the child mounts a proc
+// filesystem inside the image: it shows this namespace's processes only.
+// There is no mount namespace yet, so the host sees that mount while the
+// container runs (step 05 fixes that); the parent unmounts it at the end.
+//
+// Usage: sudo npx tsx exercises/04-pid-proc run [--image NAME|DIR] <command> [args...]//
+// Exercise: fill in each TODO, then check with `sudo npm run exercise -- 04`
+// (add --hint for a hint). exercises/README.md explains the loop.
+
+import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
+import { Cleanup, newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
+import { exitWithError } from '../../shared/errors.ts'
+import { join } from 'node:path'
+import { chroot, mount, MS_NODEV, MS_NOEXEC, MS_NOSUID, unmountIfMounted } from '../../shared/mounts.ts'
+import { CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
+import { chdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { ensureImage } from '../../shared/rootfs.ts'
+import { sethostname } from '../../shared/uts.ts'
+
+const usage = `
+Usage: sudo npx tsx exercises/04-pid-proc run [--image NAME|DIR] <command> [args...]
+
+Run <command> as PID 1 of new UTS and PID namespaces, chrooted into an image,
+with /proc mounted.
+
+Options:
+  --image NAME|DIR  image name (see npm run rootfs) or a root filesystem directory
+`
+
+/** What the parent hands to the child. */
+interface Container {
+  id: string
+  rootfs: string
+  command: string[]
+}
+
+async function main(argv: string[]): Promise<void> {
+  if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
+  const { options, command } = parseRunArgs(argv, { image: { type: 'string' } }, usage)
+  requireRoot()
+  const rootfs = await ensureImage(options.image)
+  await run({ id: newContainerId(), rootfs, command })
+}
+
+// Parent: start the child, wait for it, exit with its exit code.
+async function run(container: Container): Promise<void> {
+  const cleanup = new Cleanup()
+  try {
+    // TODO: start the child in a new PID namespace as well: the first process
+    // born in one is its PID 1 and sees only the processes born after it.
+    const child = reexecChild(container, CLONE_NEWUTS)
+    // TODO: there is no mount namespace yet, so the /proc the child mounts in
+    // the image is in the host's mount table too. Undo that mount when the
+    // container ends, however it ends (the Cleanup runs in `finally`).
+    process.exitCode = await waitForExit(child)
+  } finally {
+    cleanup.run()
+  }
+  process.exit()
+}
+
+// Child: set up the container from the inside, then become the command.
+function child(container: Container): void {
+  // If the parent dies (even by SIGKILL), the kernel kills us too.
+  prctl(PR_SET_PDEATHSIG, SIGKILL)
+  // Our own UTS namespace: this hostname is seen only in here.
+  sethostname(container.id)
+  // From now on `/` is the image. chdir too: chroot leaves the cwd outside.
+  chroot(container.rootfs)
+  chdir('/')
+  // TODO: `ps` reads /proc, which is an empty directory in the image. Mount a
+  // proc filesystem there: it shows the PID namespace of the process that
+  // mounts it. Nothing on it should be run, setuid or a device (mount flags).
+  execCommand(container.command)
+}
+
+main(process.argv.slice(2)).catch((err) => exitWithError(err))

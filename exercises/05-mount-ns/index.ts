@@ -1,0 +1,102 @@
+// Step 05: mount namespace, pivot_root and a minimal /dev
+//
+// Goal: give the container its own mount table. In a new mount namespace
+// (CLONE_NEWNS) the child first makes every mount private, so nothing it
+// mounts propagates to the host. It then swaps the root for the image with
+// pivot_root, which, unlike chroot, leaves no way back: the old root is
+// unmounted and gone. Last, it mounts /proc, a read-only /sys, and a /dev
+// with only the devices a container needs.
+//
+// Usage: sudo npx tsx exercises/05-mount-ns run [--image NAME|DIR] <command> [args...]//
+// Exercise: fill in each TODO, then check with `sudo npm run exercise -- 05`
+// (add --hint for a hint). exercises/README.md explains the loop.
+
+import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
+import { Cleanup, newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
+import { exitWithError } from '../../shared/errors.ts'
+import { mkdtempSync, rmdirSync } from 'node:fs'
+import { basename, join } from 'node:path'
+import { mountDev } from '../../shared/devices.ts'
+import {
+  mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
+} from '../../shared/mounts.ts'
+import { CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
+import { chdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { ensureImage } from '../../shared/rootfs.ts'
+import { sethostname } from '../../shared/uts.ts'
+import { refuseHostNamespace, refuseHostRoot } from '../guard.ts'
+
+const usage = `
+Usage: sudo npx tsx exercises/05-mount-ns run [--image NAME|DIR] <command> [args...]
+
+Run <command> as PID 1 of new UTS, PID and mount namespaces, with an image
+as its root (pivot_root), /proc, /sys and a minimal /dev.
+
+Options:
+  --image NAME|DIR  image name (see npm run rootfs) or a root filesystem directory
+`
+
+/** What the parent hands to the child. */
+interface Container {
+  id: string
+  rootfs: string
+  command: string[]
+}
+
+async function main(argv: string[]): Promise<void> {
+  if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
+  const { options, command } = parseRunArgs(argv, { image: { type: 'string' } }, usage)
+  requireRoot()
+  const rootfs = await ensureImage(options.image)
+  await run({ id: newContainerId(), rootfs, command })
+}
+
+// Parent: start the child, wait for it, exit with its exit code.
+async function run(container: Container): Promise<void> {
+  const cleanup = new Cleanup()
+  try {
+    // TODO: the child needs a mount table of its own: a new mount namespace,
+    // a copy of the host's in which mounts and unmounts stay its own business.
+    const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID)
+    process.exitCode = await waitForExit(child)
+  } finally {
+    cleanup.run()
+  }
+  process.exit()
+}
+
+// Child: set up the container from the inside, then become the command.
+function child(container: Container): void {
+  // If the parent dies (even by SIGKILL), the kernel kills us too.
+  prctl(PR_SET_PDEATHSIG, SIGKILL)
+  // Our own UTS namespace: this hostname is seen only in here.
+  sethostname(container.id)
+  // Exercises only: stop here, not change the host's mounts, while the TODO in run() is open.
+  refuseHostNamespace('mnt')
+  // TODO: a new mount namespace starts as a copy, and on most hosts `/` is a
+  // shared mount (`findmnt -o TARGET,PROPAGATION /`): what is mounted under a
+  // shared mount propagates to its peers, the host's copy among them. Change
+  // the propagation of the whole tree, every submount too, so nothing does.
+  pivotInto(container.rootfs)
+  // Exercises only: stop here, not mount over the host's /proc, /sys, /dev, while pivotInto() is unfinished.
+  refuseHostRoot()
+  // A proc filesystem shows the PID namespace of the process that mounts it.
+  mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  // TODO: mount a sysfs on /sys, read-only: the container may look, not tune the host's kernel.
+  // TODO: a /dev with only the devices a container needs, none of the host's disks
+  // (shared/devices.ts knows which).
+  execCommand(container.command)
+}
+
+// Make `rootfs` the root of this mount namespace, with no way back to the host's.
+function pivotInto(rootfs: string): void {
+  // TODO: the kernel swaps roots only at a mount point, and the image is a plain
+  // directory: make it one, with the mounts under it, without copying anything.
+  // TODO: swap the roots: the image becomes this namespace's `/`, and the old
+  // root is moved onto a new, empty directory inside the image. Then move the
+  // current directory into the new root.
+  // TODO: unlike chroot, the old root can now go: detach it from the tree (it
+  // is busy, so lazily), and remove its directory. No path leads back after that.
+}
+
+main(process.argv.slice(2)).catch((err) => exitWithError(err))

@@ -1,0 +1,118 @@
+// Step 06: cgroups
+//
+// Goal: limit what the container may use. The parent creates a control group
+// for it (pids, memory, CPU), wherever this host keeps each controller (cgroup
+// v2, v1, or both), and writes the limits. The child puts itself in it before
+// anything else, so even the command's first instruction runs under the
+// limits. A fork bomb stops at --pids-limit; a memory hog is OOM-killed.
+// The parent removes the cgroup when the container ends, however it ends.
+//
+// Usage: sudo npx tsx exercises/06-cgroups run [--image NAME|DIR] [--pids-limit N|max]
+//          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]//
+// Exercise: fill in each TODO, then check with `sudo npm run exercise -- 06`
+// (add --hint for a hint). exercises/README.md explains the loop.
+
+import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
+import { Cleanup, newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
+import { exitWithError } from '../../shared/errors.ts'
+import { mkdtempSync, rmdirSync } from 'node:fs'
+import { basename, join } from 'node:path'
+import {
+  createCgroup, DEFAULT_PIDS_LIMIT, joinCgroup, limitsFromOptions, removeCgroup, type Cgroup, type Limits,
+} from '../../shared/cgroups.ts'
+import { mountDev } from '../../shared/devices.ts'
+import {
+  mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
+} from '../../shared/mounts.ts'
+import { CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
+import { chdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { ensureImage } from '../../shared/rootfs.ts'
+import { sethostname } from '../../shared/uts.ts'
+
+const usage = `
+Usage: sudo npx tsx exercises/06-cgroups run [options] <command> [args...]
+
+Run <command> as PID 1 of new UTS, PID and mount namespaces, with an image
+as its root (pivot_root), /proc, /sys and a minimal /dev, in its own cgroup.
+
+Options:
+  --image NAME|DIR    image name (see npm run rootfs) or a root filesystem directory
+  --pids-limit N|max  most processes at once (default: ${DEFAULT_PIDS_LIMIT}; max: no limit)
+  -m, --memory SIZE   memory limit, e.g. 100M or 1G; beyond it the OOM killer acts
+  --cpus N            CPU time, in CPUs, e.g. 0.5
+  -c, --cpu-shares N  CPU weight relative to others (default 1024)
+`
+
+/** What the parent hands to the child. */
+interface Container {
+  id: string
+  rootfs: string
+  command: string[]
+  cgroup: Cgroup
+}
+
+async function main(argv: string[]): Promise<void> {
+  if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
+  const { options, command } = parseRunArgs(argv, {
+    image: { type: 'string' },
+    'pids-limit': { type: 'string' },
+    memory: { type: 'string', short: 'm' },
+    cpus: { type: 'string' },
+    'cpu-shares': { type: 'string', short: 'c' },
+  }, usage)
+  const limits = limitsFromOptions(options)
+  requireRoot()
+  const rootfs = await ensureImage(options.image)
+  await run({ id: newContainerId(), rootfs, command }, limits)
+}
+
+// Parent: start the child, wait for it, exit with its exit code.
+async function run(container: Omit<Container, 'cgroup'>, limits: Limits): Promise<void> {
+  const cleanup = new Cleanup()
+  try {
+    // TODO: make a control group for this container, named after its id, with
+    // the limits written into it: the kernel enforces them on every process in
+    // it. Remove it when the container ends, however it ends (Ctrl-C, an error).
+    // Then hand it to the child, in the config below.
+    const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS)
+    process.exitCode = await waitForExit(child)
+  } finally {
+    cleanup.run()
+  }
+  process.exit()
+}
+
+// Child: set up the container from the inside, then become the command.
+function child(container: Container): void {
+  // If the parent dies (even by SIGKILL), the kernel kills us too.
+  prctl(PR_SET_PDEATHSIG, SIGKILL)
+  // TODO: move this process into the container's cgroup before anything else:
+  // a process's children are born in its cgroup, so from here on everything,
+  // the command too, runs under the limits.
+  // Our own UTS namespace: this hostname is seen only in here.
+  sethostname(container.id)
+  // The host's / is usually a shared mount (`findmnt -o TARGET,PROPAGATION /`):
+  // anything mounted under it would show up on the host too. MS_REC: all of
+  // the tree, or mounts such as /dev/pts would still leak.
+  mount(null, '/', null, MS_REC | MS_PRIVATE)
+  pivotInto(container.rootfs)
+  // A proc filesystem shows the PID namespace of the process that mounts it.
+  mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  mount('sysfs', '/sys', 'sysfs', MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  mountDev('/dev')
+  execCommand(container.command)
+}
+
+// Make `rootfs` the root of this mount namespace, with no way back to the host's.
+function pivotInto(rootfs: string): void {
+  // pivot_root needs the new root to be a mount point: bind it onto itself.
+  mount(rootfs, rootfs, null, MS_BIND | MS_REC)
+  const oldRoot = mkdtempSync(join(rootfs, '.old-root-'))
+  pivot_root(rootfs, oldRoot)
+  chdir('/')
+  // Detach the host's tree from ours; after this there is no path back to it.
+  umount2(`/${basename(oldRoot)}`, MNT_DETACH)
+  rmdirSync(`/${basename(oldRoot)}`)
+}
+
+main(process.argv.slice(2)).catch((err) => exitWithError(err))

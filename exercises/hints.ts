@@ -1,0 +1,197 @@
+// Everything the checkers know about the exercises and the homework besides
+// the code: titles, man pages, hints (shown one at a time by `--hint`), and
+// for the homework what a person has to judge. Hints live here and only
+// here, so an exercise file holds its story and its TODOs, never an answer.
+
+/** A fill-in exercise: exercises/<slug>/index.ts, checked by steps/<slug>/verify.ts. */
+export interface Exercise {
+  title: string
+  /** Man pages worth reading first, as `name(section)`. */
+  man: string[]
+  /** From a nudge to nearly the answer; `--hint` shows the next one. */
+  hints: [string, ...string[]]
+}
+
+/** A homework problem: exercises/homework/<slug>/, checked by its check.ts. */
+export interface Homework extends Exercise {
+  /** The file the learner edits, in exercises/homework/<slug>/. */
+  file: string
+  /** What the checker cannot decide and a person must read; empty if the machine decides it all. */
+  person: string
+}
+
+/** The exercises, by step slug. */
+export const exercises: Record<string, Exercise> = {
+  '01-exec': {
+    title: 'exec: become the command',
+    man: ['execve(2)', 'execvp(3)', 'prctl(2)'],
+    hints: [
+      'Two TODOs, both in child(). The first is one call to ask the kernel for a signal on the parent\'s death; the second replaces the process.',
+      'prctl(2) has an option PR_SET_PDEATHSIG whose argument is the signal to receive; shared/process.ts exports prctl, PR_SET_PDEATHSIG and SIGKILL.',
+      'execve(2) never returns on success. shared/process.ts has execCommand(command), which also undoes Node\'s close-on-exec on fds 0-2 and turns ENOENT into exit 127.',
+    ],
+  },
+  '02-uts': {
+    title: 'UTS namespace: a hostname of its own',
+    man: ['uts_namespaces(7)', 'unshare(2)', 'clone(2)', 'sethostname(2)'],
+    hints: [
+      'reexecChild(config, cloneFlags) takes the CLONE_NEW* flags the child is born with; 0 means none.',
+      'The flag for a UTS namespace is CLONE_NEWUTS (shared/namespaces.ts). Until it is there, the guard stops the child before sethostname.',
+      'shared/uts.ts has sethostname(name); the name is container.id, already made by main().',
+    ],
+  },
+  '03-chroot': {
+    title: 'chroot: the image is /',
+    man: ['chroot(2)', 'chdir(2)'],
+    hints: [
+      'Two calls, in child(), before the command runs: change the root, then the working directory.',
+      'shared/mounts.ts has chroot(path); shared/process.ts has chdir(path). The image is container.rootfs.',
+      'After chroot(container.rootfs), chdir(\'/\'): the cwd left outside the root is the classic chroot escape, and `cat ../../…` in verify tries it.',
+    ],
+  },
+  '04-pid-proc': {
+    title: 'PID namespace and /proc',
+    man: ['pid_namespaces(7)', 'proc(5)', 'mount(2)', 'umount(2)'],
+    hints: [
+      'Three TODOs: one flag in run(), one deferred clean-up in run(), one mount in child() after the chroot.',
+      'CLONE_NEWPID joins CLONE_NEWUTS with `|`. mount(source, target, fstype, flags): source and fstype are both \'proc\', target \'/proc\' (inside the image, after the chroot).',
+      'The flags are MS_NOSUID | MS_NODEV | MS_NOEXEC. On the host the mount is at join(container.rootfs, \'proc\'): cleanup.defer(() => unmountIfMounted(that)) right after the child starts.',
+    ],
+  },
+  '05-mount-ns': {
+    title: 'mount namespace, pivot_root and a minimal /dev',
+    man: ['mount_namespaces(7)', 'pivot_root(2)', 'mount(2)', 'umount(2)', 'sysfs(5)'],
+    hints: [
+      'Start in run(): add CLONE_NEWNS. Then child(): propagation, then pivotInto(), then /sys and /dev. The guards tell you which part is still missing.',
+      'Propagation: mount(null, \'/\', null, MS_REC | MS_PRIVATE). pivot_root(new_root, put_old) needs new_root to be a mount point: a recursive bind mount of rootfs onto itself (MS_BIND | MS_REC) makes one.',
+      'put_old: mkdtempSync(join(rootfs, \'.old-root-\')). After pivot_root and chdir(\'/\'), the old root is at `/${basename(oldRoot)}`: umount2(it, MNT_DETACH), then rmdirSync(it). /sys: sysfs with MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC; /dev: mountDev(\'/dev\').',
+    ],
+  },
+  '06-cgroups': {
+    title: 'cgroups: limits the kernel enforces',
+    man: ['cgroups(7)', 'cgroup v2: Documentation/admin-guide/cgroup-v2.rst'],
+    hints: [
+      'shared/cgroups.ts does the file work for v1, v2 and hybrid hosts: you only call createCgroup, removeCgroup and joinCgroup.',
+      'In run(): const cgroup = createCgroup(container.id, limits), then cleanup.defer(() => removeCgroup(cgroup)), and pass { ...container, cgroup } to reexecChild.',
+      'In child(), first thing after prctl: joinCgroup(container.cgroup). It writes this process\'s PID into cgroup.procs of every hierarchy.',
+    ],
+  },
+  '07-overlay': {
+    title: 'overlayfs: a copy-on-write root per container',
+    man: ['mount(2)', 'overlayfs: Documentation/filesystems/overlayfs.rst'],
+    hints: [
+      'One line changes: what pivotInto() pivots into. container.dir already holds upper/, work/ and merged/.',
+      'shared/overlay.ts has mountOverlay(image, dir): it mounts lowerdir=image, upperdir=dir/upper, workdir=dir/work on dir/merged and returns merged.',
+      'pivotInto(mountOverlay(container.rootfs, container.dir)). It runs in the child, after MS_PRIVATE, so the overlay exists only in the container\'s mount namespace.',
+    ],
+  },
+  '08-net': {
+    title: 'network namespace: a veth pair and a bridge',
+    man: ['network_namespaces(7)', 'veth(4)', 'ip-link(8)', 'ip-address(8)', 'ip-route(8)'],
+    hints: [
+      'Three TODOs: a flag and the veth pair in run(), the network set-up in child(). The parent and the child meet on the sync pipe (fd 3): the parent writes, the child reads.',
+      'The flag is CLONE_NEWNET. shared/net.ts: connectContainer(network, child.pid!) makes the pair (`ip link add … peer name eth0 netns <pid>`); shared/container.ts: tellChild(child).',
+      'In child(): waitForParent(), then configureContainerNetwork(container.network). The order matters: eth0 does not exist before the parent says so.',
+    ],
+  },
+}
+
+/** The homework of seed 002, by short name (npm run homework -- p1a). */
+export const homework: Record<string, Homework & { slug: string }> = {
+  p1a: {
+    slug: 'p1a-proc',
+    title: 'proc for a new PID namespace, without touching the host',
+    file: 'index.ts',
+    man: ['mount_namespaces(7)', 'pid_namespaces(7)', 'proc(5)', 'lsns(8)', 'findmnt(8)'],
+    hints: [
+      'Propagation is in the optional fields of /proc/self/mountinfo, between the mount options and the " - ": shared:N, master:N, propagate_from:N, unbindable. None of them means private.',
+      'A proc filesystem shows the PID namespace of whoever mounts it, so the child mounts it (after CLONE_NEWPID | CLONE_NEWNS). Before that: mount(null, \'/\', null, MS_REC | MS_PRIVATE), or MS_SLAVE to still receive the host\'s new mounts.',
+      'lsns reads /proc, always /proc: with proc mounted elsewhere it still lists the host\'s processes.',
+    ],
+    person: 'answers.md: why lsns lists different things with proc at /proc and at another path',
+  },
+  p1b: {
+    slug: 'p1b-pivot-init',
+    title: 'a bind-mounted, writable root with pivot_root, and an init that starts a shell',
+    file: 'index.ts',
+    man: ['pivot_root(2)', 'mount(2)', 'mount_namespaces(7)', 'sh(1)'],
+    hints: [
+      'pivotInto() is step 05\'s, with the root made from a copy of the image (already done by the parent): bind it onto itself, pivot_root, detach the old root.',
+      'The init is the child itself, after the mounts: it does not exec. It starts the shell with child_process.spawnSync(\'/bin/sh\', [\'-i\'], { stdio: \'inherit\', env: { ...process.env, PS1: prompt } }).',
+      'The init waits for the shell and exits with its status. The space question: du -sh the image and one container\'s directory while two run.',
+    ],
+    person: 'answers.md: how much space two such containers use, and why (a keyword check runs; a person reads the reasoning)',
+  },
+  p2: {
+    slug: 'p2-propagation',
+    title: 'the mount propagation puzzle',
+    file: 'prediction.txt',
+    man: ['mount_namespaces(7)', 'mount(8)'],
+    hints: [
+      'After `mount --make-shared smt`, the mount at smt has a peer group. A bind mount of a shared mount joins that peer group.',
+      'A mount made under one member of a peer group is copied under every other member, once (the copies do not propagate again).',
+      '`mount --move tmp smt/1` puts the bind (a peer of smt) under smt: the copy goes under the moved mount itself, at smt/1/1.',
+    ],
+    person: 'prediction.txt, the question at its end: why the listings are (not) identical',
+  },
+  p4: {
+    slug: 'p4-lsns',
+    title: 'a small lsns for one PID',
+    file: 'index.ts',
+    man: ['lsns(8)', 'namespaces(7)', 'readlink(2)', 'proc(5)'],
+    hints: [
+      'Each namespace of a process is a symbolic link in /proc/PID/ns; its target reads like `uts:[4026531838]`, and the number is the namespace\'s inode.',
+      'readdirSync(`/proc/${pid}/ns`), readlinkSync of each; leave out pid_for_children and time_for_children (they are the children\'s).',
+      'A PID that does not exist: one line on stderr, a non-zero exit code (UsageError does both).',
+    ],
+    person: '',
+  },
+  p5: {
+    slug: 'p5-config',
+    title: 'memory, CPU percent and an extra mount point, in one typed config',
+    file: 'index.ts',
+    man: ['cgroups(7)', 'mount(2)', 'mount_namespaces(7)'],
+    hints: [
+      'parseConfig() turns the options into a Config, or throws UsageError; the Config travels to the child inside the JSON, like every other field.',
+      'CPU percent of one CPU is a quota per period: 25% is 25 ms of CPU per 100 ms, the same as Limits.cpus = 0.25.',
+      'The bind mount has to be made before pivot_root, while the host\'s path can still be named: mkdir the target inside merged/ (it lands in upper/, not in the image), then mount(source, target, null, MS_BIND).',
+    ],
+    person: '',
+  },
+  p6a: {
+    slug: 'p6a-net',
+    title: 'two containers talking over the network',
+    file: 'index.ts',
+    man: ['network_namespaces(7)', 'nc(1)'],
+    hints: [
+      'Step 08 gives each container an address on the cfs0 bridge; the listener prints its own (hostname -i or ip -4 addr show eth0) so the talker knows where to go.',
+      'Start the listener with `nc -l -p PORT`, read its address from its output, then start the second container with `echo MESSAGE | nc ADDRESS PORT`.',
+      'Wait for both runs; both containers must be gone and nothing left behind (their parents release addresses and veths).',
+    ],
+    person: '',
+  },
+  p6b: {
+    slug: 'p6b-fifo',
+    title: 'a FIFO between two containers',
+    file: 'index.ts',
+    man: ['fifo(7)', 'mkfifo(3)', 'pipe(7)'],
+    hints: [
+      'A namespace hides names (paths), not files that are already open: an open file descriptor goes through exec and into any namespace.',
+      'mkfifo in the given directory on the host; then open it as the reader container\'s stdin and as the writer container\'s stdout (a shell redirection does the open).',
+      'Opening a FIFO blocks until the other end is opened too, so start both runs before awaiting either. Remove the FIFO at the end.',
+    ],
+    person: 'README.md, question 2: why CLONE_NEWIPC would not stop this FIFO',
+  },
+  p6c: {
+    slug: 'p6c-build',
+    title: 'a tiny Containerfile: one overlay layer on top of an image',
+    file: 'build.ts',
+    man: ['mount(2)', 'overlayfs: Documentation/filesystems/overlayfs.rst', 'chroot(2)'],
+    hints: [
+      'The build runs in its own mount namespace (the skeleton re-runs itself with CLONE_NEWNS), so the overlay vanishes with it.',
+      'lowerdir = the FROM image, upperdir = <out>/diff, workdir = <out>/work, mounted on <out>/merged. COPY writes into merged; RUN runs `chroot <merged> /bin/sh -c <command>`.',
+      'Everything that changes in merged lands in diff; a deletion leaves a whiteout (a 0,0 character device). Unmount before you finish.',
+    ],
+    person: '',
+  },
+}
