@@ -186,6 +186,7 @@ const hostAddress = await firstHostAddress()
 const clashing = hostAddress ? `${hostAddress.split('.').slice(0, 3).join('.')}.0/24` : undefined
 if (clashing) {
   await quiet()
+  if (existsSync(`/sys/class/net/${BRIDGE}`)) console.log(`  note: ${BRIDGE} is up already (another container?): the step checks the subnet only when it creates the bridge`)
   const leftBefore = leftovers()
   const refused = await runStep(step, ['true'], { env: { CFS_SUBNET: clashing } })
   const lines = refused.stderr.trim().split('\n')
