@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import { cgroupProcs, findHierarchies, removeCgroup } from './cgroups.ts'
 import { MNT_DETACH, readMountInfo, umount2 } from './mounts.ts'
 import { BRIDGE, deleteInterface, liveLeases } from './net.ts'
-import { kill } from './process.ts'
+import { cmdline, isRunning } from './procfs.ts'
 import { containersDir, PREFIX, stateDir } from './settings.ts'
 
 /** Something the project made: what it is, whether a running container still uses it, how to remove it. */
@@ -91,11 +91,17 @@ function cgroups(): Leftover[] {
         return {
           kind: 'cgroup' as const,
           name: dir,
-          inUse: procs.length ? `${procs.length} processes in it` : false,
+          inUse: procs.length ? `${procs.length} processes in it` : starting(name) ? 'its container is starting' : false,
           remove: () => removeCgroup({ name, dirs: [{ version: h.version, dir, controllers: [] }] }),
         }
       }),
   )
+}
+
+// A container's cgroup is empty until its child joins it: the child's
+// argv (its config) names the cgroup, and the parent made it an instant ago.
+function starting(name: string): boolean {
+  return listDir('/proc').some((pid) => /^\d+$/.test(pid) && cmdline(Number(pid)).some((arg) => arg.includes(`"${name}"`)))
 }
 
 // cfs<id> veth ends; in use while their container holds an address lease.
@@ -128,7 +134,7 @@ function containerDirs(): Leftover[] {
   return listDir(containersDir).map((id) => {
     const dir = join(containersDir, id)
     const parent = Number(readText(join(dir, 'parent.pid')))
-    const alive = parent > 0 && kill(parent, 0) && existsSync(join(dir, 'merged')) && !existsSync(join(dir, 'kept'))
+    const alive = parent > 0 && isRunning(parent) && existsSync(join(dir, 'merged')) && !existsSync(join(dir, 'kept'))
     return {
       kind: 'container dir' as const,
       name: dir,
@@ -144,7 +150,7 @@ function leases(): Leftover[] {
   const stale: Leftover[] = listDir(join(netDir, 'leases')).flatMap((address) => {
     const file = join(netDir, 'leases', address)
     const pid = Number(readText(file).split(' ')[1])
-    return pid > 0 && kill(pid, 0) ? [] : [{ kind: 'lease' as const, name: file, inUse: false as const, remove: () => rmSync(file, { force: true }) }]
+    return pid > 0 && isRunning(pid) ? [] : [{ kind: 'lease' as const, name: file, inUse: false as const, remove: () => rmSync(file, { force: true }) }]
   })
   const lock = join(netDir, 'lock')
   if (existsSync(lock) && Date.now() - statSync(lock).mtimeMs > 10_000) {

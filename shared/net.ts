@@ -11,7 +11,7 @@ import { execFileSync } from 'node:child_process'
 import { mkdirSync, readdirSync, readFileSync, rmSync, rmdirSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { UsageError } from './errors.ts'
-import { kill } from './process.ts'
+import { isRunning } from './procfs.ts'
 import { PREFIX, stateDir } from './settings.ts'
 
 /** The host's bridge that all containers plug into. */
@@ -148,14 +148,22 @@ export function liveLeases(): { address: string; id: string; pid: number }[] {
   }
   return files.flatMap((address) => {
     const [id, pid] = readFileSync(join(leasesDir, address), 'utf8').trim().split(' ')
-    return kill(Number(pid), 0) ? [{ address, id, pid: Number(pid) }] : []
+    return isRunning(Number(pid)) ? [{ address, id, pid: Number(pid) }] : []
   })
 }
 
 // Create the bridge if it is not there, after checking that no other
 // interface or route on the host already uses the subnet.
 function ensureBridge(): void {
-  if (interfaceExists(BRIDGE)) return
+  if (interfaceExists(BRIDGE)) {
+    // Up already, for running containers: it must be on the subnet we were asked for.
+    const [bridge] = JSON.parse(ip(['-j', 'addr', 'show', 'dev', BRIDGE])) as { addr_info: { family: string; local: string; prefixlen: number }[] }[]
+    const inet = bridge?.addr_info?.find((a) => a.family === 'inet')
+    if (inet && (inet.local !== SUBNET.gateway || inet.prefixlen !== SUBNET.prefix)) {
+      throw new UsageError(`${BRIDGE} is up with ${inet.local}/${inet.prefixlen} for running containers, not ${SUBNET.gateway}/${SUBNET.prefix} (CFS_SUBNET): stop them first`)
+    }
+    return
+  }
   const addresses = JSON.parse(ip(['-j', 'addr', 'show'])) as { ifname: string; addr_info: { family: string; local: string }[] }[]
   for (const link of addresses) {
     for (const addr of link.addr_info ?? []) {

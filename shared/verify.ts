@@ -110,7 +110,7 @@ export class Checks {
 }
 
 function show(value: unknown): string {
-  const text = typeof value === 'string' ? value : JSON.stringify(value)
+  const text = typeof value === 'string' ? value : (JSON.stringify(value) ?? String(value))
   return text.length > 400 ? `${text.slice(0, 400)}…` : text
 }
 
