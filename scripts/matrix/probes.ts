@@ -16,11 +16,12 @@ import { createServer, type AddressInfo, type Server } from 'node:net'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { cgroupProcs, createCgroup, removeCgroup, type Cgroup } from '../../shared/cgroups.ts'
-import { mount, MNT_DETACH, readMountInfo, umount2 } from '../../shared/mounts.ts'
+import { mount, readMountInfo } from '../../shared/mounts.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { repoDir } from '../../shared/settings.ts'
 import { sethostname } from '../../shared/uts.ts'
 import { tsx } from '../../shared/verify.ts'
+import { copyImage, removeTree } from '../lib/private-image.ts'
 
 /** A cell of the matrix: the probe could not do it, it could, or the probe itself failed (why). */
 export type Cell = 'isolated' | 'leaks' | { error: string }
@@ -249,31 +250,13 @@ async function prepareHost(): Promise<Host> {
   }
 }
 
-// A copy of the image that leaves out what is mounted in it (another run's
-// step 04 /proc, say): `cp -x` stays on the image's file system. Files that
-// vanish while it copies (a concurrent run's scratch files) get a second try.
-function copyImage(image: string, rootfs: string): void {
-  for (let attempt = 1; ; attempt++) {
-    rmSync(rootfs, { recursive: true, force: true })
-    mkdirSync(join(rootfs, '..'), { recursive: true })
-    const result = spawnSync('cp', ['-a', '-x', image, rootfs], { encoding: 'utf8' })
-    if (result.status === 0) return
-    if (attempt === 3) throw new Error(`cp -a -x ${image} ${rootfs}: ${result.error?.message ?? result.stderr.trim()}`)
-  }
-}
-
-// Undo prepareHost and whatever a run left: mounts under the directory first
-// (deepest first), so removing the directory never reaches into a mount.
+// Undo prepareHost and whatever a run left under its directory.
 async function disposeHost(host: Partial<Host> & { dir: string }): Promise<void> {
   host.see?.kill('SIGKILL')
   if (host.loop) spawnSync('losetup', ['--detach', host.loop.device])
   await new Promise<void>((resolve) => (host.listener?.listening ? host.listener.close(() => resolve()) : resolve()))
   restoreHostname(host as Host)
-  const leftover = readMountInfo()
-    .filter((m) => m.mountPoint === host.dir || m.mountPoint.startsWith(`${host.dir}/`))
-    .sort((a, b) => b.mountPoint.length - a.mountPoint.length)
-  for (const m of leftover) umount2(m.mountPoint, MNT_DETACH)
-  rmSync(host.dir, { recursive: true, force: true })
+  removeTree(host.dir)
 }
 
 // The host's hostname back, if a run changed it (only to one of ours: never undo someone else's).
