@@ -58,3 +58,21 @@ export function nsPids(pid: number): number[] {
     return []
   }
 }
+
+/** PIDs of every process below `root` (children, their children, ...), from the PPid of each process in /proc. */
+export function descendants(root: number): number[] {
+  const children = new Map<number, number[]>()
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue
+    const parent = parentPid(Number(name))
+    children.set(parent, [...(children.get(parent) ?? []), Number(name)])
+  }
+  const found: number[] = []
+  for (let queue = [root]; queue.length; ) {
+    for (const pid of children.get(queue.shift()!) ?? []) {
+      found.push(pid)
+      queue.push(pid)
+    }
+  }
+  return found
+}
