@@ -1,0 +1,244 @@
+// Bad input, table-driven: every case ends with a one-line error on stderr
+// and the documented exit code (README.md: 125 when the container could not
+// be set up, 126 when the command cannot be executed, 127 when it is not in
+// the image), and leaves nothing behind (shared/clean.ts findLeftovers(),
+// narrowed to what the test's own runs made: others may be running too).
+
+import t from 'tap'
+import { execFileSync, spawn } from 'node:child_process'
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { findLeftovers } from '../shared/clean.ts'
+import { UsageError } from '../shared/errors.ts'
+import { allocateNetwork, BRIDGE, releaseNetwork, vethName } from '../shared/net.ts'
+import { cmdline, descendants, findProcesses, waitFor } from '../shared/procfs.ts'
+import { ensureImage } from '../shared/rootfs.ts'
+import { containersDir, repoDir, stateDir } from '../shared/settings.ts'
+import { shown, tsx } from '../shared/verify.ts'
+import { leftoversOf } from '../scripts/stress/stress.ts'
+import { rootOnly } from './helpers.ts'
+
+const ALL = ['01-exec', '02-uts', '03-chroot', '04-pid-proc', '05-mount-ns', '06-cgroups', '07-overlay', '08-net']
+const from = (first: string) => ALL.slice(ALL.indexOf(first))
+
+interface Case {
+  name: string
+  steps: string[]
+  args: string[]
+  exitCode: number
+  stderr: RegExp // what the one line must say
+  env?: NodeJS.ProcessEnv
+  asNobody?: boolean
+  makesContainer?: boolean // it gets as far as a container id (from step 02 on): the leftover check has ids to look for
+}
+
+interface Result {
+  exitCode: number | null
+  stderr: string
+  ids: string[] // the container ids the run made, as far as it got
+}
+
+// Run a step as a learner would (without tap's NODE_OPTIONS preloads), maybe as `nobody`.
+function runStep(step: string, args: string[], options: { env?: NodeJS.ProcessEnv; asNobody?: boolean } = {}): Promise<Result> {
+  const command = ['env', '-u', 'NODE_OPTIONS', tsx, `steps/${step}`, 'run', ...args]
+  const argv = options.asNobody ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', ...command] : command
+  const child = spawn(argv[0], argv.slice(1), { cwd: repoDir, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, FORCE_COLOR: '0', ...options.env } })
+  let stderr = ''
+  child.stderr!.on('data', (chunk) => (stderr += chunk))
+  const ids = new Set<string>()
+  const pids = new Set<number>([child.pid!])
+  const watch = setInterval(() => watchRun(child.pid!, pids, ids), 10)
+  return new Promise((resolve) => child.on('close', (code) => {
+    clearInterval(watch)
+    for (const [id] of stderr.matchAll(/\b[0-9a-f]{12}\b/g)) ids.add(id)
+    resolve({ exitCode: code, stderr, ids: [...ids] })
+  }))
+}
+
+// Other runs on this host make and leave things too: the test looks only at
+// what carries the ids of its own runs. An id shows in the child's argv (its
+// JSON config), and in parent.pid of a container dir or a lease while the
+// parent, one of the run's processes, has them.
+function watchRun(root: number, pids: Set<number>, ids: Set<string>): void {
+  for (const pid of descendants(root)) {
+    pids.add(pid)
+    const config = cmdline(pid).join(' ').match(/"id":"([0-9a-f]{12})"/)
+    if (config) ids.add(config[1])
+  }
+  for (const id of listDir(containersDir)) if (pids.has(Number(readText(join(containersDir, id, 'parent.pid'))))) ids.add(id)
+  for (const address of listDir(leasesDir)) {
+    const [id, pid] = readText(join(leasesDir, address)).split(' ')
+    if (pids.has(Number(pid))) ids.add(id)
+  }
+}
+
+// Left by the run: what carries its ids, and any new mount under the state
+// dir that is no container's (step 04's /proc on the image), once others'
+// runs had 3 s to remove theirs.
+async function leftBy(result: Result, before: Set<string>): Promise<string[]> {
+  const fresh = () => [
+    ...leftoversOf(result.ids, undefined, []),
+    ...findLeftovers().filter((l) => l.kind === 'mount' && !l.name.includes(containersDir) && !before.has(`${l.kind}: ${l.name}`)).map((l) => `${l.kind}: ${l.name}`),
+  ]
+  return (await waitFor(() => (fresh().length ? undefined : []), 3000)) ?? fresh()
+}
+
+const listDir = (dir: string): string[] => (existsSync(dir) ? readdirSync(dir) : [])
+const readText = (file: string): string => {
+  try {
+    return readFileSync(file, 'utf8').trim()
+  } catch {
+    return ''
+  }
+}
+
+const leasesDir = join(stateDir, 'net', 'leases')
+const snapshot = () => new Set(findLeftovers().map((l) => `${l.kind}: ${l.name}`))
+
+t.test('bad input: one line, the documented exit code, nothing left', rootOnly(), async (t) => {
+  const image = await ensureImage()
+  const scratch = mkdtempSync('/tmp/cfs-bad-input-')
+  const corrupt = join(scratch, 'no-shell')
+  mkdirSync(join(corrupt, 'bin'), { recursive: true })
+  const aFile = join(scratch, 'a-file')
+  writeFileSync(aFile, 'not a directory\n')
+  t.teardown(() => rmSync(scratch, { recursive: true, force: true }))
+
+  const cases: Case[] = [
+    { name: 'unknown option', steps: ALL, args: ['--bogus', 'true'], exitCode: 125, stderr: /Unknown option '--bogus'/ },
+    { name: 'missing command', steps: ALL, args: [], exitCode: 125, stderr: /missing command/ },
+    { name: 'command not in the image', steps: ALL, args: ['no-such-command'], exitCode: 127, stderr: /no-such-command: command not found/, makesContainer: true },
+    { name: 'not executable', steps: ALL, args: ['/etc/passwd'], exitCode: 126, stderr: /\/etc\/passwd: permission denied/, makesContainer: true },
+    { name: '--memory abc', steps: from('06-cgroups'), args: ['--memory', 'abc', 'true'], exitCode: 125, stderr: /--memory `abc`: expected a size/ },
+    { name: '--memory 0', steps: from('06-cgroups'), args: ['--memory', '0', 'true'], exitCode: 125, stderr: /--memory `0`: the smallest limit is 6M/ },
+    { name: '--pids-limit -1', steps: from('06-cgroups'), args: ['--pids-limit', '-1', 'true'], exitCode: 125, stderr: /--pids-limit `-1`: expected a whole number/ },
+    { name: 'missing image', steps: from('03-chroot'), args: ['--image', 'nope', 'true'], exitCode: 125, stderr: /no image `nope`/ },
+    { name: 'corrupt image (no /bin/sh)', steps: from('03-chroot'), args: ['--image', corrupt, 'true'], exitCode: 125, stderr: /looks broken \(no \/bin\/sh\)/ },
+    {
+      name: 'state dir unwritable (CFS_HOME below a file)', steps: ['07-overlay', '08-net'], args: ['--image', image, 'true'],
+      env: { CFS_HOME: join(aFile, 'x') }, exitCode: 125, stderr: /ENOTDIR/, makesContainer: true,
+    },
+    { name: 'not root', steps: from('02-uts'), args: ['true'], asNobody: true, exitCode: 125, stderr: /needs root/ },
+  ]
+
+  const rows: string[][] = []
+  for (const c of cases) {
+    for (const step of c.steps) {
+      const before = snapshot()
+      const result = await runStep(step, c.args, c)
+      const { exitCode, stderr } = result
+      const lines = stderr.trim().split('\n')
+      const left = await leftBy(result, before)
+      const what = `${c.name} at ${step}`
+      const ran = `${c.asNobody ? 'setpriv --reuid=65534 … ' : ''}${c.env?.CFS_HOME ? `CFS_HOME=${c.env.CFS_HOME} ` : ''}${shown(step, c.args)}`
+      t.equal(exitCode, c.exitCode, `${what}: exit ${c.exitCode}`, { ran, stderr })
+      t.equal(lines.length, 1, `${what}: one line on stderr`, { ran, stderr })
+      t.match(lines[0], /^cfs: /, `${what}: the line starts with \`cfs: \``, { ran })
+      t.match(stderr, c.stderr, `${what}: it says ${c.stderr}`, { ran })
+      if (c.makesContainer && step !== '01-exec') t.ok(result.ids.length > 0, `${what}: the test saw the run's container id`, { ran })
+      t.same(left, [], `${what}: nothing left behind`, { ran })
+      rows.push([c.name, step, `${c.exitCode}`, `${exitCode}`, lines.join(' / ')])
+    }
+  }
+
+  // Interface name collision: an interface named like this id's veth is there first.
+  {
+    const id = `b${process.pid.toString(16).padStart(11, '0')}`.slice(0, 12)
+    const name = vethName(id)
+    // dummy, as the name says; a bridge where the kernel has no dummy driver.
+    try {
+      execFileSync('ip', ['link', 'add', name, 'type', 'dummy'], { stdio: 'ignore' })
+    } catch {
+      execFileSync('ip', ['link', 'add', name, 'type', 'bridge'])
+    }
+    let error: unknown
+    try {
+      const network = allocateNetwork(id)
+      releaseNetwork(network)
+    } catch (err) {
+      error = err
+    } finally {
+      execFileSync('ip', ['link', 'del', name])
+    }
+    const what = `interface name collision (${name} exists)`
+    t.ok(error instanceof UsageError, `${what}: allocateNetwork throws a UsageError`, { got: String(error) })
+    t.equal((error as UsageError)?.exitCode, 125, `${what}: …whose exit code is 125`)
+    t.match(String((error as Error)?.message), `an interface named ${name} already exists`, `${what}: …saying which interface is in the way`)
+    t.notMatch(String((error as Error)?.message), /\n/, `${what}: …in one line`)
+    t.same(leftoversOf([id], undefined, []), [], `${what}: nothing left behind (no lease taken)`)
+    rows.push(['interface name collision', 'shared/net.ts', '125', String((error as UsageError)?.exitCode), String((error as Error)?.message)])
+  }
+
+  // Address range exhausted: a /30 has room for one container.
+  {
+    const env = { CFS_SUBNET: '10.77.9.8/30' }
+    const what = `address range exhausted (CFS_SUBNET=${env.CFS_SUBNET}, one container running)`
+    const before = snapshot()
+    const first = await startOnSubnet(env)
+    if (!first) {
+      // The bridge belongs to other containers, on another subnet, the whole time: there is no /30 to fill.
+      const why = `${BRIDGE} stayed up for other runs' containers on another subnet for 60 s`
+      if (process.env.CI === 'true') t.fail(`${what}: ${why}`)
+      else t.pass(what, { skip: why })
+    } else {
+      const second = await runStep('08-net', ['true'], { env })
+      const left = await leftBy(second, before)
+      const lines = second.stderr.trim().split('\n')
+      t.equal(second.exitCode, 125, `${what}: a second container exits 125`, { stderr: second.stderr })
+      t.equal(lines.length, 1, `${what}: one line on stderr`, { stderr: second.stderr })
+      t.match(second.stderr, /no free address left in 10\.77\.9\.8\/30/, `${what}: it says no address is free`)
+      rows.push(['address range exhausted', '08-net', '125', String(second.exitCode), lines.join(' / ')])
+      await first.stop()
+      t.ok(second.ids.length > 0, `${what}: the test saw the second run's container id`)
+      t.same(left, [], `${what}: the second one left nothing behind`)
+      t.same(leftoversOf([first.id], undefined, [first.marker]), [], `${what}: nothing of the first is left once it is stopped`)
+    }
+  }
+
+  t.comment(`\n${table(['case', 'step', 'want', 'got', 'stderr'], rows)}`)
+})
+
+function table(header: string[], rows: string[][]): string {
+  const all = [header, ...rows]
+  const widths = header.map((_, i) => Math.max(...all.map((row) => row[i].length)))
+  return all.map((row) => row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]))).join('  ')).join('\n')
+}
+
+/**
+ * Start a container of step 08 that sleeps, on its own CFS_SUBNET. The
+ * bridge takes the subnet of the first container up, so this waits until
+ * other runs' containers are gone (up to 60 s); undefined if it never got
+ * its turn.
+ */
+async function startOnSubnet(env: NodeJS.ProcessEnv): Promise<{ id: string; marker: string; stop: () => Promise<void> } | undefined> {
+  const deadline = Date.now() + 60_000
+  for (let attempt = 0; Date.now() < deadline; attempt++) {
+    await waitFor(() => (existsSync(`/sys/class/net/${BRIDGE}`) ? undefined : true), Math.max(0, deadline - Date.now()))
+    const marker = `100.${process.pid}7${attempt}`
+    const child = spawn('env', ['-u', 'NODE_OPTIONS', tsx, 'steps/08-net', 'run', 'sh', '-c', 'hostname; exec sleep "$0"', marker], {
+      cwd: repoDir, detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env },
+    })
+    let output = ''
+    child.stdout!.on('data', (chunk) => (output += chunk))
+    child.stderr!.on('data', (chunk) => (output += chunk))
+    const ended = new Promise<void>((resolve) => child.on('close', () => resolve()))
+    const up = await Promise.race([ended.then(() => false), waitFor(() => findProcesses((argv) => argv[0] === 'sleep' && argv[1] === marker)[0], 20_000)])
+    if (up) {
+      return {
+        id: output.split('\n')[0].trim(),
+        marker,
+        stop: async () => {
+          process.kill(-child.pid!, 'SIGTERM')
+          await ended
+        },
+      }
+    }
+    try {
+      process.kill(-child.pid!, 'SIGKILL')
+    } catch {}
+    await ended
+    // Only a bridge brought up meanwhile by another run is a reason to try again.
+    if (!output.includes(`${BRIDGE} is up with`)) throw new Error(`step 08 on CFS_SUBNET=${env.CFS_SUBNET} did not start: ${output.trim()}`)
+  }
+  return undefined
+}
