@@ -56,3 +56,18 @@ function parentOf(pid: string): string {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
   return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]
 }
+
+/**
+ * Stop if what is mounted on `target` now would propagate to other mount
+ * namespaces (the host's among them): the mount `target` is on is shared.
+ */
+export function refuseSharedMount(target: string): void {
+  const on = readFileSync('/proc/self/mountinfo', 'utf8').trim().split('\n')
+    .map((line) => line.split(' '))
+    .filter((fields) => target === fields[4] || target.startsWith(fields[4] === '/' ? '/' : `${fields[4]}/`))
+    .sort((a, b) => a[4].length - b[4].length)
+    .at(-1)
+  if (on?.slice(6, on.indexOf('-')).some((field) => field.startsWith('shared:'))) {
+    throw new UsageError(`${on[4]}, where ${target} is, is a shared mount: what is mounted there would show up on the host too. See the propagation TODO.`)
+  }
+}

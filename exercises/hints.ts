@@ -108,7 +108,7 @@ export const homework: Record<string, Homework & { slug: string }> = {
       'A proc filesystem shows the PID namespace of whoever mounts it, so the child mounts it (after CLONE_NEWPID | CLONE_NEWNS). Before that: mount(null, \'/\', null, MS_REC | MS_PRIVATE), or MS_SLAVE to still receive the host\'s new mounts.',
       'lsns reads /proc, always /proc: with proc mounted elsewhere it still lists the host\'s processes.',
     ],
-    person: 'answers.md: why lsns lists different things with proc at /proc and at another path',
+    person: 'answers.md: how the propagation was read, and why lsns lists the host\'s namespaces with proc elsewhere',
   },
   p1b: {
     slug: 'p1b-pivot-init',
@@ -120,7 +120,7 @@ export const homework: Record<string, Homework & { slug: string }> = {
       'The init is the child itself, after the mounts: it does not exec. It starts the shell with child_process.spawnSync(\'/bin/sh\', [\'-i\'], { stdio: \'inherit\', env: { ...process.env, PS1: prompt } }).',
       'The init waits for the shell and exits with its status. The space question: du -sh the image and one container\'s directory while two run.',
     ],
-    person: 'answers.md: how much space two such containers use, and why (a keyword check runs; a person reads the reasoning)',
+    person: 'answers.md: (i), and the reasoning of (iv) (a keyword check only sees that it says twice the image)',
   },
   p2: {
     slug: 'p2-propagation',
@@ -132,7 +132,7 @@ export const homework: Record<string, Homework & { slug: string }> = {
       'A mount made under one member of a peer group is copied under every other member, once (the copies do not propagate again).',
       '`mount --move tmp smt/1` puts the bind (a peer of smt) under smt: the copy goes under the moved mount itself, at smt/1/1.',
     ],
-    person: 'prediction.txt, the question at its end: why the listings are (not) identical',
+    person: 'prediction.txt: the explanation under its last heading',
   },
   p4: {
     slug: 'p4-lsns',
@@ -180,12 +180,12 @@ export const homework: Record<string, Homework & { slug: string }> = {
       'mkfifo in the given directory on the host; then open it as the reader container\'s stdin and as the writer container\'s stdout (a shell redirection does the open).',
       'Opening a FIFO blocks until the other end is opened too, so start both runs before awaiting either. Remove the FIFO at the end.',
     ],
-    person: 'README.md, question 2: why CLONE_NEWIPC would not stop this FIFO',
+    person: 'answers.md: the order of opening, why CLONE_NEWIPC would not stop this FIFO, a FIFO through a shared mount',
   },
   p6c: {
     slug: 'p6c-build',
     title: 'a tiny Containerfile: one overlay layer on top of an image',
-    file: 'build.ts',
+    file: 'index.ts',
     man: ['mount(2)', 'overlayfs: Documentation/filesystems/overlayfs.rst', 'chroot(2)'],
     hints: [
       'The build runs in its own mount namespace (the skeleton re-runs itself with CLONE_NEWNS), so the overlay vanishes with it.',

@@ -8,14 +8,12 @@
 import t from 'tap'
 import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { setTimeout as delay } from 'node:timers/promises'
 import { $ } from 'zx'
 import { exercises } from '../exercises/hints.ts'
-import { findLeftovers, type Leftover } from '../shared/clean.ts'
-import { parentPid } from '../shared/procfs.ts'
-import { containersDir, repoDir } from '../shared/settings.ts'
+import { repoDir } from '../shared/settings.ts'
 import { tsx } from '../shared/verify.ts'
 import { rootOnly } from './helpers.ts'
+import { leftoversSince, snapshotLeftovers, watchRun } from './leftovers.ts'
 
 const slugs = readdirSync(join(repoDir, 'exercises')).filter((name) => /^\d\d-/.test(name)).sort()
 const steps = readdirSync(join(repoDir, 'steps')).filter((name) => /^\d\d-/.test(name)).sort()
@@ -40,7 +38,7 @@ for (const slug of slugs) {
   const verify = `steps/${slug}/verify.ts`
   const missing = !existsSync(join(repoDir, verify))
   t.test(`exercises/${slug} as shipped fails ${verify}`, { ...rootOnly(), todo: missing ? `${verify} is not written yet` : false, timeout: 180_000 }, async (t) => {
-    const before = new Set(findLeftovers().map(key))
+    const before = snapshotLeftovers()
     const run = watchRun()
     // As a learner runs it, minus tap's NODE_OPTIONS preloads (see verify.test.ts);
     // fail-fast: one failed check is all this needs, and saves the rest of the runs.
@@ -92,91 +90,4 @@ function unmatched(a: string[], b: string[]): Set<number> {
     else left.add(i++)
   }
   return left
-}
-
-const key = (item: Leftover) => `${item.kind}: ${item.name}`
-
-/** What this test process started: every PID under it, and the container ids (cfs-<id> cgroups, container dirs) they had. */
-interface Run {
-  pids: Set<number>
-  ids: Set<string>
-  stop: () => void
-}
-
-// Sample the process tree under this test every 100 ms while a run goes on.
-function watchRun(): Run {
-  const run: Run = { pids: new Set(), ids: new Set(), stop: () => clearInterval(timer) }
-  const sample = () => {
-    const parents = new Map(readdirSync('/proc').filter((name) => /^\d+$/.test(name)).map((name) => [Number(name), parentPid(Number(name))]))
-    for (let added = true; added;) {
-      added = false
-      for (const [pid, ppid] of parents) {
-        if ((ppid === process.pid || run.pids.has(ppid)) && !run.pids.has(pid)) {
-          run.pids.add(pid)
-          added = true
-        }
-      }
-    }
-    for (const pid of run.pids) {
-      const id = /\/cfs-([0-9a-f]{12})$/m.exec(readText(`/proc/${pid}/cgroup`))?.[1]
-      if (id) run.ids.add(id)
-    }
-    for (const id of readdirSafe(containersDir)) {
-      if (run.pids.has(Number(readText(join(containersDir, id, 'parent.pid'))))) run.ids.add(id)
-    }
-  }
-  const timer = setInterval(sample, 100)
-  sample()
-  return run
-}
-
-// Whether a leftover is this run's: by its container id, or the PID that made it.
-// Leftovers with neither (a mount in the image, a lock) count as ours.
-function madeBy(run: Run, item: Leftover): boolean {
-  const id = /cfs-?([0-9a-f]{12})$|\/containers\/([0-9a-f]{12})(\/|$)/.exec(item.name.replace(/ .*$/, ''))
-  if (item.kind === 'lease') return run.pids.has(Number(readText(item.name).split(' ')[1]))
-  if (item.kind === 'mount') {
-    const inContainer = /\/containers\/([0-9a-f]{12})\//.exec(item.name)?.[1]
-    return inContainer ? run.ids.has(inContainer) : true
-  }
-  if (id) return run.ids.has(id[1] ?? id[2])
-  return true
-}
-
-// What a run left behind: leftovers (as `npm run clean` sees them) that were
-// not there before it, that this run made, and that no running container
-// uses (or that are only kept, with --keep). Removed here, so the next test
-// starts clean. Not by `npm run clean`: on a machine others use too, it
-// would also take their leftovers, and the cgroup of a container of theirs
-// in the instant before its child joins it.
-async function leftoversSince(before: Set<string>, run: Run): Promise<string[]> {
-  const fresh = () => findLeftovers().filter((item) => !before.has(key(item)) && madeBy(run, item) && (!item.inUse || item.inUse.startsWith('kept')))
-  let found = fresh()
-  if (found.length) {
-    await delay(1000) // a process of ours may still be on its way out
-    const again = new Set(fresh().map(key))
-    found = found.filter((item) => again.has(key(item)))
-  }
-  for (const item of found) {
-    try {
-      item.remove()
-    } catch {}
-  }
-  return found.map(key)
-}
-
-function readText(path: string): string {
-  try {
-    return readFileSync(path, 'utf8').trim()
-  } catch {
-    return ''
-  }
-}
-
-function readdirSafe(dir: string): string[] {
-  try {
-    return readdirSync(dir)
-  } catch {
-    return []
-  }
 }
