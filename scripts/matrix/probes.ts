@@ -7,7 +7,8 @@
 // /tmp/cfs-matrix-<pid>, or carries the name cfsm-*-<pid>/cfs-matrix-<pid>-*,
 // and is removed in a `finally`: a private copy of the image (so chroot steps
 // write nothing into the shared one), the helper, a secret file, a tmpfs only
-// the host has mounted, two `sleep`s, a TCP listener on 127.0.0.1, and per run
+// the host has mounted, two `sleep`s, TCP listeners on 127.0.0.1 and on all
+// addresses, and per run
 // a throwaway cgroup that bounds the PID and memory probes before step 06.
 
 import { spawn, spawnSync } from 'node:child_process'
@@ -40,6 +41,7 @@ export interface StepRun {
   mountLeaked: boolean // at the handshake, the host's mount table had the tmpfs mounted inside
   killedHostSleep: boolean // the host's target sleep died of SIGTERM
   reachedListener: boolean // the host's 127.0.0.1 listener got this run's token
+  reachedAnyListener: boolean // the host's 0.0.0.0 listener got this run's token
   limited: boolean // the run asked for --pids-limit and --memory (the step accepts them)
 }
 
@@ -128,6 +130,11 @@ export const PROBES: Probe[] = [
     judge: (run) => (value(run, 'nc_rc') === undefined ? missing(run, 'nc_rc') : run.reachedListener ? 'leaks' : 'isolated'),
   },
   {
+    id: 'host-any-address',
+    title: 'connect to a host service on all addresses (0.0.0.0)',
+    judge: (run) => (value(run, 'any_rc') === undefined ? missing(run, 'any_rc') : run.reachedAnyListener ? 'leaks' : 'isolated'),
+  },
+  {
     id: 'pids',
     title: `fork ${LIMITS.forks} processes (limit asked for: ${LIMITS.pids})`,
     judge: (run) => {
@@ -162,9 +169,11 @@ export interface Host {
   disk: string // a real disk of the host, e.g. vda
   loop: { device: string; major: number; minor: number; token: string } // a loop device over a file that holds `token`
   mac: string // of the host's default-route interface
-  listener: Server
+  listener: Server // on 127.0.0.1
   port: number
-  tokens: Set<string> // what the listener received
+  anyListener: Server // on 0.0.0.0, as many services listen
+  anyPort: number
+  tokens: Set<string> // what the listeners received
   hostname: string // the host's hostname before any run
 }
 
@@ -232,17 +241,10 @@ async function prepareHost(): Promise<Host> {
     host.disk = findDisk()
     host.loop = attachLoop(join(dir, 'loop.img'))
     host.mac = findMac()
-    host.listener = createServer((socket) => {
-      let data = ''
-      socket.on('data', (chunk) => {
-        data += chunk
-        for (const token of data.match(/cfsm-tcp-[\w-]+/g) ?? []) host.tokens.add(token)
-        socket.end()
-      })
-      socket.on('error', () => {})
-    })
-    await new Promise<void>((resolve) => host.listener.listen(0, '127.0.0.1', resolve))
+    host.listener = await listen(host.tokens, '127.0.0.1')
     host.port = (host.listener.address() as AddressInfo).port
+    host.anyListener = await listen(host.tokens, '0.0.0.0')
+    host.anyPort = (host.anyListener.address() as AddressInfo).port
     return host
   } catch (err) {
     await disposeHost(host)
@@ -254,7 +256,9 @@ async function prepareHost(): Promise<Host> {
 async function disposeHost(host: Partial<Host> & { dir: string }): Promise<void> {
   host.see?.kill('SIGKILL')
   if (host.loop) spawnSync('losetup', ['--detach', host.loop.device])
-  await new Promise<void>((resolve) => (host.listener?.listening ? host.listener.close(() => resolve()) : resolve()))
+  for (const server of [host.listener, host.anyListener]) {
+    await new Promise<void>((resolve) => (server?.listening ? server.close(() => resolve()) : resolve()))
+  }
   restoreHostname(host as Host)
   removeTree(host.dir)
 }
@@ -262,6 +266,21 @@ async function disposeHost(host: Partial<Host> & { dir: string }): Promise<void>
 // The host's hostname back, if a run changed it (only to one of ours: never undo someone else's).
 function restoreHostname(host: Host): void {
   if (host.hostname && hostname().startsWith(`cfsm-h-${process.pid}-`)) sethostname(host.hostname)
+}
+
+// A TCP listener that notes the tokens containers send it.
+async function listen(tokens: Set<string>, address: string): Promise<Server> {
+  const server = createServer((socket) => {
+    let data = ''
+    socket.on('data', (chunk) => {
+      data += chunk
+      for (const token of data.match(/cfsm-(tcp|any)-[\w-]+/g) ?? []) tokens.add(token)
+      socket.end()
+    })
+    socket.on('error', () => {})
+  })
+  await new Promise<void>((resolve) => server.listen(0, address, resolve))
+  return server
 }
 
 // A real disk of the host (not loop, ram, zram), as /sys/block names it.
@@ -315,7 +334,8 @@ async function probeStep(host: Host, step: string, options: { limits: boolean; i
   const u = `${process.pid}-${step.slice(0, 2)}`
   const run: StepRun = {
     step, u, out: {}, stdout: '', stderr: '', exitCode: null, timedOut: false, ready: false,
-    hostnameLeaked: false, mountLeaked: false, killedHostSleep: false, reachedListener: false, limited: options.limits,
+    hostnameLeaked: false, mountLeaked: false, killedHostSleep: false, reachedListener: false, reachedAnyListener: false,
+    limited: options.limits,
   }
   // A sleep only this run may kill; SIGTERM is what the probe sends.
   const target = spawn('sleep', [`301.${process.pid}${step.slice(0, 2)}`], { stdio: 'ignore' })
@@ -374,6 +394,7 @@ async function probeStep(host: Host, step: string, options: { limits: boolean; i
   }
   run.killedHostSleep = (await targetEnded) === 'SIGTERM'
   run.reachedListener = host.tokens.has(`cfsm-tcp-${u}`)
+  run.reachedAnyListener = host.tokens.has(`cfsm-any-${u}`)
   for (const line of run.stdout.split('\n')) {
     const match = /^([a-z_]+)=(.*)$/.exec(line)
     if (match) run.out[match[1]] = match[2]
@@ -417,6 +438,11 @@ else
 fi
 echo "links=$(busybox ip -o link 2>&1 | busybox tr '\\n' ' ')"
 echo cfsm-tcp-${u} | busybox nc -w 3 127.0.0.1 ${host.port} >/dev/null 2>&1; echo nc_rc=$?
+# A service on all of the host's addresses: by loopback, or else by the default gateway (step 08: the bridge).
+echo cfsm-any-${u} | busybox nc -w 3 127.0.0.1 ${host.anyPort} >/dev/null 2>&1; any_rc=$?
+gw=$(busybox ip route 2>/dev/null | busybox awk '/^default/ { print $3 }')
+if [ $any_rc != 0 ] && [ -n "$gw" ]; then echo cfsm-any-${u} | busybox nc -w 3 $gw ${host.anyPort} >/dev/null 2>&1; any_rc=$?; fi
+echo any_rc=$any_rc
 if [ "$P" != /proc ]; then busybox umount $P; busybox rmdir $P; fi
 # Last, as they may get the container killed: PIDs, then memory.
 $B/cfs-probe fork ${LIMITS.forks}
