@@ -6,7 +6,8 @@
 // terminal, and hands its exit code back to the parent. Nothing is isolated
 // yet: that is what the next steps add, one kernel feature at a time.
 //
-// Usage: npx tsx exercises/01-exec run <command> [args...]//
+// Usage: npx tsx exercises/01-exec run <command> [args...]
+//
 // Exercise: fill in each TODO, then check with `sudo npm run exercise -- 01`
 // (add --hint for a hint). exercises/README.md explains the loop.
 

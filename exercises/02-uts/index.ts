@@ -5,7 +5,8 @@
 // to the container's id, as Docker does, and then becomes the command.
 // Changing the hostname inside no longer changes the host's.
 //
-// Usage: sudo npx tsx exercises/02-uts run <command> [args...]//
+// Usage: sudo npx tsx exercises/02-uts run <command> [args...]
+//
 // Exercise: fill in each TODO, then check with `sudo npm run exercise -- 02`
 // (add --hint for a hint). exercises/README.md explains the loop.
 

@@ -5,7 +5,8 @@
 // the command is looked up there: `ls` is the image's busybox, not the host's.
 // chroot only changes where path lookups start; step 05 shows its limits.
 //
-// Usage: sudo npx tsx exercises/03-chroot run [--image NAME|DIR] <command> [args...]//
+// Usage: sudo npx tsx exercises/03-chroot run [--image NAME|DIR] <command> [args...]
+//
 // Exercise: fill in each TODO, then check with `sudo npm run exercise -- 03`
 // (add --hint for a hint). exercises/README.md explains the loop.
 

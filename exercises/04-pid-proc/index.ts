@@ -7,7 +7,8 @@
 // There is no mount namespace yet, so the host sees that mount while the
 // container runs (step 05 fixes that); the parent unmounts it at the end.
 //
-// Usage: sudo npx tsx exercises/04-pid-proc run [--image NAME|DIR] <command> [args...]//
+// Usage: sudo npx tsx exercises/04-pid-proc run [--image NAME|DIR] <command> [args...]
+//
 // Exercise: fill in each TODO, then check with `sudo npm run exercise -- 04`
 // (add --hint for a hint). exercises/README.md explains the loop.
 

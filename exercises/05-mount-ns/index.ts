@@ -7,7 +7,8 @@
 // unmounted and gone. Last, it mounts /proc, a read-only /sys, and a /dev
 // with only the devices a container needs.
 //
-// Usage: sudo npx tsx exercises/05-mount-ns run [--image NAME|DIR] <command> [args...]//
+// Usage: sudo npx tsx exercises/05-mount-ns run [--image NAME|DIR] <command> [args...]
+//
 // Exercise: fill in each TODO, then check with `sudo npm run exercise -- 05`
 // (add --hint for a hint). exercises/README.md explains the loop.
 

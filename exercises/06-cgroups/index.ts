@@ -8,7 +8,8 @@
 // The parent removes the cgroup when the container ends, however it ends.
 //
 // Usage: sudo npx tsx exercises/06-cgroups run [--image NAME|DIR] [--pids-limit N|max]
-//          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]//
+//          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]
+//
 // Exercise: fill in each TODO, then check with `sudo npm run exercise -- 06`
 // (add --hint for a hint). exercises/README.md explains the loop.
 

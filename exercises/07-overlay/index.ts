@@ -8,7 +8,8 @@
 // The directory is removed when the container ends, unless --keep is given.
 //
 // Usage: sudo npx tsx exercises/07-overlay run [--image NAME|DIR] [--keep] [--pids-limit N|max]
-//          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]//
+//          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]
+//
 // Exercise: fill in each TODO, then check with `sudo npm run exercise -- 07`
 // (add --hint for a hint). exercises/README.md explains the loop.
 

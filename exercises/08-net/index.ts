@@ -8,7 +8,8 @@
 // the bridge, so the command never starts before its network is ready.
 //
 // Usage: sudo npx tsx exercises/08-net run [--image NAME|DIR] [--keep] [--pids-limit N|max]
-//          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]//
+//          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]
+//
 // Exercise: fill in each TODO, then check with `sudo npm run exercise -- 08`
 // (add --hint for a hint). exercises/README.md explains the loop.
 
