@@ -9,10 +9,10 @@
 //
 // Usage: sudo npx tsx steps/04-pid-proc run [--image NAME|DIR] <command> [args...]
 
+import { join } from 'node:path'
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
 import { Cleanup, newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
-import { join } from 'node:path'
 import { chroot, mount, MS_NODEV, MS_NOEXEC, MS_NOSUID, unmountIfMounted } from '../../shared/mounts.ts'
 import { CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
 import { chdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
