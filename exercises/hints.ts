@@ -63,8 +63,8 @@ export const exercises: Record<string, Exercise> = {
     man: ['mount_namespaces(7)', 'pivot_root(2)', 'mount(2)', 'umount(2)', 'sysfs(5)'],
     hints: [
       'Start in run(): add CLONE_NEWNS. Then child(): propagation, then pivotInto(), then /sys and /dev. The guards tell you which part is still missing.',
-      'Propagation: mount(null, \'/\', null, MS_REC | MS_PRIVATE). pivot_root(new_root, put_old) needs new_root to be a mount point: a recursive bind mount of rootfs onto itself (MS_BIND | MS_REC) makes one.',
-      'put_old: mkdtempSync(join(rootfs, \'.old-root-\')). After pivot_root and chdir(\'/\'), the old root is at `/${basename(oldRoot)}`: umount2(it, MNT_DETACH), then rmdirSync(it). /sys: sysfs with MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC; /dev: mountDev(\'/dev\').',
+      'Propagation: mount(null, \'/\', null, MS_REC | MS_PRIVATE). pivot_root(new_root, put_old) needs new_root to be a mount point: a bind mount of rootfs onto itself (MS_BIND) makes one.',
+      'chdir(rootfs), then pivot_root(\'.\', \'.\'): the old root is now stacked on /. umount2(\'.\', MNT_DETACH) detaches it; chdir(\'/\'). /sys: sysfs with MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC; /dev: mountDev(\'/dev\').',
     ],
   },
   '06-cgroups': {

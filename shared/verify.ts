@@ -29,7 +29,7 @@ export function runStep(step: string, args: string[], options: { input?: string;
 
 /** The command line a learner would type for the same run, for the report. */
 export function shown(step: string, args: string[]): string {
-  return `npx tsx steps/${step} run ${args.map((a) => (/^[\w./=:-]+$/.test(a) ? a : `'${a}'`)).join(' ')}`
+  return `npx tsx ${stepPath(step)} run ${args.map((a) => (/^[\w./=:-]+$/.test(a) ? a : `'${a}'`)).join(' ')}`
 }
 
 /** PID of the step's own node process in the run whose argv includes `marker` (not tsx's launcher, its parent). */

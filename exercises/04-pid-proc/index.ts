@@ -12,10 +12,10 @@
 // Exercise: fill in each TODO, then check with `sudo npm run exercise -- 04`
 // (add --hint for a hint). exercises/README.md explains the loop.
 
+import { join } from 'node:path'
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
 import { Cleanup, newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
-import { join } from 'node:path'
 import { chroot, mount, MS_NODEV, MS_NOEXEC, MS_NOSUID, unmountIfMounted } from '../../shared/mounts.ts'
 import { CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
 import { chdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'

@@ -15,8 +15,6 @@
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
 import { Cleanup, newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
-import { mkdtempSync, rmdirSync } from 'node:fs'
-import { basename, join } from 'node:path'
 import { mountDev } from '../../shared/devices.ts'
 import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
@@ -92,12 +90,13 @@ function child(container: Container): void {
 // Make `rootfs` the root of this mount namespace, with no way back to the host's.
 function pivotInto(rootfs: string): void {
   // TODO: the kernel swaps roots only at a mount point, and the image is a plain
-  // directory: make it one, with the mounts under it, without copying anything.
-  // TODO: swap the roots: the image becomes this namespace's `/`, and the old
-  // root is moved onto a new, empty directory inside the image. Then move the
-  // current directory into the new root.
+  // directory: make it one, without copying anything (and without the mounts
+  // the host may have under it).
+  // TODO: go into the new root and swap the roots there. Given "." for both
+  // arguments, the kernel stacks the old root on top of the new one, at /,
+  // so no directory has to be made in the image for it.
   // TODO: unlike chroot, the old root can now go: detach it from the tree (it
-  // is busy, so lazily), and remove its directory. No path leads back after that.
+  // is busy, so lazily), then go to /. No path leads back after that.
 }
 
 main(process.argv.slice(2)).catch((err) => exitWithError(err))

@@ -16,8 +16,6 @@
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
 import { Cleanup, newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
-import { mkdtempSync, rmdirSync } from 'node:fs'
-import { basename, join } from 'node:path'
 import {
   createCgroup, DEFAULT_PIDS_LIMIT, joinCgroup, limitsFromOptions, removeCgroup, type Cgroup, type Limits,
 } from '../../shared/cgroups.ts'
@@ -118,13 +116,15 @@ function child(container: Container): void {
 // Make `rootfs` the root of this mount namespace, with no way back to the host's.
 function pivotInto(rootfs: string): void {
   // pivot_root needs the new root to be a mount point: bind it onto itself.
-  mount(rootfs, rootfs, null, MS_BIND | MS_REC)
-  const oldRoot = mkdtempSync(join(rootfs, '.old-root-'))
-  pivot_root(rootfs, oldRoot)
-  chdir('/')
+  // Not MS_REC: whatever the host has mounted inside the image stays out.
+  mount(rootfs, rootfs, null, MS_BIND)
+  chdir(rootfs)
+  // "." for both: the old root ends up stacked on top of the new one, at /,
+  // and needs no directory in the image (see pivot_root(2), NOTES).
+  pivot_root('.', '.')
   // Detach the host's tree from ours; after this there is no path back to it.
-  umount2(`/${basename(oldRoot)}`, MNT_DETACH)
-  rmdirSync(`/${basename(oldRoot)}`)
+  umount2('.', MNT_DETACH)
+  chdir('/')
 }
 
 main(process.argv.slice(2)).catch((err) => exitWithError(err))
