@@ -1,0 +1,263 @@
+// The checks `npm run test:cgroup2` runs inside its VM: a v2-only kernel
+// (cgroup_no_v1=all), cgroup2 alone at /sys/fs/cgroup, this repository read
+// through 9p, the state dir on tmpfs. On a host that is not v2-only the
+// first check fails and the rest is not run: it would prove nothing. (On a
+// real v2-only host it runs as in the VM; it makes and removes cfs-* cgroups
+// and a busybox image, as the steps do.)
+//
+// One line per check, as the verify scripts print them, then step 06's own
+// verify.ts (if there is one), then `CGROUP2-RESULT: pass N fail M`, the
+// line the host looks for.
+//
+// Usage (in the VM only): tsx scripts/cgroup2-guest.ts
+
+import { spawn, spawnSync } from 'node:child_process'
+import { existsSync, readdirSync, readFileSync, watch } from 'node:fs'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { setTimeout as delay } from 'node:timers/promises'
+import { $ } from 'zx'
+import {
+  cgroupLayout, cgroupProcs, CONTROLLERS, createCgroup, findControllers, findHierarchies, joinCgroup, removeCgroup,
+} from '../shared/cgroups.ts'
+import { findProcesses, isRunning, waitFor } from '../shared/procfs.ts'
+import { imageRootfs } from '../shared/rootfs.ts'
+import { imagesDir, repoDir } from '../shared/settings.ts'
+import { Checks, findStepProcess, killSleeper, runStep, shown, signalStep, tsx, type Sleeper } from '../shared/verify.ts'
+
+const step = '06-cgroups'
+const root = '/sys/fs/cgroup'
+const c = new Checks('cgroup v2 on a real v2-only kernel (in the VM of npm run test:cgroup2)')
+const here = $({ cwd: repoDir, nothrow: true, quiet: true })
+let runs = 0
+
+// The kernel: v2 only, every controller the steps use in the one tree.
+const hierarchies = findHierarchies()
+const where = findControllers(hierarchies)
+const layout = CONTROLLERS.map((name) => `${name}: v${where.get(name)?.version ?? '-'} ${where.get(name)?.mountPoint ?? ''}`.trim())
+if (!c.ok('the kernel has cgroup v2 only: pids, memory and cpu all in the cgroup2 tree at /sys/fs/cgroup', cgroupLayout(hierarchies) === 'v2' && CONTROLLERS.every((name) => where.get(name)?.version === 2 && where.get(name)?.mountPoint === root), {
+  ran: 'grep cgroup /proc/self/mountinfo; cat /sys/fs/cgroup/cgroup.controllers',
+  expected: `layout v2, ${CONTROLLERS.map((name) => `${name}: v2 ${root}`).join(', ')}`,
+  got: `layout ${cgroupLayout(hierarchies)}, ${layout.join(', ')}`,
+})) finish('not a v2-only host: the rest would prove nothing')
+const subtreeBefore = read(join(root, 'cgroup.subtree_control'))
+
+// The image, into the state dir, tmpfs in the VM (no network there: busybox).
+const prepare = await here`${tsx} rootfs/prepare.ts --source busybox`
+c.ok(`the busybox image is prepared in ${imagesDir}`, prepare.exitCode === 0 && existsSync(imageRootfs('busybox')), {
+  ran: 'npx tsx rootfs/prepare.ts --source busybox',
+  expected: `exit 0 and ${imageRootfs('busybox')}`,
+  got: `exit ${prepare.exitCode}: ${(prepare.stdout + prepare.stderr).trim()}`,
+})
+
+// npm run doctor, as a learner on a v2-only host would see it.
+const doctor = await here`npm run --silent doctor`
+const doctorSays = (text: string) => doctor.stdout.split('\n').some((line) => line.startsWith('✔') && line.includes(text))
+c.ok('npm run doctor says `cgroups: v2`, and pids, memory and cpu are on v2 at /sys/fs/cgroup', doctorSays('cgroups: v2') && CONTROLLERS.every((name) => doctorSays(`${name}: v2 at ${root}`)), {
+  ran: 'npm run doctor',
+  expected: `✔ cgroups: v2, ${CONTROLLERS.map((name) => `✔ ${name}: v2 at ${root}`).join(', ')}`,
+  got: doctor.stdout.trim().replace(/\n/g, ' | '),
+})
+c.ok('…and finds nothing missing', doctor.exitCode === 0, { ran: 'npm run doctor', expected: 'exit 0', got: `exit ${doctor.exitCode}` })
+
+// A container with every limit: its cgroup and the files that hold them.
+const allLimits = ['--pids-limit', '50', '--memory', '64M', '--cpus', '0.5', '--cpu-shares', '512']
+const limited = await startSleeper([...allLimits, 'sh', '-c', 'hostname; exec sleep "$0"'], '100')
+const path = limited.sleep ? read(`/proc/${limited.sleep}/cgroup`) : 'no sleep found'
+const dir = /^0::(\/cfs-[0-9a-f]{12})$/.test(path) ? join(root, path.slice(3)) : undefined
+c.ok('the container\'s cgroup is /sys/fs/cgroup/cfs-<id>: one line in /proc/PID/cgroup, `0::/cfs-<id>`', dir !== undefined && existsSync(dir), {
+  ran: `cat /proc/<sleep>/cgroup  # during ${limited.shown}`,
+  expected: '0::/cfs-<12 hex digits>, a directory that exists',
+  got: path,
+})
+c.equal('…and only the container\'s process is in it', dir ? cgroupProcs(dir) : [], limited.sleep ? [limited.sleep] : [], `cat ${dir ?? '<cfs-id>'}/cgroup.procs`)
+const limitFiles: [string, string, string][] = [
+  ['--pids-limit 50', 'pids.max', '50'],
+  ['--memory 64M', 'memory.max', String(64 * 1024 ** 2)],
+  ['--memory 64M', 'memory.swap.max', '0'],
+  ['--cpus 0.5', 'cpu.max', '50000 100000'],
+  // v2 weights run 1..10000 (default 100) where v1 shares ran 2..262144 (default 1024).
+  ['--cpu-shares 512', 'cpu.weight', '20'],
+]
+for (const [option, file, value] of limitFiles) {
+  c.equal(`${option}: ${file} is ${value}`, dir ? read(join(dir, file)) : 'no cgroup', value, `cat ${dir ?? '<cfs-id>'}/${file}`)
+}
+const enabled = read(join(root, 'cgroup.subtree_control')).split(/\s+/)
+c.ok('the root\'s cgroup.subtree_control got the controllers the limits need', CONTROLLERS.every((name) => enabled.includes(name)), {
+  ran: `cat ${root}/cgroup.subtree_control  # before the first container: \`${subtreeBefore}\``,
+  expected: CONTROLLERS.join(' '),
+  got: enabled.join(' '),
+})
+const own = dir ? read(join(dir, 'cgroup.controllers')).split(/\s+/) : []
+c.ok('…so cfs-<id> has them in its cgroup.controllers', CONTROLLERS.every((name) => own.includes(name)), { ran: `cat ${dir ?? '<cfs-id>'}/cgroup.controllers`, expected: CONTROLLERS.join(' '), got: own.join(' ') })
+
+// SIGTERM: the step stops its container and removes the cgroup with cgroup.kill.
+const killWrites = watchWrites(dir && join(dir, 'cgroup.kill'))
+const stopped = await signalStep(limited, 'SIGTERM')
+c.ok('SIGTERM to the step ends it (PID 1 sleep ignores it: SIGKILL after 2 s) within 6 s', stopped.ms < 6000 && !!limited.sleep && !isRunning(limited.sleep), {
+  ran: `kill -TERM <step>  # during ${limited.shown}`,
+  expected: 'the step and its sleep gone in < 6000 ms',
+  got: `${stopped.ms === Infinity ? 'still running after 10 s' : `ended in ${stopped.ms} ms, exit ${stopped.exitCode}`}`,
+})
+c.ok('…the clean-up wrote `1` to cfs-<id>/cgroup.kill, and the directory is gone', killWrites() > 0 && !!dir && !existsSync(dir), {
+  ran: `inotifywait -e modify ${dir ?? '<cfs-id>'}/cgroup.kill; ls -d ${dir ?? '<cfs-id>'}`,
+  expected: 'a write to cgroup.kill, then no directory',
+  got: `${killWrites()} write(s) to cgroup.kill, directory ${dir && existsSync(dir) ? 'still there' : 'gone'}`,
+})
+await killSleeper(limited)
+const id = dir?.slice(dir.lastIndexOf('/cfs-') + 5)
+c.equal('…and the id in the name is the container\'s hostname', (await limited.run).stdout.trim(), id, `${limited.shown}  # prints hostname`)
+
+// removeCgroup itself, on a cgroup with a live process in it and outside any PID namespace.
+const probe = createCgroup(`vmcheck${process.pid}`, { pids: 10 })
+const sleeper = spawn('sleep', ['60'], { stdio: 'ignore' })
+const sleeperEnd = new Promise<string | null>((resolve) => sleeper.on('exit', (_, signal) => resolve(signal)))
+joinCgroup(probe, sleeper.pid)
+const probeWrites = watchWrites(join(probe.dirs[0].dir, 'cgroup.kill'))
+removeCgroup(probe)
+const signal = await Promise.race([sleeperEnd, delay(5000, 'still running')])
+c.ok('removeCgroup on a cgroup with a process in it: cgroup.kill SIGKILLs it and rmdir succeeds', signal === 'SIGKILL' && probeWrites() > 0 && !existsSync(probe.dirs[0].dir), {
+  ran: `createCgroup('vmcheck${process.pid}'), joinCgroup(sleep 60), removeCgroup  # shared/cgroups.ts`,
+  expected: 'sleep killed by SIGKILL, a write to cgroup.kill, no directory',
+  got: `sleep ${signal}, ${probeWrites()} write(s) to cgroup.kill, directory ${existsSync(probe.dirs[0].dir) ? 'still there' : 'gone'}`,
+})
+
+// A fork bomb under --pids-limit 20: it hits the limit, the VM stays usable, all of it ends.
+const bomb = await forkBomb(20)
+c.ok('a fork bomb with --pids-limit 20 is contained: pids.current never above 20, forks refused (pids.events max)', bomb.peak > 0 && bomb.peak <= 20 && bomb.refused > 0, {
+  ran: `${bomb.shown}  # and cat pids.current pids.events every few ms`,
+  expected: 'pids.current at most 20, pids.events max > 0',
+  got: bomb.error ?? `pids.current peaked at ${bomb.peak}, pids.events max ${bomb.refused}`,
+})
+c.ok('…the rest of the VM can still fork meanwhile (`true` runs and exits 0)', bomb.trueRuns > 0 && bomb.trueFailures === 0, {
+  ran: 'true  # every 250 ms during the bomb, outside the container',
+  expected: 'every run exits 0',
+  got: `${bomb.trueRuns} runs, ${bomb.trueFailures} failed`,
+})
+c.ok('…and when it ends, no process of the bomb is left, nor cfs-<id>', bomb.dir !== undefined && !existsSync(bomb.dir) && bomb.survivors === 0, {
+  ran: `ps -e -o args | grep ${bomb.marker}; ls -d ${bomb.dir ?? '<cfs-id>'}`,
+  expected: 'no process, no directory',
+  got: `${bomb.survivors} process(es), directory ${bomb.dir && existsSync(bomb.dir) ? 'still there' : 'gone'}`,
+})
+
+// A memory hog under --memory 20M: the OOM killer takes it, and memory.events counts it.
+const hog = ['dd', 'if=/dev/zero', 'of=/dev/null', 'bs=200M', 'count=1']
+const oom = await startSleeper(['--memory', '20M', 'sh', '-c', `hostname; ${hog.join(' ')} 2>/dev/null; echo "dd: exit $?"; exec sleep "$0"`], '100')
+const oomDir = oom.sleep ? join(root, read(`/proc/${oom.sleep}/cgroup`).slice(3)) : undefined
+const events = oomDir ? read(join(oomDir, 'memory.events')) : ''
+c.ok('a 200 MB dd under --memory 20M is OOM-killed: memory.events oom_kill >= 1', Number(/^oom_kill (\d+)$/m.exec(events)?.[1] ?? 0) >= 1, {
+  ran: `cat ${oomDir ?? '<cfs-id>'}/memory.events  # after the dd of ${oom.shown}`,
+  expected: 'oom_kill 1 or more',
+  got: events.replace(/\n/g, ', ') || 'no cgroup found',
+})
+// SIGKILL the sleep, PID 1: the container ends as by itself, and the step cleans up.
+if (oom.sleep) process.kill(oom.sleep, 'SIGKILL')
+const oomOut = (await Promise.race([oom.run, delay(20_000).then(() => killSleeper(oom)).then(() => oom.run)])).stdout.trim()
+c.ok('…dd ended by SIGKILL: exit 137 (128 + 9)', oomOut.includes('dd: exit 137'), { ran: oom.shown, expected: 'dd: exit 137', got: oomOut.replace(/\n/g, ' | ') })
+c.equal('…and once the container ended, its cgroup is gone', oomDir ? existsSync(oomDir) : 'no cgroup', false, `ls -d ${oomDir ?? '<cfs-id>'}`)
+const direct = await runStep(step, ['--memory', '20M', ...hog])
+c.equal('a hog that is PID 1 takes the container down: the step exits 137', direct.exitCode, 137, shown(step, ['--memory', '20M', ...hog]))
+
+// Nothing left behind by all of the above.
+c.equal('no cfs-* cgroup is left in /sys/fs/cgroup', readdirSync(root).filter((name) => name.startsWith('cfs-')), [], `ls -d ${root}/cfs-*`)
+
+// Step 06's own verify.ts, if it is there yet: its claims count here too.
+if (existsSync(join(repoDir, 'steps', step, 'verify.ts'))) {
+  console.log(`steps/${step}/verify.ts:`)
+  const verify = await runVerify()
+  c.passed += verify.passed
+  c.failed += verify.failed
+  if (verify.exitCode !== 0 && verify.failed === 0) c.ok(`steps/${step}/verify.ts exits 0`, false, { expected: 'exit 0', got: `exit ${verify.exitCode}` })
+} else console.log(`steps/${step}/verify.ts: not there yet, skipped`)
+finish()
+
+/** Print the tally and the line the host looks for, then exit. */
+function finish(reason?: string): never {
+  if (reason) console.log(`stopped: ${reason}`)
+  c.finish()
+  console.log(`CGROUP2-RESULT: pass ${c.passed} fail ${c.failed}`)
+  process.exit(c.failed ? 1 : 0)
+}
+
+/** `run ... sleep <marker>`: wait (up to 60 s, the VM is slow) until the sleep is up. */
+async function startSleeper(args: string[], seconds: string): Promise<Sleeper & { shown: string }> {
+  const marker = `${seconds}.${process.pid}${++runs}`
+  const run = runStep(step, [...args, marker])
+  const sleep = await waitFor(() => findProcesses((argv) => argv[0] === 'sleep' && argv[1] === marker)[0], 60_000)
+  return { run, marker, sleep, step: findStepProcess(step, marker), shown: shown(step, [...args, marker]) }
+}
+
+/**
+ * The fork bomb: an awk loop lights `f() { f | f & }; f` again and again
+ * for 4 s (busybox sh gives up at its first failed fork). The step is
+ * stopped with SIGTERM if it is still there after 40 s.
+ */
+async function forkBomb(limit: number) {
+  const marker = `bomb.${process.pid}`
+  const script = `awk 'BEGIN { srand(); t = srand(); while (srand() - t < 4) system("f() { f | f & }; f") }' 2>/dev/null; echo done`
+  const args = ['--pids-limit', String(limit), 'sh', '-c', script, marker]
+  const run = runStep(step, args)
+  const result = { shown: shown(step, args), marker, peak: 0, refused: 0, trueRuns: 0, trueFailures: 0, survivors: 0, dir: undefined as string | undefined, error: undefined as string | undefined }
+  let over = false
+  void run.then(() => (over = true))
+  const stop = setTimeout(() => over || run.kill('SIGTERM'), 40_000)
+  try {
+    const pid1 = await waitFor(() => (over ? 0 : findProcesses((argv) => argv[0] === 'sh' && argv[3] === marker)[0]), 60_000)
+    const path = pid1 ? read(`/proc/${pid1}/cgroup`) : ''
+    if (!path.startsWith('0::/cfs-')) {
+      const ended = over ? await run : undefined
+      return { ...result, error: `PID 1 of the bomb not found in a cfs-<id> cgroup (${path || (ended ? `the run ended first: exit ${ended.exitCode}, ${ended.stderr.trim()}` : 'no process')})` }
+    }
+    result.dir = join(root, path.slice(3))
+    let lastTrue = 0
+    while (existsSync(result.dir)) {
+      result.peak = Math.max(result.peak, Number(read(join(result.dir, 'pids.current')) || 0))
+      result.refused = Math.max(result.refused, Number(/^max (\d+)$/m.exec(read(join(result.dir, 'pids.events')))?.[1] ?? 0))
+      if (Date.now() - lastTrue > 250) {
+        lastTrue = Date.now()
+        result.trueRuns++
+        if (spawnSync('true').status !== 0) result.trueFailures++
+      }
+      await delay(5)
+    }
+    return result
+  } finally {
+    await run
+    clearTimeout(stop)
+    result.survivors = findProcesses((argv) => argv.includes(marker) || argv.some((a) => a.includes('f | f &'))).filter(isRunning).length
+  }
+}
+
+/** Count writes to a file, through inotify (any write(2) to a cgroup file raises IN_MODIFY). */
+function watchWrites(file: string | undefined): () => number {
+  let writes = 0
+  if (!file || !existsSync(file)) return () => writes
+  const watcher = watch(file, (event) => {
+    if (event === 'change') writes++
+  })
+  watcher.on('error', () => watcher.close()) // the directory went away: that is expected
+  return () => writes
+}
+
+/** Run step 06's verify.ts as verify.test.ts does, echoing its lines; count its ✔ and ✘. */
+async function runVerify(): Promise<{ passed: number; failed: number; exitCode: number }> {
+  const verify = here`${tsx} ${`steps/${step}/verify.ts`}`
+  let passed = 0
+  let failed = 0
+  for await (const line of createInterface({ input: verify.stdout })) {
+    console.log(line)
+    if (line.startsWith('✔')) passed++
+    if (line.startsWith('✘')) failed++
+  }
+  const result = await verify
+  if (result.stderr.trim()) console.log(`    stderr: ${result.stderr.trim().replace(/\n/g, '\n    ')}`)
+  return { passed, failed, exitCode: result.exitCode ?? 1 }
+}
+
+function read(file: string): string {
+  try {
+    return readFileSync(file, 'utf8').trim()
+  } catch {
+    return ''
+  }
+}
