@@ -403,7 +403,7 @@ function report(result: BootResult, totalMs: number): void {
   const problems = [
     result.timedOut && `timed out after ${timeoutMs / 1000} s: qemu killed`,
     result.bootMs === undefined && `the guest did not boot (${result.qemuStatus}; last lines: ${result.lines.slice(-5).join(' | ')})`,
-    !counts && result.bootMs !== undefined && `no \`CGROUP2-RESULT: pass N fail M\` line${verdict ? `, but: ${verdict}` : ''}`,
+    !counts && result.bootMs !== undefined && `no \`CGROUP2-RESULT: pass N fail M\` line${verdict ? `, but: ${verdict}` : ''} (${result.qemuStatus})`,
     counts && Number(counts[2]) > 0 && `${counts[2]} of ${Number(counts[1]) + Number(counts[2])} checks failed in the guest`,
     counts && result.exitCode !== 0 && `the guest's checks exited ${result.exitCode ?? '?'}`,
   ].filter(Boolean)
