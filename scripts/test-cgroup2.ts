@@ -342,7 +342,8 @@ function boot(kernel: Kernel, initramfs: string, accelerator: string, bootTimeou
   ]
   const started = Date.now()
   const result: BootResult = { lines: [], timedOut: false, qemuStatus: '' }
-  const qemu = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] })
+  // setpriv --pdeathsig: should this process die, even by SIGKILL, the kernel kills qemu too.
+  const qemu = spawn('setpriv', ['--pdeathsig', 'KILL', 'qemu-system-x86_64', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
   const timer = setTimeout(() => {
     result.timedOut = true
     qemu.kill('SIGKILL')
