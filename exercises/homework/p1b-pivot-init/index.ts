@@ -75,8 +75,9 @@ async function run(container: Container, image: string): Promise<void> {
 // Child: set up the container from the inside, then be its init.
 function child(container: Container): void {
   prctl(PR_SET_PDEATHSIG, SIGKILL)
+  // Exercises only: stop here, not rename the host or change its mounts, while the namespaces are missing.
+  refuseHostNamespace('uts')
   sethostname(container.id)
-  // Exercises only: stop here, not change the host's mounts, while the namespaces are missing.
   refuseHostNamespace('mnt')
   // TODO: nothing mounted from here on may propagate to the host, whatever
   // the propagation of the host's mounts (P1A).
