@@ -90,7 +90,7 @@ export const exercises: Record<string, Exercise> = {
     man: ['network_namespaces(7)', 'veth(4)', 'ip-link(8)', 'ip-address(8)', 'ip-route(8)'],
     hints: [
       'Three TODOs: a flag and the veth pair in run(), the network set-up in child(). The parent and the child meet on the sync pipe (fd 3): the parent writes, the child reads.',
-      'The flag is CLONE_NEWNET. shared/net.ts: connectContainer(network, child.pid!) makes the pair (`ip link add … peer name eth0 netns <pid>`); shared/container.ts: tellChild(child).',
+      'The flag is CLONE_NEWNET. shared/net.ts: await connectContainer(network, child.pid!) makes the pair (`ip link add … peer name eth0 netns <pid>`); shared/container.ts: tellChild(child).',
       'In child(): waitForParent(), then configureContainerNetwork(container.network). The order matters: eth0 does not exist before the parent says so.',
     ],
   },

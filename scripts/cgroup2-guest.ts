@@ -114,7 +114,7 @@ const sleeper = spawn('sleep', ['60'], { stdio: 'ignore' })
 const sleeperEnd = new Promise<string | null>((resolve) => sleeper.on('exit', (_, signal) => resolve(signal)))
 joinCgroup(probe, sleeper.pid)
 const probeWrites = watchWrites(join(probe.dirs[0].dir, 'cgroup.kill'))
-removeCgroup(probe)
+await removeCgroup(probe)
 const signal = await Promise.race([sleeperEnd, delay(5000, 'still running')])
 c.ok('removeCgroup on a cgroup with a process in it: cgroup.kill SIGKILLs it and rmdir succeeds', signal === 'SIGKILL' && probeWrites() > 0 && !existsSync(probe.dirs[0].dir), {
   ran: `createCgroup('vmcheck${process.pid}'), joinCgroup(sleep 60), removeCgroup  # shared/cgroups.ts`,

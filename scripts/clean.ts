@@ -22,7 +22,7 @@ Anything a running container still uses is left alone.
     process.exit(0)
   }
   if (process.getuid?.() !== 0) throw new UsageError('needs root (mounts, cgroups and interfaces are root-only): rerun with sudo')
-  const { removed, kept, failed } = clean(values.all)
+  const { removed, kept, failed } = await clean(values.all)
   for (const item of removed) console.log(`${chalk.green('removed')}   ${item.kind}: ${item.name}`)
   for (const item of kept) console.log(`${chalk.yellow('left')}      ${item.kind}: ${item.name} (${item.inUse})`)
   for (const { item, error } of failed) console.log(`${chalk.red('failed')}    ${item.kind}: ${item.name}: ${error}`)

@@ -10,6 +10,7 @@
 import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
+import { setTimeout as delay } from 'node:timers/promises'
 import { UsageError } from './errors.ts'
 import { readMountInfo } from './mounts.ts'
 import { kill, SIGKILL } from './process.ts'
@@ -108,7 +109,8 @@ export function createCgroup(id: string, limits: Limits, hierarchies = findHiera
       }
     }
   } catch (err) {
-    removeCgroup(cgroup)
+    // Nothing has joined it yet: the empty directories go with a plain rmdir.
+    for (const { dir } of cgroup.dirs) if (existsSync(dir)) rmdirSync(dir)
     throw err
   }
   return cgroup
@@ -166,9 +168,10 @@ export function cgroupProcs(dir: string): number[] {
 /**
  * Kill whatever is left in the cgroup and remove its directories.
  * v2 has cgroup.kill (Linux 5.14+); v1 needs a SIGKILL per process. rmdir
- * fails with EBUSY until the last process is reaped, so it is retried.
+ * fails with EBUSY until the last process is reaped, so it is retried,
+ * every 10 ms for up to 2 s, without blocking: signals still get answered.
  */
-export function removeCgroup(cgroup: Cgroup): void {
+export async function removeCgroup(cgroup: Cgroup): Promise<void> {
   for (const { version, dir } of cgroup.dirs) {
     if (!existsSync(dir)) continue
     if (version === 2 && existsSync(join(dir, 'cgroup.kill'))) writeFileSync(join(dir, 'cgroup.kill'), '1')
@@ -181,7 +184,7 @@ export function removeCgroup(cgroup: Cgroup): void {
         const code = (err as NodeJS.ErrnoException).code
         if (code === 'ENOENT') break
         if (code !== 'EBUSY' || attempt >= 200) throw err
-        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10) // 10 ms, up to 2 s
+        await delay(10)
       }
     }
   }

@@ -18,7 +18,7 @@ export interface Leftover {
   kind: 'mount' | 'cgroup' | 'interface' | 'netns' | 'container dir' | 'lease' | 'lock'
   name: string
   inUse: string | false // why it must stay, if it must
-  remove: () => void
+  remove: () => unknown // may return a promise
 }
 
 /** Everything the project has on this host right now (read-only: removes nothing). */
@@ -30,7 +30,7 @@ export function findLeftovers(): Leftover[] {
  * Remove the leftovers no running container uses; with `all`, stop running
  * containers' cgroups and remove kept container directories too.
  */
-export function clean(all = false): { removed: Leftover[]; kept: Leftover[]; failed: { item: Leftover; error: string }[] } {
+export async function clean(all = false): Promise<{ removed: Leftover[]; kept: Leftover[]; failed: { item: Leftover; error: string }[] }> {
   const removed: Leftover[] = []
   const kept: Leftover[] = []
   const failed: { item: Leftover; error: string }[] = []
@@ -43,7 +43,7 @@ export function clean(all = false): { removed: Leftover[]; kept: Leftover[]; fai
       continue
     }
     try {
-      item.remove()
+      await item.remove()
       removed.push(item)
     } catch (err) {
       failed.push({ item, error: (err as Error).message })
@@ -53,7 +53,7 @@ export function clean(all = false): { removed: Leftover[]; kept: Leftover[]; fai
   if (existsSync(`/sys/class/net/${BRIDGE}`) && liveLeases().length === 0) {
     const bridge: Leftover = { kind: 'interface', name: `${BRIDGE} (bridge)`, inUse: false, remove: () => deleteInterface(BRIDGE) }
     try {
-      bridge.remove()
+      await bridge.remove()
       removed.push(bridge)
     } catch (err) {
       failed.push({ item: bridge, error: (err as Error).message })
@@ -117,7 +117,7 @@ function interfaces(): Leftover[] {
       kind: 'interface' as const,
       name,
       inUse: live.has(name) ? 'its container is running' : false,
-      remove: () => void deleteInterface(name),
+      remove: () => deleteInterface(name),
     }))
 }
 

@@ -30,28 +30,35 @@ export function reexecChild(config: object, cloneFlags = 0, stdio: StdioOptions 
 /** How long a container gets to stop after SIGINT/SIGTERM before SIGKILL. */
 export const STOP_TIMEOUT_MS = 2000
 
+/** The signals that ask a container to stop: Ctrl-C, kill's default, a closed terminal, Ctrl-\. */
+const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const
+
+/** A stop signal that came while the parent was still setting up (see Cleanup). */
+let stopRequested: NodeJS.Signals | undefined
+
 /**
  * Wait for the container and return its exit code: its own code, or 128+N
  * if signal N killed it (as a shell reports it).
  *
- * SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to this process are passed on.
- * A PID 1 ignores signals it has no handler for, so passing them on is not
- * enough: if the container is still there after STOP_TIMEOUT_MS, SIGKILL.
- * Afterwards the terminal, if any, comes back to us (see reclaimTerminal).
+ * SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to this process are passed on
+ * (one that came during setup, at once). A PID 1 ignores signals it has no
+ * handler for, so passing them on is not enough: if the container is still
+ * there after STOP_TIMEOUT_MS, SIGKILL. Afterwards the terminal, if any,
+ * comes back to us (see reclaimTerminal).
  */
 export function waitForExit(child: ChildProcess): Promise<number> {
-  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const
   let killTimer: NodeJS.Timeout | undefined
   const forward = (signal: NodeJS.Signals) => {
     child.kill(signal)
     killTimer ??= setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS)
   }
-  for (const signal of signals) process.on(signal, forward)
+  for (const signal of STOP_SIGNALS) process.on(signal, forward)
+  if (stopRequested) forward(stopRequested)
   return new Promise((resolve, reject) => {
     child.on('error', reject)
     child.on('exit', (code, signal) => {
       clearTimeout(killTimer)
-      for (const s of signals) process.off(s, forward)
+      for (const s of STOP_SIGNALS) process.off(s, forward)
       reclaimTerminal()
       if (process.env.CFS_TIMING) process.stderr.write(`cfs-timing: parent peak RSS ${process.resourceUsage().maxRSS} KiB\n`)
       resolve(code ?? 128 + constants.signals[signal!])
@@ -90,26 +97,42 @@ export function waitForParent(): void {
  * Clean-up actions for the parent, like Go's `defer`: each one registered
  * right after the thing it undoes is made, all run last-in first-out in
  * run()'s `finally`, every one even if another fails.
+ *
+ * From `new Cleanup()` until run() is done, a stop signal cannot end this
+ * process half-way (Node's default for SIGINT and SIGTERM is to exit at
+ * once): one that comes during setup is kept for waitForExit, one that
+ * comes during the clean-up is ignored. And run() waits without blocking,
+ * so the process still answers signals meanwhile: `npx tsx` SIGKILLs a
+ * program that does not acknowledge Ctrl-C within about 60 ms, which would
+ * cut a clean-up short.
  */
 export class Cleanup {
-  private actions: (() => void)[] = []
+  private actions: (() => unknown)[] = []
+  private onSignal = (signal: NodeJS.Signals) => {
+    stopRequested ??= signal
+  }
 
-  /** Undo something at the end, however the container ends. */
-  defer(action: () => void): void {
+  constructor() {
+    for (const signal of STOP_SIGNALS) process.on(signal, this.onSignal)
+  }
+
+  /** Undo something at the end, however the container ends (an action may return a promise). */
+  defer(action: () => unknown): void {
     this.actions.push(action)
   }
 
-  /** Run the actions, newest first; rethrow the first error after all ran. */
-  run(): void {
+  /** Run the actions, newest first, each to its end; rethrow the first error after all ran. */
+  async run(): Promise<void> {
     const errors: unknown[] = []
     for (const action of this.actions.reverse()) {
       try {
-        action()
+        await action()
       } catch (err) {
         errors.push(err)
       }
     }
     this.actions = []
+    for (const signal of STOP_SIGNALS) process.off(signal, this.onSignal)
     if (errors.length) throw errors[0]
   }
 }

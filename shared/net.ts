@@ -7,9 +7,10 @@
 // The `ip` command (iproute2) does the netlink work. Traffic stays on this
 // machine: containers reach each other and the bridge, nothing else.
 
-import { execFileSync } from 'node:child_process'
+import { execFile, execFileSync } from 'node:child_process'
 import { mkdirSync, readdirSync, readFileSync, rmSync, rmdirSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { setTimeout as delay } from 'node:timers/promises'
 import { UsageError } from './errors.ts'
 import { isRunning } from './procfs.ts'
 import { PREFIX, stateDir } from './settings.ts'
@@ -39,18 +40,42 @@ export function vethName(id: string): string {
   return name
 }
 
-/** Run `ip` (iproute2); its error becomes one line. With `input`, commands are read as a batch. */
+/**
+ * Run `ip` (iproute2) and wait for it; its error becomes one line. With
+ * `input`, commands are read as a batch. For the child, which has nothing
+ * else to do meanwhile.
+ */
 export function ip(args: string[], input?: string): string {
   try {
-    return execFileSync('ip', input === undefined ? args : ['-batch', '-', ...args], {
-      encoding: 'utf8', input, stdio: ['pipe', 'pipe', 'pipe'],
-    })
+    return execFileSync('ip', ipArgs(args, input), { encoding: 'utf8', input, stdio: ['pipe', 'pipe', 'pipe'] })
   } catch (err) {
-    const e = err as NodeJS.ErrnoException & { stderr?: string }
-    if (e.code === 'ENOENT') throw new UsageError('the `ip` command is missing: apt-get install iproute2')
-    const what = input === undefined ? `ip ${args.join(' ')}` : `ip -batch: ${input.trim().split('\n').join('; ')}`
-    throw new UsageError(`${what}: ${(e.stderr ?? '').trim().split('\n')[0] || e.message}`)
+    throw ipError(err, args, input)
   }
+}
+
+/**
+ * The same without blocking, for the parent: while `ip` runs, the parent
+ * can still answer signals (see Cleanup in container.ts).
+ */
+export function ipAsync(args: string[], input?: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = execFile('ip', ipArgs(args, input), { encoding: 'utf8' }, (err, stdout, stderr) => {
+      if (err) reject(ipError(Object.assign(err, { stderr }), args, input))
+      else resolve(stdout)
+    })
+    child.stdin?.end(input)
+  })
+}
+
+function ipArgs(args: string[], input?: string): string[] {
+  return input === undefined ? args : ['-batch', '-', ...args]
+}
+
+function ipError(err: unknown, args: string[], input?: string): UsageError {
+  const e = err as NodeJS.ErrnoException & { stderr?: string }
+  if (e.code === 'ENOENT') return new UsageError('the `ip` command is missing: apt-get install iproute2')
+  const what = input === undefined ? `ip ${args.join(' ')}` : `ip -batch: ${input.trim().split('\n').join('; ')}`
+  return new UsageError(`${what}: ${(e.stderr ?? '').trim().split('\n')[0] || e.message}`)
 }
 
 /**
@@ -58,13 +83,13 @@ export function ip(args: string[], input?: string): string {
  * bridge is up. Under a lock, so containers starting together get different
  * addresses and never race with the last one leaving, which removes the bridge.
  */
-export function allocateNetwork(id: string): Network {
+export async function allocateNetwork(id: string): Promise<Network> {
   const hostVeth = vethName(id)
   if (interfaceExists(hostVeth)) throw new UsageError(`an interface named ${hostVeth} already exists on this host`)
-  return withLock(() => {
+  return withLock(async () => {
     const address = takeLease(id)
     try {
-      ensureBridge()
+      await ensureBridge()
     } catch (err) {
       rmSync(join(leasesDir, address), { force: true })
       throw err
@@ -77,8 +102,8 @@ export function allocateNetwork(id: string): Network {
  * Parent, once the child exists: create the veth pair with one end already
  * inside the child's network namespace as eth0, and plug the other into the bridge.
  */
-export function connectContainer(network: Network, pid: number): void {
-  ip([], [
+export async function connectContainer(network: Network, pid: number): Promise<void> {
+  await ipAsync([], [
     `link add ${network.hostVeth} type veth peer name eth0 netns ${pid}`,
     `link set ${network.hostVeth} master ${BRIDGE} up`,
   ].join('\n') + '\n')
@@ -95,19 +120,19 @@ export function configureContainerNetwork(network: Network): void {
 }
 
 /** Parent, after the container ended: free its address and veth; the last one out removes the bridge. */
-export function releaseNetwork(network: Network): void {
-  deleteInterface(network.hostVeth)
-  withLock(() => {
+export async function releaseNetwork(network: Network): Promise<void> {
+  await deleteInterface(network.hostVeth)
+  await withLock(async () => {
     rmSync(join(leasesDir, network.address), { force: true })
-    if (liveLeases().length === 0) deleteInterface(BRIDGE)
+    if (liveLeases().length === 0) await deleteInterface(BRIDGE)
   })
 }
 
 /** Delete an interface if it exists; one that vanishes meanwhile (its namespace died) is fine. */
-export function deleteInterface(name: string): boolean {
+export async function deleteInterface(name: string): Promise<boolean> {
   if (!interfaceExists(name)) return false
   try {
-    ip(['link', 'del', name])
+    await ipAsync(['link', 'del', name])
   } catch (err) {
     if (interfaceExists(name)) throw err
   }
@@ -154,17 +179,17 @@ export function liveLeases(): { address: string; id: string; pid: number }[] {
 
 // Create the bridge if it is not there, after checking that no other
 // interface or route on the host already uses the subnet.
-function ensureBridge(): void {
+async function ensureBridge(): Promise<void> {
   if (interfaceExists(BRIDGE)) {
     // Up already, for running containers: it must be on the subnet we were asked for.
-    const [bridge] = JSON.parse(ip(['-j', 'addr', 'show', 'dev', BRIDGE])) as { addr_info: { family: string; local: string; prefixlen: number }[] }[]
+    const [bridge] = JSON.parse(await ipAsync(['-j', 'addr', 'show', 'dev', BRIDGE])) as { addr_info: { family: string; local: string; prefixlen: number }[] }[]
     const inet = bridge?.addr_info?.find((a) => a.family === 'inet')
     if (inet && (inet.local !== SUBNET.gateway || inet.prefixlen !== SUBNET.prefix)) {
       throw new UsageError(`${BRIDGE} is up with ${inet.local}/${inet.prefixlen} for running containers, not ${SUBNET.gateway}/${SUBNET.prefix} (CFS_SUBNET): stop them first`)
     }
     return
   }
-  const addresses = JSON.parse(ip(['-j', 'addr', 'show'])) as { ifname: string; addr_info: { family: string; local: string }[] }[]
+  const addresses = JSON.parse(await ipAsync(['-j', 'addr', 'show'])) as { ifname: string; addr_info: { family: string; local: string }[] }[]
   for (const link of addresses) {
     for (const addr of link.addr_info ?? []) {
       if (addr.family === 'inet' && SUBNET.contains(addr.local)) {
@@ -172,10 +197,10 @@ function ensureBridge(): void {
       }
     }
   }
-  const routes = JSON.parse(ip(['-j', 'route', 'show'])) as { dst: string; dev: string }[]
+  const routes = JSON.parse(await ipAsync(['-j', 'route', 'show'])) as { dst: string; dev: string }[]
   const clash = routes.find((r) => r.dst !== 'default' && SUBNET.contains(r.dst.split('/')[0]))
   if (clash) throw new UsageError(`${SUBNET.cidr} is already routed on this host (via ${clash.dev}): set CFS_SUBNET to a free range`)
-  ip([], [
+  await ipAsync([], [
     `link add ${BRIDGE} type bridge`,
     `addr add ${SUBNET.gateway}/${SUBNET.prefix} dev ${BRIDGE}`,
     `link set ${BRIDGE} up`,
@@ -184,7 +209,7 @@ function ensureBridge(): void {
 
 // A lock shared by all the project's processes: a directory, since mkdir(2)
 // either creates it or fails. A lock older than 10 s is left over from a crash.
-function withLock<T>(fn: () => T): T {
+async function withLock<T>(fn: () => Promise<T>): Promise<T> {
   mkdirSync(netDir, { recursive: true })
   const deadline = Date.now() + 15_000
   for (;;) {
@@ -197,11 +222,11 @@ function withLock<T>(fn: () => T): T {
         if (Date.now() - statSync(lockDir).mtimeMs > 10_000) rmdirSync(lockDir)
       } catch {}
       if (Date.now() > deadline) throw new UsageError(`timed out waiting for ${lockDir} (npm run clean removes a stale one)`)
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5)
+      await delay(5)
     }
   }
   try {
-    return fn()
+    return await fn()
   } finally {
     rmdirSync(lockDir)
   }

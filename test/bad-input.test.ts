@@ -158,8 +158,8 @@ t.test('bad input: one line, the documented exit code, nothing left', rootOnly()
     }
     let error: unknown
     try {
-      const network = allocateNetwork(id)
-      releaseNetwork(network)
+      const network = await allocateNetwork(id)
+      await releaseNetwork(network)
     } catch (err) {
       error = err
     } finally {

@@ -57,7 +57,7 @@ t.test('a real cgroup on this host: limits written, a process joins, removal kil
   t.match(readFileSync(`/proc/${sleeper.pid}/cgroup`, 'utf8'), new RegExp(`pids:/cfs-${id}$|^0::/cfs-${id}$`, 'm'), '/proc/PID/cgroup names the new cgroup')
   t.same(cgroupProcs(pids.dir), [sleeper.pid], 'cgroup.procs lists the process')
   const exited = new Promise((resolve) => sleeper.on('exit', (_code, signal) => resolve(signal)))
-  removeCgroup(cgroup)
+  await removeCgroup(cgroup)
   t.equal(await exited, 'SIGKILL', 'removing the cgroup killed what was left in it')
   for (const { dir } of cgroup.dirs) t.notOk(existsSync(dir), `${dir} is gone`)
 })

@@ -78,7 +78,7 @@ export async function leftoversSince(before: Set<string>, run: Run): Promise<str
   }
   for (const item of found) {
     try {
-      item.remove()
+      await item.remove()
     } catch {}
   }
   return found.map(key)

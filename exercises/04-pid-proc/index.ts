@@ -59,7 +59,7 @@ async function run(container: Container): Promise<void> {
     // container ends, however it ends (the Cleanup runs in `finally`).
     process.exitCode = await waitForExit(child)
   } finally {
-    cleanup.run()
+    await cleanup.run()
   }
   process.exit()
 }

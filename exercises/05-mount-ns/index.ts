@@ -59,7 +59,7 @@ async function run(container: Container): Promise<void> {
     const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID)
     process.exitCode = await waitForExit(child)
   } finally {
-    cleanup.run()
+    await cleanup.run()
   }
   process.exit()
 }

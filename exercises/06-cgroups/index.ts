@@ -76,7 +76,7 @@ async function run(container: Omit<Container, 'cgroup'>, limits: Limits): Promis
     const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS)
     process.exitCode = await waitForExit(child)
   } finally {
-    cleanup.run()
+    await cleanup.run()
   }
   process.exit()
 }

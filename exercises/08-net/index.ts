@@ -87,7 +87,7 @@ async function run(container: Omit<Container, 'cgroup' | 'dir' | 'network'>, lim
     const dir = createContainerDir(container.id)
     // The overlay is mounted in the container's mount namespace and goes with it.
     cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
-    const network = allocateNetwork(container.id)
+    const network = await allocateNetwork(container.id)
     // The veth pair goes with the container's namespace; free the address (and the bridge, if last).
     cleanup.defer(() => releaseNetwork(network))
     // TODO: the child needs a network namespace of its own: its own interfaces,
@@ -102,7 +102,7 @@ async function run(container: Omit<Container, 'cgroup' | 'dir' | 'network'>, lim
     // Then tell the child, which waits on the sync pipe, that it may go on.
     process.exitCode = await waitForExit(child)
   } finally {
-    cleanup.run()
+    await cleanup.run()
   }
   process.exit()
 }

@@ -389,7 +389,7 @@ async function probeStep(host: Host, step: string, options: { limits: boolean; i
     run.exitCode = ended.exitCode
   } finally {
     restoreHostname(host)
-    if (throwaway) removeCgroup(throwaway)
+    if (throwaway) await removeCgroup(throwaway)
     if (target.exitCode === null && target.signalCode === null) target.kill('SIGKILL')
   }
   run.killedHostSleep = (await targetEnded) === 'SIGTERM'

@@ -100,7 +100,7 @@ export async function runStress(
     const bridge = await waitFor(() => (orphanBridge() ? undefined : true), 3000)
     if (!bridge) final.push(`bridge ${BRIDGE} with no container on it`)
     // What the SIGKILL path's own clean had to leave (in use by a container still running then).
-    const finalClean = final.length ? clean().removed.map((item) => `${item.kind}: ${item.name}`) : []
+    const finalClean = final.length ? (await clean()).removed.map((item) => `${item.kind}: ${item.name}`) : []
     return {
       outcomes: outcomes.sort((a, b) => a.n - b.n),
       final,

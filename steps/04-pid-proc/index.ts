@@ -53,7 +53,7 @@ async function run(container: Container): Promise<void> {
     cleanup.defer(() => unmountIfMounted(join(container.rootfs, 'proc')))
     process.exitCode = await waitForExit(child)
   } finally {
-    cleanup.run()
+    await cleanup.run()
   }
   process.exit()
 }

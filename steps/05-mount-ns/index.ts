@@ -53,7 +53,7 @@ async function run(container: Container): Promise<void> {
     const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS)
     process.exitCode = await waitForExit(child)
   } finally {
-    cleanup.run()
+    await cleanup.run()
   }
   process.exit()
 }

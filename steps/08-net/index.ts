@@ -83,7 +83,7 @@ async function run(container: Omit<Container, 'cgroup' | 'dir' | 'network'>, lim
     const dir = createContainerDir(container.id)
     // The overlay is mounted in the container's mount namespace and goes with it.
     cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
-    const network = allocateNetwork(container.id)
+    const network = await allocateNetwork(container.id)
     // The veth pair goes with the container's namespace; free the address (and the bridge, if last).
     cleanup.defer(() => releaseNetwork(network))
     const flags = CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET
@@ -91,11 +91,11 @@ async function run(container: Omit<Container, 'cgroup' | 'dir' | 'network'>, lim
     // Until the child runs the command, it dies with us: kill it if setting up eth0 fails.
     cleanup.defer(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
     // The child's network namespace exists now: put eth0 in it, then let it go on.
-    connectContainer(network, child.pid!)
+    await connectContainer(network, child.pid!)
     tellChild(child)
     process.exitCode = await waitForExit(child)
   } finally {
-    cleanup.run()
+    await cleanup.run()
   }
   process.exit()
 }

@@ -67,7 +67,7 @@ async function run(container: Container, image: string): Promise<void> {
     const child = reexecChild({ ...container, rootfs })
     process.exitCode = await waitForExit(child)
   } finally {
-    cleanup.run()
+    await cleanup.run()
   }
   process.exit()
 }

@@ -63,7 +63,7 @@ async function run(container: Container, image: string): Promise<void> {
     const child = reexecChild({ ...container, rootfs }, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS)
     process.exitCode = await waitForExit(child)
   } finally {
-    cleanup.run()
+    await cleanup.run()
   }
   process.exit()
 }

@@ -112,7 +112,7 @@ async function run(container: Omit<Container, 'cgroup' | 'dir'>): Promise<void> 
     const child = reexecChild({ ...container, cgroup, dir }, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS)
     process.exitCode = await waitForExit(child)
   } finally {
-    cleanup.run()
+    await cleanup.run()
   }
   process.exit()
 }
