@@ -71,9 +71,9 @@ export const exercises: Record<string, Exercise> = {
     title: 'cgroups: limits the kernel enforces',
     man: ['cgroups(7)', 'cgroup v2: Documentation/admin-guide/cgroup-v2.rst'],
     hints: [
-      'shared/cgroups.ts does the file work for v1, v2 and hybrid hosts: you only call createCgroup, removeCgroup and joinCgroup.',
-      'In run(): const cgroup = createCgroup(container.id, limits), then cleanup.defer(() => removeCgroup(cgroup)), and pass { ...container, cgroup } to reexecChild.',
-      'In child(), first thing after prctl: joinCgroup(container.cgroup). It writes this process\'s PID into cgroup.procs of every hierarchy.',
+      'shared/cgroups.ts does the file work for v1, v2 and hybrid hosts: you only call createCgroup, removeCgroup and joinCgroup. shared/container.ts has the sync pipe: STDIO_WITH_SYNC, tellChild, waitForParent.',
+      'In run(): const cgroup = createCgroup(container.id, limits), then cleanup.defer(() => removeCgroup(cgroup)); pass { ...container, cgroup } and STDIO_WITH_SYNC to reexecChild, then joinCgroup(cgroup, child.pid!) and tellChild(child).',
+      'In child(), first thing after prctl: waitForParent(). joinCgroup in the parent wrote the child\'s PID into cgroup.procs of every hierarchy while the child waited.',
     ],
   },
   '07-overlay': {
@@ -89,9 +89,9 @@ export const exercises: Record<string, Exercise> = {
     title: 'network namespace: a veth pair and a bridge',
     man: ['network_namespaces(7)', 'veth(4)', 'ip-link(8)', 'ip-address(8)', 'ip-route(8)'],
     hints: [
-      'Three TODOs: a flag and the veth pair in run(), the network set-up in child(). The parent and the child meet on the sync pipe (fd 3): the parent writes, the child reads.',
-      'The flag is CLONE_NEWNET. shared/net.ts: await connectContainer(network, child.pid!) makes the pair (`ip link add … peer name eth0 netns <pid>`); shared/container.ts: tellChild(child).',
-      'In child(): waitForParent(), then configureContainerNetwork(container.network). The order matters: eth0 does not exist before the parent says so.',
+      'Four TODOs: a flag and the veth pair in run(), the address and the network set-up in child(). The parent and the child meet on the sync pipe (fd 3): the parent writes its word, the child reads it.',
+      'The flag is CLONE_NEWNET. shared/net.ts: const network = await allocateNetwork(container.id), cleanup.defer(() => releaseNetwork(network)), then await connectContainer(network, child.pid!) makes the pair (`ip link add … peer name eth0 netns <pid>`); tellChild(child, network) says the address.',
+      'In child(): const network = waitForParent<Network>(), then configureContainerNetwork(network). The order matters: eth0 does not exist before the parent says so.',
     ],
   },
 }

@@ -72,25 +72,33 @@ export const SYNC_FD = 3
 /** Stdio for a child that waits for the parent: the user's terminal, plus the sync pipe. */
 export const STDIO_WITH_SYNC: StdioOptions = ['inherit', 'inherit', 'inherit', 'pipe']
 
-/** Parent: tell a child blocked in waitForParent() that it may go on. */
-export function tellChild(child: ChildProcess): void {
+/**
+ * Parent: tell a child blocked in waitForParent() that it may go on, and
+ * hand it what it could not know at its start (step 08: its address), as
+ * one line of JSON; the pipe is closed after it.
+ */
+export function tellChild(child: ChildProcess, message: object = {}): void {
   const pipe = child.stdio[SYNC_FD] as NodeJS.WritableStream
   // If the child died first, the write fails; waitForExit reports how it ended.
   pipe.on('error', () => {})
-  pipe.end('ready\n')
+  pipe.end(`${JSON.stringify(message)}\n`)
 }
 
 /**
- * Child: block until the parent says `ready` on the sync pipe (runc does the
- * same), then close it so the command never inherits it. If the parent went
- * away first, stop: there is no container to finish setting up.
+ * Child: block until the parent has had its say on the sync pipe (runc does
+ * the same), then close it so the command never inherits it, and return
+ * what the parent said. If the parent went away first, stop: there is no
+ * container to finish setting up.
  */
-export function waitForParent(): void {
+export function waitForParent<T = object>(): T {
   fcntl(SYNC_FD, F_SETFL, fcntl(SYNC_FD, F_GETFL) & ~O_NONBLOCK)
-  const buffer = Buffer.alloc(16)
-  const n = readSync(SYNC_FD, buffer)
+  // Read until the parent closes its end (a read of 0 bytes).
+  const buffer = Buffer.alloc(4096)
+  let said = ''
+  for (let n = readSync(SYNC_FD, buffer); n > 0; n = readSync(SYNC_FD, buffer)) said += buffer.toString('utf8', 0, n)
   closeSync(SYNC_FD)
-  if (buffer.subarray(0, n).toString() !== 'ready\n') throw new UsageError('the parent went away while setting up the container')
+  if (!said.endsWith('\n')) throw new UsageError('the parent went away while setting up the container')
+  return JSON.parse(said) as T
 }
 
 /**

@@ -2,10 +2,11 @@
 //
 // Goal: limit what the container may use. The parent creates a control group
 // for it (pids, memory, CPU), wherever this host keeps each controller (cgroup
-// v2, v1, or both), and writes the limits. The child puts itself in it before
-// anything else, so even the command's first instruction runs under the
-// limits. A fork bomb stops at --pids-limit; a memory hog is OOM-killed.
-// The parent removes the cgroup when the container ends, however it ends.
+// v2, v1, or both), and writes the limits. It puts the child in it while the
+// child waits on a pipe for its word (as runc does), so everything the child
+// does, and the command's first instruction, runs under the limits. A fork
+// bomb stops at --pids-limit; a memory hog is OOM-killed. The parent removes
+// the cgroup when the container ends, however it ends.
 //
 // Usage: sudo npx tsx exercises/06-cgroups run [--image NAME|DIR] [--pids-limit N|max]
 //          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]
@@ -14,7 +15,9 @@
 // (add --hint for a hint). exercises/README.md explains the loop.
 
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
-import { Cleanup, newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
+import {
+  Cleanup, newContainerId, reexecChild, STDIO_WITH_SYNC, tellChild, waitForExit, waitForParent,
+} from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
 import {
   createCgroup, DEFAULT_PIDS_LIMIT, joinCgroup, limitsFromOptions, removeCgroup, type Cgroup, type Limits,
@@ -72,7 +75,9 @@ async function run(container: Omit<Container, 'cgroup'>, limits: Limits): Promis
     // TODO: make a control group for this container, named after its id, with
     // the limits written into it: the kernel enforces them on every process in
     // it. Remove it when the container ends, however it ends (Ctrl-C, an error).
-    // Then hand it to the child, in the config below.
+    // Then hand it to the child, in the config below, and start the child with
+    // a sync pipe (fd 3): put it in the cgroup while it waits there for your
+    // word, before it runs anything of its own, then tell it to go on.
     const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS)
     process.exitCode = await waitForExit(child)
   } finally {
@@ -85,9 +90,9 @@ async function run(container: Omit<Container, 'cgroup'>, limits: Limits): Promis
 function child(container: Container): void {
   // If the parent dies (even by SIGKILL), the kernel kills us too.
   prctl(PR_SET_PDEATHSIG, SIGKILL)
-  // TODO: move this process into the container's cgroup before anything else:
-  // a process's children are born in its cgroup, so from here on everything,
-  // the command too, runs under the limits.
+  // TODO: before anything else, wait on the sync pipe until the parent has put
+  // this process in the container's cgroup: a process's children are born in
+  // its cgroup, so from then on everything, the command too, is limited.
   // Our own UTS namespace: this hostname is seen only in here.
   sethostname(container.id)
   // The host's / is usually a shared mount (`findmnt -o TARGET,PROPAGATION /`):

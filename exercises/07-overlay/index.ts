@@ -14,7 +14,9 @@
 // (add --hint for a hint). exercises/README.md explains the loop.
 
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
-import { Cleanup, newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
+import {
+  Cleanup, newContainerId, reexecChild, STDIO_WITH_SYNC, tellChild, waitForExit, waitForParent,
+} from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
 import {
   createCgroup, DEFAULT_PIDS_LIMIT, joinCgroup, limitsFromOptions, removeCgroup, type Cgroup, type Limits,
@@ -80,7 +82,11 @@ async function run(container: Omit<Container, 'cgroup' | 'dir'>, limits: Limits,
     const dir = createContainerDir(container.id)
     // The overlay is mounted in the container's mount namespace and goes with it.
     cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
-    const child = reexecChild({ ...container, cgroup, dir }, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS)
+    const child = reexecChild({ ...container, cgroup, dir }, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS, STDIO_WITH_SYNC)
+    // The child waits on a pipe until we say so: into the cgroup with it
+    // before it runs anything of its own (its Node is still starting meanwhile).
+    joinCgroup(cgroup, child.pid!)
+    tellChild(child)
     process.exitCode = await waitForExit(child)
   } finally {
     await cleanup.run()
@@ -92,8 +98,9 @@ async function run(container: Omit<Container, 'cgroup' | 'dir'>, limits: Limits,
 function child(container: Container): void {
   // If the parent dies (even by SIGKILL), the kernel kills us too.
   prctl(PR_SET_PDEATHSIG, SIGKILL)
-  // Into the cgroup first: everything from here on, and the command, is limited.
-  joinCgroup(container.cgroup)
+  // Wait until the parent has put us in our cgroup: from here on, everything
+  // we do, and the command, is limited.
+  waitForParent()
   // Our own UTS namespace: this hostname is seen only in here.
   sethostname(container.id)
   // The host's / is usually a shared mount (`findmnt -o TARGET,PROPAGATION /`):

@@ -3,9 +3,10 @@
 // Goal: give the container a network of its own that can still talk. In a
 // new network namespace (CLONE_NEWNET) there is only `lo`, down. The parent
 // plugs a veth pair in: one end on a bridge on the host, the other inside as
-// eth0, with an address no other running container has. The child waits on a
-// pipe until the parent is done, then brings lo and eth0 up and routes via
-// the bridge, so the command never starts before its network is ready.
+// eth0, with an address no other running container has. The child, which
+// waits on the pipe from step 06, hears its address there once the parent is
+// done, then brings lo and eth0 up and routes via the bridge, so the command
+// never starts before its network is ready.
 //
 // Usage: sudo npx tsx exercises/08-net run [--image NAME|DIR] [--keep] [--pids-limit N|max]
 //          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]
@@ -58,7 +59,6 @@ interface Container {
   command: string[]
   cgroup: Cgroup
   dir: string // <state dir>/containers/<id>: upper/, work/, merged/
-  network: Network
 }
 
 async function main(argv: string[]): Promise<void> {
@@ -78,7 +78,7 @@ async function main(argv: string[]): Promise<void> {
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
-async function run(container: Omit<Container, 'cgroup' | 'dir' | 'network'>, limits: Limits, keep = false): Promise<void> {
+async function run(container: Omit<Container, 'cgroup' | 'dir'>, limits: Limits, keep = false): Promise<void> {
   const cleanup = new Cleanup()
   try {
     const cgroup = createCgroup(container.id, limits)
@@ -87,19 +87,21 @@ async function run(container: Omit<Container, 'cgroup' | 'dir' | 'network'>, lim
     const dir = createContainerDir(container.id)
     // The overlay is mounted in the container's mount namespace and goes with it.
     cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
-    const network = await allocateNetwork(container.id)
-    // The veth pair goes with the container's namespace; free the address (and the bridge, if last).
-    cleanup.defer(() => releaseNetwork(network))
     // TODO: the child needs a network namespace of its own: its own interfaces,
     // addresses and routes, with only `lo` in it at first, down.
     const flags = CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS
-    const child = reexecChild({ ...container, cgroup, dir, network }, flags, STDIO_WITH_SYNC)
+    const child = reexecChild({ ...container, cgroup, dir }, flags, STDIO_WITH_SYNC)
     // Until the child runs the command, it dies with us: kill it if setting up eth0 fails.
     cleanup.defer(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
+    // The child waits on a pipe until we say so: into the cgroup with it
+    // before it runs anything of its own (its Node is still starting meanwhile).
+    joinCgroup(cgroup, child.pid!)
     // TODO: the child's network namespace exists now, and only it can be reached
-    // through the child's PID. Create a veth pair (two interfaces joined like a
+    // through the child's PID. Take an address for it (and free it when the
+    // container ends), then create a veth pair (two interfaces joined like a
     // cable) with one end in there as eth0 and the other on the host's bridge.
-    // Then tell the child, which waits on the sync pipe, that it may go on.
+    // Then tell the child to go on, and what its address is.
+    tellChild(child)
     process.exitCode = await waitForExit(child)
   } finally {
     await cleanup.run()
@@ -111,15 +113,17 @@ async function run(container: Omit<Container, 'cgroup' | 'dir' | 'network'>, lim
 function child(container: Container): void {
   // If the parent dies (even by SIGKILL), the kernel kills us too.
   prctl(PR_SET_PDEATHSIG, SIGKILL)
-  // Into the cgroup first: everything from here on, and the command, is limited.
-  joinCgroup(container.cgroup)
+  // Wait until the parent has put us in our cgroup and eth0 in our network
+  // namespace: from here on, everything we do, and the command, is limited.
+  // TODO: the parent's word on the pipe is this container's address (a
+  // Network): keep what waitForParent() returns.
+  waitForParent()
   // Our own UTS namespace: this hostname is seen only in here.
   sethostname(container.id)
   // Exercises only: stop here, not change the host's interfaces, while the TODO in run() is open.
   refuseHostNamespace('net')
-  // TODO: eth0 is not there until the parent has made it: wait for the parent
-  // on the sync pipe. Then, inside: loopback up, the container's address on
-  // eth0, eth0 up, and the default route via the bridge.
+  // TODO: eth0 is here now, with the address the parent gave: inside,
+  // loopback up, the address on eth0, eth0 up, and the default route via the bridge.
   // The host's / is usually a shared mount (`findmnt -o TARGET,PROPAGATION /`):
   // anything mounted under it would show up on the host too. MS_REC: all of
   // the tree, or mounts such as /dev/pts would still leak.

@@ -2,16 +2,19 @@
 //
 // Goal: limit what the container may use. The parent creates a control group
 // for it (pids, memory, CPU), wherever this host keeps each controller (cgroup
-// v2, v1, or both), and writes the limits. The child puts itself in it before
-// anything else, so even the command's first instruction runs under the
-// limits. A fork bomb stops at --pids-limit; a memory hog is OOM-killed.
-// The parent removes the cgroup when the container ends, however it ends.
+// v2, v1, or both), and writes the limits. It puts the child in it while the
+// child waits on a pipe for its word (as runc does), so everything the child
+// does, and the command's first instruction, runs under the limits. A fork
+// bomb stops at --pids-limit; a memory hog is OOM-killed. The parent removes
+// the cgroup when the container ends, however it ends.
 //
 // Usage: sudo npx tsx steps/06-cgroups run [--image NAME|DIR] [--pids-limit N|max]
 //          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]
 
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
-import { Cleanup, newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
+import {
+  Cleanup, newContainerId, reexecChild, STDIO_WITH_SYNC, tellChild, waitForExit, waitForParent,
+} from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
 import {
   createCgroup, DEFAULT_PIDS_LIMIT, joinCgroup, limitsFromOptions, removeCgroup, type Cgroup, type Limits,
@@ -69,7 +72,11 @@ async function run(container: Omit<Container, 'cgroup'>, limits: Limits): Promis
     const cgroup = createCgroup(container.id, limits)
     // Also after Ctrl-C, SIGTERM or an error: kill what is left, remove the cgroup.
     cleanup.defer(() => removeCgroup(cgroup))
-    const child = reexecChild({ ...container, cgroup }, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS)
+    const child = reexecChild({ ...container, cgroup }, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS, STDIO_WITH_SYNC)
+    // The child waits on a pipe until we say so: into the cgroup with it
+    // before it runs anything of its own (its Node is still starting meanwhile).
+    joinCgroup(cgroup, child.pid!)
+    tellChild(child)
     process.exitCode = await waitForExit(child)
   } finally {
     await cleanup.run()
@@ -81,8 +88,9 @@ async function run(container: Omit<Container, 'cgroup'>, limits: Limits): Promis
 function child(container: Container): void {
   // If the parent dies (even by SIGKILL), the kernel kills us too.
   prctl(PR_SET_PDEATHSIG, SIGKILL)
-  // Into the cgroup first: everything from here on, and the command, is limited.
-  joinCgroup(container.cgroup)
+  // Wait until the parent has put us in our cgroup: from here on, everything
+  // we do, and the command, is limited.
+  waitForParent()
   // Our own UTS namespace: this hostname is seen only in here.
   sethostname(container.id)
   // The host's / is usually a shared mount (`findmnt -o TARGET,PROPAGATION /`):

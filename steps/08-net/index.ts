@@ -3,9 +3,10 @@
 // Goal: give the container a network of its own that can still talk. In a
 // new network namespace (CLONE_NEWNET) there is only `lo`, down. The parent
 // plugs a veth pair in: one end on a bridge on the host, the other inside as
-// eth0, with an address no other running container has. The child waits on a
-// pipe until the parent is done, then brings lo and eth0 up and routes via
-// the bridge, so the command never starts before its network is ready.
+// eth0, with an address no other running container has. The child, which
+// waits on the pipe from step 06, hears its address there once the parent is
+// done, then brings lo and eth0 up and routes via the bridge, so the command
+// never starts before its network is ready.
 //
 // Usage: sudo npx tsx steps/08-net run [--image NAME|DIR] [--keep] [--pids-limit N|max]
 //          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]
@@ -54,7 +55,6 @@ interface Container {
   command: string[]
   cgroup: Cgroup
   dir: string // <state dir>/containers/<id>: upper/, work/, merged/
-  network: Network
 }
 
 async function main(argv: string[]): Promise<void> {
@@ -74,7 +74,7 @@ async function main(argv: string[]): Promise<void> {
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
-async function run(container: Omit<Container, 'cgroup' | 'dir' | 'network'>, limits: Limits, keep = false): Promise<void> {
+async function run(container: Omit<Container, 'cgroup' | 'dir'>, limits: Limits, keep = false): Promise<void> {
   const cleanup = new Cleanup()
   try {
     const cgroup = createCgroup(container.id, limits)
@@ -83,16 +83,20 @@ async function run(container: Omit<Container, 'cgroup' | 'dir' | 'network'>, lim
     const dir = createContainerDir(container.id)
     // The overlay is mounted in the container's mount namespace and goes with it.
     cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
+    const flags = CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET
+    const child = reexecChild({ ...container, cgroup, dir }, flags, STDIO_WITH_SYNC)
+    // Until the child runs the command, it dies with us: kill it if setting up eth0 fails.
+    cleanup.defer(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
+    // The child waits on a pipe until we say so: into the cgroup with it
+    // before it runs anything of its own (its Node is still starting meanwhile).
+    joinCgroup(cgroup, child.pid!)
+    // Its network namespace exists now: an address, and eth0 in there.
     const network = await allocateNetwork(container.id)
     // The veth pair goes with the container's namespace; free the address (and the bridge, if last).
     cleanup.defer(() => releaseNetwork(network))
-    const flags = CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET
-    const child = reexecChild({ ...container, cgroup, dir, network }, flags, STDIO_WITH_SYNC)
-    // Until the child runs the command, it dies with us: kill it if setting up eth0 fails.
-    cleanup.defer(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
-    // The child's network namespace exists now: put eth0 in it, then let it go on.
     await connectContainer(network, child.pid!)
-    tellChild(child)
+    // Go on, with this address.
+    tellChild(child, network)
     process.exitCode = await waitForExit(child)
   } finally {
     await cleanup.run()
@@ -104,13 +108,13 @@ async function run(container: Omit<Container, 'cgroup' | 'dir' | 'network'>, lim
 function child(container: Container): void {
   // If the parent dies (even by SIGKILL), the kernel kills us too.
   prctl(PR_SET_PDEATHSIG, SIGKILL)
-  // Into the cgroup first: everything from here on, and the command, is limited.
-  joinCgroup(container.cgroup)
+  // Wait until the parent has put us in our cgroup and eth0 in our network
+  // namespace: from here on, everything we do, and the command, is limited.
+  const network = waitForParent<Network>()
   // Our own UTS namespace: this hostname is seen only in here.
   sethostname(container.id)
-  // Wait until the parent has put eth0 in our network namespace, then set it up.
-  waitForParent()
-  configureContainerNetwork(container.network)
+  // eth0 is here now, and the parent told us its address: set it up.
+  configureContainerNetwork(network)
   // The host's / is usually a shared mount (`findmnt -o TARGET,PROPAGATION /`):
   // anything mounted under it would show up on the host too. MS_REC: all of
   // the tree, or mounts such as /dev/pts would still leak.
