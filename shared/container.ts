@@ -8,7 +8,7 @@ import { constants } from 'node:os'
 import { compiledScript } from './compile.ts'
 import { UsageError } from './errors.ts'
 import { spawnInNamespaces } from './namespaces.ts'
-import { fcntl, F_GETFL, F_SETFL, O_NONBLOCK, reclaimTerminal } from './process.ts'
+import { fcntl, F_GETFL, F_SETFL, O_NONBLOCK, reclaimTerminal, timing } from './process.ts'
 
 /** A short random id, as Docker's: 12 hex digits. Also the hostname. */
 export function newContainerId(): string {
@@ -24,8 +24,12 @@ export function newContainerId(): string {
 export function reexecChild(config: object, cloneFlags = 0, stdio: StdioOptions = 'inherit'): ChildProcess {
   const js = compiledScript(process.argv[1])
   const script = js ? [js] : [...process.execArgv, process.argv[1]]
+  spawnedAt = performance.now()
   return spawnInNamespaces(cloneFlags, process.execPath, [...script, 'child', JSON.stringify(config)], { stdio })
 }
+
+// For `npm run bench` (CFS_TIMING=1): when the child was started.
+let spawnedAt = 0
 
 /** How long a container gets to stop after SIGINT/SIGTERM before SIGKILL. */
 export const STOP_TIMEOUT_MS = 2000
@@ -78,6 +82,7 @@ export const STDIO_WITH_SYNC: StdioOptions = ['inherit', 'inherit', 'inherit', '
  * one line of JSON; the pipe is closed after it.
  */
 export function tellChild(child: ChildProcess, message: object = {}): void {
+  if (process.env.CFS_TIMING) process.stderr.write(`cfs-timing: parent setup while the child starts ${(performance.now() - spawnedAt).toFixed(1)} ms\n`)
   const pipe = child.stdio[SYNC_FD] as NodeJS.WritableStream
   // If the child died first, the write fails; waitForExit reports how it ended.
   pipe.on('error', () => {})
@@ -92,11 +97,13 @@ export function tellChild(child: ChildProcess, message: object = {}): void {
  */
 export function waitForParent<T = object>(): T {
   fcntl(SYNC_FD, F_SETFL, fcntl(SYNC_FD, F_GETFL) & ~O_NONBLOCK)
+  const started = performance.now()
   // Read until the parent closes its end (a read of 0 bytes).
   const buffer = Buffer.alloc(4096)
   let said = ''
   for (let n = readSync(SYNC_FD, buffer); n > 0; n = readSync(SYNC_FD, buffer)) said += buffer.toString('utf8', 0, n)
   closeSync(SYNC_FD)
+  timing.waitedMs += performance.now() - started
   if (!said.endsWith('\n')) throw new UsageError('the parent went away while setting up the container')
   return JSON.parse(said) as T
 }

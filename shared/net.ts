@@ -68,7 +68,7 @@ export function ipAsync(args: string[], input?: string): Promise<string> {
 }
 
 function ipArgs(args: string[], input?: string): string[] {
-  return input === undefined ? args : ['-batch', '-', ...args]
+  return input === undefined ? args : [...args, '-batch', '-']
 }
 
 function ipError(err: unknown, args: string[], input?: string): UsageError {
@@ -189,7 +189,11 @@ async function ensureBridge(): Promise<void> {
     }
     return
   }
-  const addresses = JSON.parse(await ipAsync(['-j', 'addr', 'show'])) as { ifname: string; addr_info: { family: string; local: string }[] }[]
+  // Both questions to one `ip`, which answers each with a line of JSON.
+  const [addresses, routes] = (await ipAsync(['-j'], 'addr show\nroute show\n')).trim().split('\n').map((line) => JSON.parse(line)) as [
+    { ifname: string; addr_info: { family: string; local: string }[] }[],
+    { dst: string; dev: string }[],
+  ]
   for (const link of addresses) {
     for (const addr of link.addr_info ?? []) {
       if (addr.family === 'inet' && SUBNET.contains(addr.local)) {
@@ -197,7 +201,6 @@ async function ensureBridge(): Promise<void> {
       }
     }
   }
-  const routes = JSON.parse(await ipAsync(['-j', 'route', 'show'])) as { dst: string; dev: string }[]
   const clash = routes.find((r) => r.dst !== 'default' && SUBNET.contains(r.dst.split('/')[0]))
   if (clash) throw new UsageError(`${SUBNET.cidr} is already routed on this host (via ${clash.dev}): set CFS_SUBNET to a free range`)
   await ipAsync([], [
