@@ -4,6 +4,7 @@
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process'
 import { closeSync, openSync, readlinkSync } from 'node:fs'
 import { check, raw } from './libc.ts'
+import { chroot } from './mounts.ts'
 import { fchdir } from './process.ts'
 
 // Flags for unshare(2) and setns(2), from <linux/sched.h>.
@@ -53,7 +54,7 @@ export function namespaceOf(pid: number | 'self' | 'thread-self', file: string):
  * from that same main thread, so the child is born in the new namespaces
  * (and is PID 1 in a new PID namespace). Right after the spawn the main
  * thread goes back with setns(2) to the namespaces it saved, and back to its
- * working directory, which joining a mount namespace resets.
+ * root and working directory, which joining a mount namespace resets.
  */
 export function spawnInNamespaces(
   flags: number,
@@ -66,6 +67,7 @@ export function spawnInNamespaces(
     .filter((ns) => flags & ns.flag)
     .map((ns) => ({ ...ns, fd: openSync(`/proc/thread-self/ns/${ns.file}`, 'r') }))
   const cwd = openSync('.', 'r')
+  const root = openSync('/', 'r')
   try {
     // CLONE_FS: give this thread its own root and cwd, which setns back to
     // the host's mount namespace requires (Node's threads share them).
@@ -74,10 +76,17 @@ export function spawnInNamespaces(
       return spawn(command, args, options)
     } finally {
       for (const ns of saved) setns(ns.fd, ns.flag)
+      // Joining a mount namespace also resets the root: a parent that runs
+      // chrooted itself (a build sandbox, say) must not come back outside it.
+      if (flags & CLONE_NEWNS) {
+        fchdir(root)
+        chroot('.')
+      }
       fchdir(cwd)
     }
   } finally {
     for (const ns of saved) closeSync(ns.fd)
     closeSync(cwd)
+    closeSync(root)
   }
 }

@@ -4,10 +4,11 @@
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
 import { once } from 'node:events'
-import { readlinkSync } from 'node:fs'
+import { mkdtempSync, readlinkSync, rmdirSync } from 'node:fs'
 import {
   CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS, spawnInNamespaces,
 } from '../shared/namespaces.ts'
+import { repoDir } from '../shared/settings.ts'
 import { rootOnly } from './helpers.ts'
 
 const types = ['uts', 'pid', 'mnt', 'net', 'ipc'] as const
@@ -48,4 +49,17 @@ t.test('flags 0 is a plain spawn', async (t) => {
   child.stdout!.on('data', (chunk) => (out += chunk))
   await once(child, 'exit')
   t.equal(out.trim(), readlinkSync('/proc/self/ns/uts'), 'same UTS namespace as the parent')
+})
+
+t.test('a parent that runs chrooted is still in its chroot after spawning into a new mount namespace', rootOnly(), async (t) => {
+  // A bind mount of / in a throwaway mount namespace (unshare), so nothing reaches the host's mount table.
+  const dir = mkdtempSync('/tmp/cfs-chroot-test-')
+  t.teardown(() => rmdirSync(dir))
+  const script = `mount --rbind / "$0" && exec chroot "$0" sh -c 'cd "$1" && exec "$2" --import tsx test/fixtures/chroot-spawn.ts "$0"' "$0" "$1" "$2"`
+  const out = execFileSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script, dir, repoDir, process.execPath], {
+    encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' },
+  })
+  const seen = JSON.parse(out.trim().split('\n').at(-1)!) as { before: boolean; after: boolean }
+  t.equal(seen.before, false, `chrooted, the parent sees ${dir} as the empty directory it is inside the chroot`)
+  t.equal(seen.after, false, 'after spawnInNamespaces(CLONE_NEWNS) it still does: setns(2) reset its root, and it went back to the chroot')
 })
