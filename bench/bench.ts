@@ -48,40 +48,76 @@ function median(values: number[]): number {
   return sorted[Math.floor(sorted.length / 2)]
 }
 
+/** One command to time; `name` labels it. */
+interface Subject {
+  name: string
+  command: string
+  args: string[]
+  env?: NodeJS.ProcessEnv
+}
+
+/**
+ * Time every subject `runs` times, in rounds (one run of each per round), so
+ * that whatever else the machine is doing meanwhile weighs on all of them
+ * alike; per subject, the median wall time and every run's stderr.
+ */
+function measure(subjects: Subject[]): Map<string, { ms: number; stderrs: string[]; ok: boolean }> {
+  const results = new Map(subjects.map((s) => [s.name, { samples: [] as number[], stderrs: [] as string[], ok: true }]))
+  for (const s of subjects) spawnSync(s.command, s.args, { cwd: repoDir, env: { ...process.env, ...s.env } }) // warm: image, compiled child, caches
+  for (let i = 0; i < runs; i++) {
+    for (const s of subjects) {
+      const started = performance.now()
+      const result = spawnSync(s.command, s.args, { cwd: repoDir, encoding: 'utf8', env: { ...process.env, ...s.env } })
+      const r = results.get(s.name)!
+      r.samples.push(performance.now() - started)
+      r.stderrs.push(result.stderr)
+      r.ok &&= result.status === 0
+    }
+  }
+  return new Map([...results].map(([name, r]) => [name, { ms: median(r.samples), stderrs: r.stderrs, ok: r.ok }]))
+}
+
 // The floor: tsx running an empty file, then a bare Node, as one unit.
 const empty = join(mkdtempSync(join(tmpdir(), 'cfs-bench-')), 'empty.ts')
 writeFileSync(empty, '')
-const floor = time('sh', ['-c', `${tsx} ${empty} && node -e 0`]).ms
-const bareNode = time('node', ['-e', '0']).ms
-const tsxEmpty = time(tsx, [empty]).ms
-rmSync(join(empty, '..'), { recursive: true })
+const floorSubjects: Subject[] = [
+  { name: 'floor', command: 'sh', args: ['-c', `${tsx} ${empty} && node -e 0`] },
+  { name: 'node', command: 'node', args: ['-e', '0'] },
+  { name: 'tsx', command: tsx, args: [empty] },
+]
+const stepSubject = (step: string): Subject => ({ name: step, command: tsx, args: [`steps/${step}`, 'run', '/bin/true'], env: { CFS_TIMING: '1' } })
 
 // Every step, plus the kernel set-up: the child's own (modules loaded → exec,
 // less any wait for the parent), and the parent's while the child's Node
 // starts (steps 06-08: the cgroup move, at 08 the address, bridge and veth).
-const stepRows = steps.map((step) => stepRow(step))
+const main = measure([...floorSubjects, ...steps.map(stepSubject)])
+const floor = main.get('floor')!.ms
+const bareNode = main.get('node')!.ms
+const tsxEmpty = main.get('tsx')!.ms
+const stepRows = steps.map((step) => stepRow(step, main.get(step)!, floor))
 
 // Step 08 once more with the bridge kept up by another container, as in a
 // class where several run: then no container pays for making the bridge or
-// for deleting it (which waits for the kernel, see notes/08-net.md).
+// for deleting it (which waits for the kernel, see notes/08-net.md). Against
+// a floor measured in the same rounds.
 const holder = await startBridgeHolder()
-const bridgeUpRow = { ...stepRow('08-net'), step: '08-net, bridge up' }
+const bridgeUp = measure([floorSubjects[0], stepSubject('08-net')])
 await holder.stop()
+const bridgeUpRow = { ...stepRow('08-net', bridgeUp.get('08-net')!, bridgeUp.get('floor')!.ms), step: '08-net, bridge up' }
+rmSync(join(empty, '..'), { recursive: true })
 
-function stepRow(step: string) {
-  spawnSync(tsx, [`steps/${step}`, 'run', '/bin/true'], { cwd: repoDir }) // warm: image, compiled child
-  const result = time(tsx, [`steps/${step}`, 'run', '/bin/true'], { env: { CFS_TIMING: '1' } })
-  const number = (pattern: RegExp) => Number(pattern.exec(result.stderr)?.[1] ?? NaN)
+function stepRow(step: string, result: { ms: number; stderrs: string[]; ok: boolean }, floorMs: number) {
+  const number = (pattern: RegExp) => median(result.stderrs.map((stderr) => Number(pattern.exec(stderr)?.[1] ?? NaN)))
   return {
     step,
     ms: result.ms,
-    ratio: result.ms / floor,
+    ratio: result.ms / floorMs,
     setupMs: number(/child setup ([\d.]+) ms/),
     waitedMs: number(/waited ([\d.]+) ms for the parent/),
     parentSetupMs: number(/parent setup while the child starts ([\d.]+) ms/) || 0,
     childRssMiB: number(/child peak RSS (\d+) KiB/) / 1024,
     parentRssMiB: number(/parent peak RSS (\d+) KiB/) / 1024,
-    ok: result.status === 0,
+    ok: result.ok,
   }
 }
 
@@ -152,7 +188,7 @@ rmSync(join(large, '..'), { recursive: true, force: true })
 
 // Report.
 const f = (ms: number) => `${ms.toFixed(0)} ms`
-console.log(chalk.bold(`\nContainer start, median of ${runs} runs (${cpus().length} × ${cpus()[0]?.model.trim()}, Linux ${release()}, cgroups ${cgroupLayout()})\n`))
+console.log(chalk.bold(`\nContainer start, median of ${runs} runs, taken in rounds (${cpus().length} × ${cpus()[0]?.model.trim()}, Linux ${release()}, cgroups ${cgroupLayout()})\n`))
 console.log(`floor: tsx empty.ts + node -e 0 = ${f(floor)}   (tsx empty.ts ${f(tsxEmpty)}, node -e 0 ${f(bareNode)})\n`)
 console.log('step                 total   ×floor  child setup  parent, overlapped  parent RSS  child RSS')
 for (const r of [...stepRows, bridgeUpRow]) {
