@@ -72,7 +72,7 @@ export const exercises: Record<string, Exercise> = {
     man: ['cgroups(7)', 'cgroup v2: Documentation/admin-guide/cgroup-v2.rst'],
     hints: [
       'shared/cgroups.ts does the file work for v1, v2 and hybrid hosts: you only call createCgroup, removeCgroup and joinCgroup. shared/container.ts has the sync pipe: STDIO_WITH_SYNC, tellChild, waitForParent.',
-      'In run(): const cgroup = createCgroup(container.id, limits), then cleanup.defer(() => removeCgroup(cgroup)); pass { ...container, cgroup } and STDIO_WITH_SYNC to reexecChild, then joinCgroup(cgroup, child.pid!) and tellChild(child).',
+      'In run(): const cgroup = createCgroup(container.id, limits), then cleanup.defer(() => removeCgroup(cgroup)); pass STDIO_WITH_SYNC to reexecChild, then joinCgroup(cgroup, child.pid!) and tellChild(child).',
       'In child(), first thing after prctl: waitForParent(). joinCgroup in the parent wrote the child\'s PID into cgroup.procs of every hierarchy while the child waited.',
     ],
   },

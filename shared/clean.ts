@@ -98,14 +98,14 @@ function cgroups(): Leftover[] {
   )
 }
 
-// A container's cgroup is empty until its child joins it. Meanwhile its
-// parent is alive and owns the container's directory (steps 07-08), or the
-// child's argv (its config) names the cgroup.
+// A container's cgroup is empty until its parent puts the child in. Meanwhile
+// the parent is alive and owns the container's directory (steps 07-08), or
+// the child's argv (its config) holds the container's id.
 function starting(name: string): boolean {
   const id = name.slice(PREFIX.length + 1)
   const parent = Number(readText(join(containersDir, id, 'parent.pid')))
   if (parent > 0 && isRunning(parent)) return true
-  return listDir('/proc').some((pid) => /^\d+$/.test(pid) && cmdline(Number(pid)).some((arg) => arg.includes(`"${name}"`)))
+  return listDir('/proc').some((pid) => /^\d+$/.test(pid) && cmdline(Number(pid)).some((arg) => arg.includes(`"id":"${id}"`)))
 }
 
 // cfs<id> veth ends; in use while their container holds an address lease.

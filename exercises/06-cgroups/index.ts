@@ -20,7 +20,7 @@ import {
 } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
 import {
-  createCgroup, DEFAULT_PIDS_LIMIT, joinCgroup, limitsFromOptions, removeCgroup, type Cgroup, type Limits,
+  createCgroup, DEFAULT_PIDS_LIMIT, joinCgroup, limitsFromOptions, removeCgroup, type Limits,
 } from '../../shared/cgroups.ts'
 import { mountDev } from '../../shared/devices.ts'
 import {
@@ -50,7 +50,6 @@ interface Container {
   id: string
   rootfs: string
   command: string[]
-  cgroup: Cgroup
 }
 
 async function main(argv: string[]): Promise<void> {
@@ -69,15 +68,15 @@ async function main(argv: string[]): Promise<void> {
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
-async function run(container: Omit<Container, 'cgroup'>, limits: Limits): Promise<void> {
+async function run(container: Container, limits: Limits): Promise<void> {
   const cleanup = new Cleanup()
   try {
     // TODO: make a control group for this container, named after its id, with
     // the limits written into it: the kernel enforces them on every process in
     // it. Remove it when the container ends, however it ends (Ctrl-C, an error).
-    // Then hand it to the child, in the config below, and start the child with
-    // a sync pipe (fd 3): put it in the cgroup while it waits there for your
-    // word, before it runs anything of its own, then tell it to go on.
+    // Then start the child with a sync pipe (fd 3): put it in the cgroup while
+    // it waits there for your word, before it runs anything of its own, then
+    // tell it to go on.
     const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS)
     process.exitCode = await waitForExit(child)
   } finally {

@@ -20,7 +20,7 @@ import {
 } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
 import {
-  createCgroup, DEFAULT_PIDS_LIMIT, joinCgroup, limitsFromOptions, removeCgroup, type Cgroup, type Limits,
+  createCgroup, DEFAULT_PIDS_LIMIT, joinCgroup, limitsFromOptions, removeCgroup, type Limits,
 } from '../../shared/cgroups.ts'
 import { mountDev } from '../../shared/devices.ts'
 import {
@@ -57,7 +57,6 @@ interface Container {
   id: string
   rootfs: string
   command: string[]
-  cgroup: Cgroup
   dir: string // <state dir>/containers/<id>: upper/, work/, merged/
 }
 
@@ -78,7 +77,7 @@ async function main(argv: string[]): Promise<void> {
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
-async function run(container: Omit<Container, 'cgroup' | 'dir'>, limits: Limits, keep = false): Promise<void> {
+async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = false): Promise<void> {
   const cleanup = new Cleanup()
   try {
     const cgroup = createCgroup(container.id, limits)
@@ -90,7 +89,7 @@ async function run(container: Omit<Container, 'cgroup' | 'dir'>, limits: Limits,
     // TODO: the child needs a network namespace of its own: its own interfaces,
     // addresses and routes, with only `lo` in it at first, down.
     const flags = CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS
-    const child = reexecChild({ ...container, cgroup, dir }, flags, STDIO_WITH_SYNC)
+    const child = reexecChild({ ...container, dir }, flags, STDIO_WITH_SYNC)
     // Until the child runs the command, it dies with us: kill it if setting up eth0 fails.
     cleanup.defer(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
     // The child waits on a pipe until we say so: into the cgroup with it

@@ -17,7 +17,7 @@ import {
 } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
 import {
-  createCgroup, DEFAULT_PIDS_LIMIT, joinCgroup, limitsFromOptions, removeCgroup, type Cgroup, type Limits,
+  createCgroup, DEFAULT_PIDS_LIMIT, joinCgroup, limitsFromOptions, removeCgroup, type Limits,
 } from '../../shared/cgroups.ts'
 import { mountDev } from '../../shared/devices.ts'
 import {
@@ -47,7 +47,6 @@ interface Container {
   id: string
   rootfs: string
   command: string[]
-  cgroup: Cgroup
 }
 
 async function main(argv: string[]): Promise<void> {
@@ -66,13 +65,13 @@ async function main(argv: string[]): Promise<void> {
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
-async function run(container: Omit<Container, 'cgroup'>, limits: Limits): Promise<void> {
+async function run(container: Container, limits: Limits): Promise<void> {
   const cleanup = new Cleanup()
   try {
     const cgroup = createCgroup(container.id, limits)
     // Also after Ctrl-C, SIGTERM or an error: kill what is left, remove the cgroup.
     cleanup.defer(() => removeCgroup(cgroup))
-    const child = reexecChild({ ...container, cgroup }, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS, STDIO_WITH_SYNC)
+    const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS, STDIO_WITH_SYNC)
     // The child waits on a pipe until we say so: into the cgroup with it
     // before it runs anything of its own (its Node is still starting meanwhile).
     joinCgroup(cgroup, child.pid!)

@@ -16,7 +16,7 @@ import {
 } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
 import {
-  createCgroup, DEFAULT_PIDS_LIMIT, joinCgroup, limitsFromOptions, removeCgroup, type Cgroup, type Limits,
+  createCgroup, DEFAULT_PIDS_LIMIT, joinCgroup, limitsFromOptions, removeCgroup, type Limits,
 } from '../../shared/cgroups.ts'
 import { mountDev } from '../../shared/devices.ts'
 import {
@@ -49,7 +49,6 @@ interface Container {
   id: string
   rootfs: string
   command: string[]
-  cgroup: Cgroup
   dir: string // <state dir>/containers/<id>: upper/, work/, merged/
 }
 
@@ -70,7 +69,7 @@ async function main(argv: string[]): Promise<void> {
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
-async function run(container: Omit<Container, 'cgroup' | 'dir'>, limits: Limits, keep = false): Promise<void> {
+async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = false): Promise<void> {
   const cleanup = new Cleanup()
   try {
     const cgroup = createCgroup(container.id, limits)
@@ -79,7 +78,7 @@ async function run(container: Omit<Container, 'cgroup' | 'dir'>, limits: Limits,
     const dir = createContainerDir(container.id)
     // The overlay is mounted in the container's mount namespace and goes with it.
     cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
-    const child = reexecChild({ ...container, cgroup, dir }, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS, STDIO_WITH_SYNC)
+    const child = reexecChild({ ...container, dir }, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS, STDIO_WITH_SYNC)
     // The child waits on a pipe until we say so: into the cgroup with it
     // before it runs anything of its own (its Node is still starting meanwhile).
     joinCgroup(cgroup, child.pid!)
