@@ -7,7 +7,8 @@ import { $, type ProcessPromise } from 'zx'
 import { readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
-import { findProcesses, isRunning, parentPid, waitFor } from './procfs.ts'
+import { compiledScript } from './compile.ts'
+import { findProcesses, isRunning, parentPid, scaled, waitFor } from './procfs.ts'
 import { repoDir } from './settings.ts'
 
 /** The project's own tsx, so verify runs steps as `npx tsx` would, minus npx. */
@@ -21,10 +22,36 @@ export function stepPath(step: string): string {
   return process.env.CFS_VERIFY_TARGET || `steps/${step}`
 }
 
-/** `tsx <stepPath> run <args...>` from the repo root; never throws on a non-zero exit. */
+/**
+ * The command that starts a step: `tsx <stepPath>`, as a learner types it.
+ *
+ * CFS_VERIFY_LAUNCHER=node starts the step's plain-JS copy instead (`node
+ * <cache>/js-<version>/steps/NN/index.js`, the one shared/compile.ts builds
+ * for the step's child): the same code without tsx's loader, which costs
+ * seconds per start under emulation. Only the cgroup v2 VM test
+ * (scripts/test-cgroup2.ts) sets it, for step 06's verify; a verify that
+ * looks for tsx's launcher process (step 08's) needs the default.
+ */
+export function stepCommand(step: string): string[] {
+  const launcher = process.env.CFS_VERIFY_LAUNCHER || 'tsx'
+  if (launcher === 'tsx') return [tsx, stepPath(step)]
+  if (launcher !== 'node') throw new Error(`CFS_VERIFY_LAUNCHER=${launcher}: expected tsx (the default) or node`)
+  let js = compiled.get(stepPath(step))
+  if (!js) {
+    js = compiledScript(join(repoDir, stepPath(step)))
+    if (!js) throw new Error(`CFS_VERIFY_LAUNCHER=node: tsc could not compile ${stepPath(step)} (see shared/compile.ts); unset it to run the step through tsx`)
+    compiled.set(stepPath(step), js)
+  }
+  return [process.execPath, js]
+}
+
+// Each step's compiled copy, found once: finding it stats every source file.
+const compiled = new Map<string, string>()
+
+/** `tsx <stepPath> run <args...>` (see stepCommand) from the repo root; never throws on a non-zero exit. */
 export function runStep(step: string, args: string[], options: { input?: string; env?: NodeJS.ProcessEnv } = {}): ProcessPromise {
   const shell = $({ cwd: repoDir, nothrow: true, quiet: true, input: options.input, env: { ...process.env, ...options.env } })
-  return shell`${tsx} ${stepPath(step)} run ${args}`
+  return shell`${stepCommand(step)} run ${args}`
 }
 
 /** The command line a learner would type for the same run, for the report. */
@@ -48,7 +75,7 @@ export interface Sleeper {
 
 let sleepers = 0
 
-/** Start `run sleep <marker>` (about 100 s) and wait (up to 10 s) until the sleep is up. */
+/** Start `run sleep <marker>` (about 100 s) and wait (up to 10 s × CFS_WAIT_SCALE) until the sleep is up. */
 export async function runSleeper(step: string): Promise<Sleeper> {
   const marker = `100.${process.pid}${++sleepers}`
   const run = runStep(step, ['sleep', marker])
@@ -56,11 +83,11 @@ export async function runSleeper(step: string): Promise<Sleeper> {
   return { run, marker, sleep, step: findStepProcess(step, marker) }
 }
 
-/** Send `signal` to the step's own process; how long the run took to end (Infinity after `timeoutMs`), and its exit code. */
+/** Send `signal` to the step's own process; how long the run took to end (Infinity after `timeoutMs` × CFS_WAIT_SCALE), and its exit code. */
 export async function signalStep(s: Sleeper, signal: NodeJS.Signals, timeoutMs = 10_000): Promise<{ ms: number; exitCode: number | null }> {
   const started = Date.now()
   if (s.step) process.kill(s.step, signal)
-  const ended = await Promise.race([s.run, delay(timeoutMs, undefined, { ref: false })])
+  const ended = await Promise.race([s.run, delay(scaled(timeoutMs), undefined, { ref: false })])
   return { ms: ended ? Date.now() - started : Infinity, exitCode: ended ? ended.exitCode : null }
 }
 

@@ -14,9 +14,9 @@ import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { $, type ProcessPromise } from 'zx'
 import { cgroupLayout, cgroupProcs, findControllers, findHierarchies, type Controller } from '../../shared/cgroups.ts'
-import { findProcesses, isRunning, nsPids, waitFor } from '../../shared/procfs.ts'
+import { findProcesses, isRunning, nsPids, scaled, waitFor } from '../../shared/procfs.ts'
 import { repoDir } from '../../shared/settings.ts'
-import { Checks, findStepProcess, killSleeper, runStep, shown, signalStep, stepPath, tsx, type Sleeper } from '../../shared/verify.ts'
+import { Checks, findStepProcess, killSleeper, runStep, shown, signalStep, stepCommand, type Sleeper } from '../../shared/verify.ts'
 
 const step = '06-cgroups'
 const c = new Checks(`Step ${step}: cgroups`)
@@ -135,10 +135,10 @@ c.equal('…and after an OOM kill, cfs-<id> is gone from every hierarchy', lefto
 
 // Two busy containers on one CPU: CPU time is shared by weight, 512 against 1024.
 const [low, high] = await Promise.all([startBusy(['--cpu-shares', '512'], 'taskset -c 0'), startBusy(['--cpu-shares', '1024'], 'taskset -c 0')])
-// 3 s, or up to 6 s on a busy host, until the smaller share has a countable amount of CPU time.
+// 3 s, or up to 6 s on a busy host (× CFS_WAIT_SCALE), until the smaller share has a countable amount of CPU time.
 const first = [low.busy, high.busy].map(cpuTicks)
 let [lowTicks, highTicks] = [0, 0]
-for (let waited = 0; waited < 3000 || (waited < 6000 && lowTicks < 100); waited += 500) {
+for (let waited = 0; waited < 3000 || (waited < scaled(6000) && lowTicks < 100); waited += 500) {
   await delay(500)
   ;[lowTicks, highTicks] = [cpuTicks(low.busy) - first[0], cpuTicks(high.busy) - first[1]]
 }
@@ -180,7 +180,7 @@ async function startSleeper(args: string[], seconds: string, prefix?: string): P
   const marker = `${seconds}.${process.pid}${++runs}`
   const full = [...args, marker]
   const run: ProcessPromise = prefix
-    ? $({ cwd: repoDir, nothrow: true, quiet: true })`${prefix.split(' ')} ${tsx} ${stepPath(step)} run ${full}`
+    ? $({ cwd: repoDir, nothrow: true, quiet: true })`${prefix.split(' ')} ${stepCommand(step)} run ${full}`
     : runStep(step, full)
   const sleep = await waitFor(() => findProcesses((argv) => argv[0] === 'sleep' && argv[1] === marker)[0])
   const id = sleep ? idOf(cgroupsOf(sleep).pids) : undefined
@@ -191,7 +191,7 @@ async function startSleeper(args: string[], seconds: string, prefix?: string): P
 /** End a sleeper's container the way a command ends: kill its PID 1, and let the step clean up. */
 async function endContainer(s: Sleeper): Promise<void> {
   if (s.sleep && isRunning(s.sleep)) process.kill(s.sleep, 'SIGKILL')
-  await Promise.race([s.run, delay(10_000, undefined, { ref: false })])
+  await Promise.race([s.run, delay(scaled(10_000), undefined, { ref: false })])
   await killSleeper(s) // only if the step hangs: SIGKILL leaves its cgroup behind
 }
 
@@ -228,10 +228,10 @@ async function startBomb(): Promise<{ shown: string; marker: string; id?: string
   const result = { shown: shown(step, args), marker, peak: 0, refused: 0, trueMs: [] as number[] }
   let ended = false
   void run.finally(() => (ended = true))
-  // Hard limit: whatever happens, the run is stopped after 15 s, killed after 20 s.
+  // Hard limit: whatever happens, the run is stopped after 15 s, killed after 20 s (× CFS_WAIT_SCALE).
   const stopRun = (signal: NodeJS.Signals) => ended || run.kill(signal).catch(() => {})
-  const stop = setTimeout(() => stopRun('SIGTERM'), 15_000)
-  const kill = setTimeout(() => stopRun('SIGKILL'), 20_000)
+  const stop = setTimeout(() => stopRun('SIGTERM'), scaled(15_000))
+  const kill = setTimeout(() => stopRun('SIGKILL'), scaled(20_000))
   try {
     const pid1 = await waitFor(() => findProcesses((argv) => argv[0] === 'sh' && argv[3] === marker).find((pid) => nsPids(pid).at(-1) === 1))
     const dir = pid1 ? cgroupsOf(pid1).pids : undefined
