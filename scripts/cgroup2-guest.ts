@@ -179,11 +179,11 @@ function finish(reason?: string): never {
   process.exit(c.failed ? 1 : 0)
 }
 
-/** `run ... sleep <marker>`: wait (up to 60 s, the VM is slow) until the sleep is up. */
+/** `run ... sleep <marker>`: wait (10 s × CFS_WAIT_SCALE, which the VM sets) until the sleep is up. */
 async function startSleeper(args: string[], seconds: string): Promise<Sleeper & { shown: string }> {
   const marker = `${seconds}.${process.pid}${++runs}`
   const run = runStep(step, [...args, marker])
-  const sleep = await waitFor(() => findProcesses((argv) => argv[0] === 'sleep' && argv[1] === marker)[0], 60_000)
+  const sleep = await waitFor(() => findProcesses((argv) => argv[0] === 'sleep' && argv[1] === marker)[0])
   return { run, marker, sleep, step: findStepProcess(step, marker), shown: shown(step, [...args, marker]) }
 }
 
@@ -202,7 +202,7 @@ async function forkBomb(limit: number) {
   void run.then(() => (over = true))
   const stop = setTimeout(() => over || run.kill('SIGTERM'), 40_000)
   try {
-    const pid1 = await waitFor(() => (over ? 0 : findProcesses((argv) => argv[0] === 'sh' && argv[3] === marker)[0]), 60_000)
+    const pid1 = await waitFor(() => (over ? 0 : findProcesses((argv) => argv[0] === 'sh' && argv[3] === marker)[0]))
     const path = pid1 ? read(`/proc/${pid1}/cgroup`) : ''
     if (!path.startsWith('0::/cfs-')) {
       const ended = over ? await run : undefined

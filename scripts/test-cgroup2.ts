@@ -43,11 +43,18 @@ const memory = '2G'
 const cpus = '2'
 /**
  * tcg (qemu's own CPU emulation, the default), kvm, or auto (kvm if it boots
- * within kvmBootMs, else tcg). Nested KVM hung at boot on the machine this
- * was written on, so it is opt-in.
+ * within kvmBootMs, else tcg). KVM is opt-in: on the CI machine /dev/kvm is
+ * kvm_pvm (a paravirtual KVM for hosts without VT-x/AMD-V, whose guests must
+ * be built for it), and Debian's kernel hangs right after "Probing EDD".
  */
 const accel = process.env.CFS_VM_ACCEL ?? 'tcg'
 const kvmBootMs = 20_000
+/**
+ * How much longer the checks in the guest wait for things (CFS_WAIT_SCALE,
+ * see shared/procfs.ts): a container start takes 2-3 s under tcg, against
+ * 0.4 s on the host. The host's CFS_WAIT_SCALE, if set, wins.
+ */
+const waitScale = (accelerator: string) => process.env.CFS_WAIT_SCALE || (accelerator === 'tcg' ? '5' : '1')
 
 /** An unpacked kernel: <dir>/vmlinuz, and <dir>/modules/<name>.ko to load in this order. */
 interface Kernel {
@@ -68,17 +75,22 @@ async function main(): Promise<void> {
   removeStale()
   const kernel = ensureKernel()
   console.log(chalk.dim(`kernel ${kernel.release} (${kernel.package}), modules: ${kernel.modules.join(' ') || 'all built in'}`))
-  // The steps' plain-JS children, built here in a second rather than by the
-  // first container in the guest (tsc under emulation takes a while).
+  // The steps' plain-JS copies (what the guest runs, parent and child, see
+  // CFS_VERIFY_LAUNCHER below), built here in a second rather than in the
+  // guest (tsc under emulation takes a while). Edit no step or shared file
+  // during a run: the guest would see a newer source and build again.
   compiledScript(join(repoDir, 'steps/06-cgroups/index.ts'))
   const work = join(vmDir, `run-${process.pid}`)
   mkdirSync(work)
   try {
-    const initramfs = join(work, 'initramfs.cpio')
-    writeFileSync(initramfs, buildInitramfs(kernel))
-    let result = accel === 'tcg' ? undefined : await boot(kernel, initramfs, 'kvm', accel === 'auto' ? kvmBootMs : undefined)
+    const initramfs = (accelerator: string) => {
+      const file = join(work, `initramfs-${accelerator}.cpio`)
+      writeFileSync(file, buildInitramfs(kernel, accelerator))
+      return file
+    }
+    let result = accel === 'tcg' ? undefined : await boot(kernel, initramfs('kvm'), 'kvm', accel === 'auto' ? kvmBootMs : undefined)
     if (accel === 'auto' && result?.bootMs === undefined) console.log(chalk.dim(`kvm did not boot within ${kvmBootMs / 1000} s: tcg instead`))
-    if (!result || (accel === 'auto' && result.bootMs === undefined)) result = await boot(kernel, initramfs, 'tcg')
+    if (!result || (accel === 'auto' && result.bootMs === undefined)) result = await boot(kernel, initramfs('tcg'), 'tcg')
     report(result, Date.now() - started)
   } finally {
     rmSync(work, { recursive: true, force: true })
@@ -209,7 +221,7 @@ function decompress(file: string): Buffer {
  * kernel's Documentation/driver-api/early-userspace/buffer-format.rst):
  * busybox, the modules, and /init.
  */
-function buildInitramfs(kernel: Kernel): Buffer {
+function buildInitramfs(kernel: Kernel, accelerator: string): Buffer {
   const busybox = ['/bin/busybox', '/usr/bin/busybox'].find((p) => existsSync(p))
   if (!busybox || !isStatic(busybox)) throw new UsageError('needs a static busybox for the guest: apt-get install busybox-static')
   const archive = new Cpio()
@@ -217,7 +229,7 @@ function buildInitramfs(kernel: Kernel): Buffer {
   archive.add('dev/console', 0o020600, Buffer.alloc(0), [5, 1]) // the kernel opens it for init's stdio
   archive.add('bin/busybox', 0o100755, readFileSync(busybox))
   for (const name of kernel.modules) archive.add(`modules/${name}.ko`, 0o100644, readFileSync(join(kernel.dir, 'modules', `${name}.ko`)))
-  const { init, stage2 } = initScripts(kernel, busybox)
+  const { init, stage2 } = initScripts(kernel, busybox, accelerator)
   archive.add('init', 0o100755, Buffer.from(init))
   archive.add('stage2', 0o100644, Buffer.from(stage2))
   return archive.finish()
@@ -234,10 +246,19 @@ function buildInitramfs(kernel: Kernel): Buffer {
  * Stage 2 (the host's own busybox, in the new root) runs the checks and
  * powers off.
  */
-function initScripts(kernel: Kernel, busybox: string): { init: string; stage2: string } {
+function initScripts(kernel: Kernel, busybox: string, accelerator: string): { init: string; stage2: string } {
   const env = [
     `PATH=${dirname(process.execPath)}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`,
     'HOME=/root', 'TERM=dumb', 'LANG=C.UTF-8', 'FORCE_COLOR=0', `CI=${process.env.CI ?? ''}`,
+    // Not 0 or unset: Debian's bash, started with a socket as stdin (Node's
+    // pipes are socketpairs) and SHLVL below 2, takes itself for an sshd
+    // session and reads ~/.bashrc, in every zx command. Whatever the host's
+    // root keeps there (pyenv init, here) then runs before each container.
+    'SHLVL=1',
+    // Step 06's verify starts the step as plain JS (see shared/verify.ts,
+    // stepCommand): 2-3 s a container under tcg, against 6-7 s through tsx.
+    'CFS_VERIFY_LAUNCHER=node',
+    `CFS_WAIT_SCALE=${waitScale(accelerator)}`,
   ]
   // Fresh tmpfs where the guest writes most, unless this repository or node
   // lives there (a CI clone in /tmp, say): then the overlay keeps it writable.
@@ -249,6 +270,8 @@ export PATH=/bin
 fail() { echo "CGROUP2-RESULT: error: $*"; poweroff -f; }
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
+# A process killed by SIGILL, SIGSEGV and the like gets a line on the console, with where it was.
+echo 1 > /proc/sys/kernel/print-fatal-signals
 mount -t devtmpfs devtmpfs /dev
 for m in ${kernel.modules.join(' ')}; do
   insmod /modules/$m.ko || fail "insmod $m"
