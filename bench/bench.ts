@@ -172,8 +172,10 @@ cpSync(image, large, { recursive: true, verbatimSymlinks: true })
 mkdirSync(join(large, 'usr/share/big'), { recursive: true })
 for (let i = 0; i < 4; i++) execFileSync('dd', ['if=/dev/urandom', `of=${join(large, `usr/share/big/blob${i}`)}`, 'bs=1M', 'count=50', 'status=none'])
 const du = (path: string) => Number(execFileSync('du', ['-sk', path], { encoding: 'utf8' }).split('\t')[0])
-const overlayRows = [['small', image], ['large', large]].map(([name, rootfs]) => {
-  const start = time(tsx, ['steps/07-overlay', 'run', '--image', rootfs, '/bin/true']).ms
+const images = [['small', image], ['large', large]]
+const overlayStarts = measure(images.map(([name, rootfs]) => ({ name, command: tsx, args: ['steps/07-overlay', 'run', '--image', rootfs, '/bin/true'] })))
+const overlayRows = images.map(([name, rootfs]) => {
+  const start = overlayStarts.get(name)!.ms
   const kept = spawnSync(tsx, ['steps/07-overlay', 'run', '--keep', '--image', rootfs, 'sh', '-c', 'echo $HOSTNAME > /etc/hostname'], { cwd: repoDir, encoding: 'utf8' })
   const dir = /kept the container's changes in (\S+)\/upper/.exec(kept.stderr)?.[1]
   const perContainerKiB = dir ? du(dir) : NaN
