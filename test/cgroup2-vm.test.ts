@@ -1,7 +1,8 @@
 // The cgroup v2 code path on a real v2-only kernel: runs `npm run
 // test:cgroup2` (scripts/test-cgroup2.ts boots Debian's kernel under qemu
 // with cgroup_no_v1=all) and turns each claim the guest prints, ✔ or ✘, into
-// a tap assertion. About 3-4 minutes under TCG on 2 cores.
+// a tap assertion. About 2-2.5 minutes under TCG on 2 cores (3.5 on a busy
+// host); see notes/cgroup2-vm.md.
 //
 // Skips without root, on a machine that is not x86_64, and when qemu is not
 // installed, except in CI (CI=true), where the script fails instead: CI
