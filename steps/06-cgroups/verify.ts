@@ -94,10 +94,15 @@ await checkStop(sleeper, 'SIGTERM')
 await checkStop(await startSleeper([...allLimits, 'sleep'], '100'), 'SIGINT')
 
 // A fork bomb. busybox sh exits at its first failed fork, so awk lights it again and again for 3 s.
+// The kernel charges a fork first and takes it back if that went over
+// pids.max (pids_try_charge), so pids.current can read one over for an
+// instant per CPU forking at that moment; a fork bomb that got through would
+// be far above.
 const bomb = await startBomb()
-c.ok(`a fork bomb stops at pids.max: pids.current never above 30, forks refused (peak ${bomb.peak}, ${bomb.refused} refused)`, bomb.peak > 0 && bomb.peak <= 30 && bomb.refused > 0, {
+const slack = availableParallelism()
+c.ok(`a fork bomb stops at pids.max: pids.current never above 30 (+${slack}, a fork being refused on each CPU), forks refused (peak ${bomb.peak}, ${bomb.refused} refused)`, bomb.peak > 0 && bomb.peak <= 30 + slack && bomb.refused > 0, {
   ran: `${bomb.shown}  # and, on the host, cat pids.current pids.events every few ms`,
-  expected: 'pids.current up to 30, pids.events max > 0',
+  expected: `pids.current up to 30 (+${slack}), pids.events max > 0`,
   got: bomb.error ?? `pids.current peaked at ${bomb.peak}, pids.events max ${bomb.refused}`,
 })
 c.ok(`…the host stays responsive: \`true\` on the host takes < 1 s while the bomb runs (slowest of ${bomb.trueMs.length}: ${Math.max(0, ...bomb.trueMs)} ms)`, bomb.trueMs.length > 0 && Math.max(...bomb.trueMs) < 1000, {
