@@ -356,8 +356,8 @@ function boot(kernel: Kernel, initramfs: string, accelerator: string, bootTimeou
   const args = [
     '-accel', accelerator, '-m', memory, '-smp', cpus, '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
     // Under tcg, a CPU model of its own (CFS_VM_CPU): with qemu's default,
-    // qemu64, the host's node died of SIGILL in the guest (exit 132, 4 runs of
-    // 7), and with `max` (AVX emulated) its WebAssembly misparsed a file.
+    // qemu64, the host's node died of SIGILL in the guest now and then (exit
+    // 132), and with `max` (AVX emulated) its WebAssembly misparsed a file.
     // Westmere has SSE4.2, POPCNT and AES and no AVX: 55 of 55 checks, every run.
     ...(accelerator === 'tcg' ? ['-cpu', process.env.CFS_VM_CPU ?? 'Westmere'] : []),
     '-chardev', 'stdio,id=console,signal=off', '-serial', 'chardev:console',
