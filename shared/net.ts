@@ -119,13 +119,22 @@ export function configureContainerNetwork(network: Network): void {
   ].join('\n') + '\n')
 }
 
-/** Parent, after the container ended: free its address and veth; the last one out removes the bridge. */
+/**
+ * Parent, after the container ended: free its address (the last one out
+ * removes the bridge), and see its veth pair gone. Deleting a network device
+ * waits in the kernel for tens of milliseconds (see notes/08-net.md), and
+ * the kernel deletes the pair anyway, in the background, with the
+ * container's network namespace once its last process is gone: so wait for
+ * that, and delete the pair only if it outlives the wait (the container is
+ * still running because setting it up failed).
+ */
 export async function releaseNetwork(network: Network): Promise<void> {
-  await deleteInterface(network.hostVeth)
   await withLock(async () => {
     rmSync(join(leasesDir, network.address), { force: true })
     if (liveLeases().length === 0) await deleteInterface(BRIDGE)
   })
+  for (const deadline = Date.now() + 250; interfaceExists(network.hostVeth) && Date.now() < deadline;) await delay(2)
+  await deleteInterface(network.hostVeth)
 }
 
 /** Delete an interface if it exists; one that vanishes meanwhile (its namespace died) is fine. */
