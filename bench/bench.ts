@@ -17,13 +17,22 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeF
 import { cpus, release, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
-import { cgroupLayout } from '../shared/cgroups.ts'
+import { cgroupLayout, parseCount } from '../shared/cgroups.ts'
+import { exitWithError, UsageError } from '../shared/errors.ts'
 import { ensureImage } from '../shared/rootfs.ts'
 import { containersDir, repoDir } from '../shared/settings.ts'
 import { findStepProcess, tsx } from '../shared/verify.ts'
 
-const { values } = parseArgs({ options: { runs: { type: 'string', default: '9' } } })
-const runs = Number(values.runs)
+// Bad options: one line and exit 125, as everywhere else; root: the steps need it.
+const runs = (() => {
+  try {
+    const { values } = parseArgs({ options: { runs: { type: 'string', default: '9' } } })
+    if (process.getuid?.() !== 0) throw new UsageError('needs root (it starts containers): rerun with sudo')
+    return parseCount(values.runs!, '--runs')!
+  } catch (err) {
+    exitWithError(err instanceof UsageError ? err : new UsageError(`${(err as Error).message} (usage: npm run bench [-- --runs N])`), 'bench')
+  }
+})()
 const steps = readdirSync(join(repoDir, 'steps')).filter((name) => /^\d\d-/.test(name)).sort()
 const image = await ensureImage()
 

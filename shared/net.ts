@@ -79,8 +79,8 @@ function ipError(err: unknown, args: string[], input?: string): UsageError {
 }
 
 /**
- * Parent, before the child starts: take a free address and make sure the
- * bridge is up. Under a lock, so containers starting together get different
+ * Parent, once the child exists (it waits on the sync pipe): take a free
+ * address and make sure the bridge is up. Under a lock, so containers starting together get different
  * addresses and never race with the last one leaving, which removes the bridge.
  */
 export async function allocateNetwork(id: string): Promise<Network> {
