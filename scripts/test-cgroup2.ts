@@ -272,6 +272,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 # A process killed by SIGILL, SIGSEGV and the like gets a line on the console, with where it was.
 echo 1 > /proc/sys/kernel/print-fatal-signals
+# ...which the kernel prints at KERN_INFO: let those reach the console, despite \`quiet\`.
+echo 7 > /proc/sys/kernel/printk
 mount -t devtmpfs devtmpfs /dev
 for m in ${kernel.modules.join(' ')}; do
   insmod /modules/$m.ko || fail "insmod $m"
@@ -354,12 +356,12 @@ interface BootResult {
 /** Boot the guest and stream its console here; resolves when qemu is gone (killed at the timeout). */
 function boot(kernel: Kernel, initramfs: string, accelerator: string, bootTimeoutMs?: number): Promise<BootResult> {
   const args = [
-    '-accel', accelerator, '-m', memory, '-smp', cpus, '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
-    // Under tcg, a CPU model of its own (CFS_VM_CPU): with qemu's default,
-    // qemu64, the host's node died of SIGILL in the guest now and then (exit
-    // 132), and with `max` (AVX emulated) its WebAssembly misparsed a file.
-    // Westmere has SSE4.2, POPCNT and AES and no AVX: 55 of 55 checks, every run.
-    ...(accelerator === 'tcg' ? ['-cpu', process.env.CFS_VM_CPU ?? 'Westmere'] : []),
+    // tcg,thread=single: one host thread runs both virtual CPUs. With one
+    // thread per CPU (qemu's default), node's JIT code in the guest now and
+    // then crashed (SIGILL or SIGSEGV at an address in V8's code space, in
+    // the middle of an instruction; most likely code V8 had just rewritten
+    // on one CPU, run as it was on the other), in about 1 run of 4.
+    '-accel', accelerator === 'tcg' ? 'tcg,thread=single' : accelerator, '-m', memory, '-smp', cpus, '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
     '-chardev', 'stdio,id=console,signal=off', '-serial', 'chardev:console',
     '-kernel', join(kernel.dir, 'vmlinuz'), '-initrd', initramfs,
     // cgroup_no_v1=all: every controller is on the v2 tree; panic=-1: a panic reboots, and -no-reboot makes that an exit.
