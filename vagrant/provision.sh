@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Make a Debian or Ubuntu machine ready for the workshop, as root:
 #   1. apt packages: busybox-static (the offline image), iproute2 (step 08),
-#      tmux (the interactive test), procps and util-linux (ps, findmnt, lsns);
-#   2. Node.js 20 or newer, from NodeSource's apt repository, unless a Node
-#      20+ with npm is already there (Ubuntu 24.04 and Debian 12 ship Node 18);
+#      tmux (the interactive test), procps and util-linux (ps, findmnt, lsns),
+#      and the man pages the exercises send you to: man-db (the man command),
+#      manpages-dev (sections 2 and 3: unshare(2), execvp(3)) and manpages
+#      (sections 5 and 7: proc(5), namespaces(7), cgroups(7));
+#   2. Node.js 22.18 or newer, from NodeSource's apt repository, unless one
+#      with npm is already there (Ubuntu 24.04 and Debian 12 ship Node 18).
+#      The project runs TypeScript with Node's own type stripping, on by
+#      default since Node 22.18.0 and 23.6.0 (Node's release notes);
 #   3. npm ci in the repository, as the repository's owner;
 #   4. an image (npm run rootfs), then npm run doctor, which must be green.
 #
@@ -13,7 +18,8 @@
 # Environment:
 #   REPO              the repository (default: the one this script is in, else
 #                     /home/vagrant/containers-from-scratch)
-#   NODE_MAJOR        Node.js major version to install if needed (default 24)
+#   NODE_MAJOR        Node.js major version to install if needed (default 24,
+#                     as in CI; 22 or newer)
 #   CFS_IMAGE_SOURCE  busybox or alpine (default: Alpine if it can be
 #                     downloaded, else the host's busybox)
 #   CFS_HOME          where images and containers live (default
@@ -22,7 +28,9 @@
 # Idempotent: run it again after pulling changes (`vagrant provision`).
 set -euo pipefail
 
-MIN_NODE_MAJOR=20
+# The oldest Node.js the project runs on: 22.18 (type stripping on by default).
+MIN_NODE_MAJOR=22
+MIN_NODE_MINOR=18
 NODE_MAJOR=${NODE_MAJOR:-24}
 CFS_IMAGE_SOURCE=${CFS_IMAGE_SOURCE:-}
 
@@ -44,24 +52,43 @@ find_repo() {
   fi
 }
 
-# The major version of the `node` on PATH, or nothing if there is none.
-node_major() {
-  local version
+# The version of the `node` on PATH as "MAJOR MINOR", or nothing if there is
+# none.
+node_version() {
+  local version major minor
   command -v node >/dev/null 2>&1 || return 0
-  version=$(node --version 2>/dev/null) || return 0 # v20.11.1
+  version=$(node --version 2>/dev/null) || return 0 # v22.18.0
   version=${version#v}
-  version=${version%%.*}
-  case $version in
+  major=${version%%.*}
+  minor=${version#*.}
+  minor=${minor%%.*}
+  case $major$minor in
     '' | *[!0-9]*) return 0 ;;
-    *) printf '%s\n' "$version" ;;
   esac
+  [ "$major" != "$version" ] || return 0 # no dot: not a version
+  printf '%s %s\n' "$major" "$minor"
 }
 
-# True if Node $MIN_NODE_MAJOR+ and npm are both on PATH.
+# True if Node MAJOR.MINOR runs the project: 22.18 or newer. Node 23 got
+# type stripping by default in 23.6.0, so 23.0 to 23.5 do not count.
+node_is_new_enough() {
+  local major=$1 minor=$2
+  if [ "$major" -eq 23 ]; then
+    [ "$minor" -ge 6 ]
+  elif [ "$major" -eq "$MIN_NODE_MAJOR" ]; then
+    [ "$minor" -ge "$MIN_NODE_MINOR" ]
+  else
+    [ "$major" -gt "$MIN_NODE_MAJOR" ]
+  fi
+}
+
+# True if a Node that runs the project, and npm, are both on PATH.
 have_node() {
-  local major
-  major=$(node_major)
-  [ -n "$major" ] && [ "$major" -ge "$MIN_NODE_MAJOR" ] && command -v npm >/dev/null 2>&1
+  local version
+  version=$(node_version)
+  [ -n "$version" ] || return 1
+  # shellcheck disable=SC2086 # two words: major and minor
+  node_is_new_enough $version && command -v npm >/dev/null 2>&1
 }
 
 # apt-get install, waiting for the lock: on a fresh Ubuntu VM,
@@ -90,7 +117,25 @@ install_node() {
   apt_update
   apt_install nodejs
   hash -r
-  have_node || die "installed nodejs from NodeSource, but there is still no Node $MIN_NODE_MAJOR+ with npm on PATH"
+  have_node || die "installed nodejs $NODE_MAJOR from NodeSource, but there is still no Node $MIN_NODE_MAJOR.$MIN_NODE_MINOR or newer with npm on PATH"
+}
+
+# Warn if the man pages are still missing after apt: a minimized system (the
+# ubuntu container image, for one) has a path-exclude line for /usr/share/man
+# in /etc/dpkg/dpkg.cfg.d/, so packages install without their pages. The steps
+# do not need them; the exercises point to them.
+check_man_pages() {
+  local page missing=()
+  for page in '2 unshare' '3 execvp' '7 namespaces' '7 cgroups'; do
+    # shellcheck disable=SC2086 # two words: section and name
+    man -w $page >/dev/null 2>&1 || missing+=("$page")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  printf 'provision: warning: no man page for: %s\n' "${missing[*]}" >&2
+  if grep -qs '^path-exclude=/usr/share/man' /etc/dpkg/dpkg.cfg.d/*; then
+    printf 'provision: a path-exclude line in /etc/dpkg/dpkg.cfg.d/ keeps man pages out (a minimized system)\n' >&2
+  fi
+  return 0 # a warning only
 }
 
 # Run a command as the owner of the repository, so node_modules belongs to
@@ -115,17 +160,21 @@ main() {
 
   log "apt packages"
   apt_update
-  apt_install busybox-static iproute2 tmux procps util-linux
+  apt_install busybox-static iproute2 tmux procps util-linux \
+    man-db manpages manpages-dev
+  check_man_pages
 
   if have_node; then
     log "Node.js: $(node --version) is already installed, npm $(npm --version); skipping"
   else
+    [ "$NODE_MAJOR" -ge "$MIN_NODE_MAJOR" ] 2>/dev/null \
+      || die "NODE_MAJOR=$NODE_MAJOR: the project needs Node $MIN_NODE_MAJOR.$MIN_NODE_MINOR or newer"
     install_node
   fi
 
   log "npm ci in $REPO (as $(stat -c %U "$REPO"))"
   # npm ci would remove node_modules itself, but as the owner it cannot
-  # remove what root put there: steps run with sudo compile into
+  # remove what root put there: steps, which run as root, compile into
   # node_modules/.cache (shared/compile.ts).
   rm -rf "$REPO/node_modules"
   # node_modules exactly as package-lock.json says, for this machine's
@@ -140,7 +189,7 @@ main() {
   log "doctor"
   (cd "$REPO" && npm run doctor)
 
-  log "ready in $((SECONDS - started)) s: sudo npx tsx steps/01-exec run echo hello (in $REPO)"
+  log "ready in $((SECONDS - started)) s: npx tsx steps/01-exec run echo hello (in $REPO)"
 }
 
 # Run only when executed, so a test can source this file and call the functions.
