@@ -1,7 +1,7 @@
 // Device nodes: mknod(2) and the minimal /dev a container gets.
 //
 // Mounting devtmpfs would hand the container every device of the host
-// (disks included, seed 000 shows it); a container gets a tmpfs with only
+// (disks included, as one learner's Go container found); a container gets a tmpfs with only
 // the nodes programs expect, as runc and Docker do.
 
 import { mkdirSync, symlinkSync } from 'node:fs'
