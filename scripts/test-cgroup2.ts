@@ -25,8 +25,8 @@ import {
 } from 'node:fs'
 import { arch } from 'node:os'
 import { basename, dirname, join } from 'node:path'
-import { compiledScript } from '../shared/compile.ts'
 import { exitWithError, UsageError } from '../shared/errors.ts'
+import { requireRoot } from '../shared/cli.ts'
 import { repoDir, stateDir } from '../shared/settings.ts'
 
 /** Where shared/settings.ts keeps state when CFS_HOME is not set; the guest uses it, on tmpfs. */
@@ -65,6 +65,7 @@ interface Kernel {
 }
 
 async function main(): Promise<void> {
+  requireRoot() // the guest reads the host's files as root
   const skip = skipReason()
   if (skip) {
     console.log(`cgroup2 VM test skipped: ${skip}`)
@@ -75,11 +76,6 @@ async function main(): Promise<void> {
   removeStale()
   const kernel = ensureKernel()
   console.log(chalk.dim(`kernel ${kernel.release} (${kernel.package}), modules: ${kernel.modules.join(' ') || 'all built in'}`))
-  // The steps' plain-JS copies (what the guest runs, parent and child, see
-  // CFS_VERIFY_LAUNCHER below), built here in a second rather than in the
-  // guest (tsc under emulation takes a while). Edit no step or shared file
-  // during a run: the guest would see a newer source and build again.
-  compiledScript(join(repoDir, 'steps/06-cgroups/index.ts'))
   const work = join(vmDir, `run-${process.pid}`)
   mkdirSync(work)
   try {
@@ -108,7 +104,6 @@ function removeStale(): void {
 // Why this run cannot happen here, or undefined. In CI a missing qemu is an error, not a skip.
 function skipReason(): string | undefined {
   if (process.platform !== 'linux' || arch() !== 'x64') return `needs an x86_64 Linux host (this is ${process.platform}/${arch()})`
-  if (process.getuid?.() !== 0) return 'needs root (the guest reads the host\'s files as root): run `sudo npm run test:cgroup2`'
   if (!onPath('qemu-system-x86_64')) {
     const hint = 'apt-get install qemu-system-x86'
     if (process.env.CI === 'true') throw new UsageError(`CI=true but qemu-system-x86_64 is not installed (.ci/run installs it: ${hint})`)
@@ -183,7 +178,7 @@ function dpkgField(deb: string, field: string): string {
 function resolveModules(modulesDir: string, names: string[]): string[] {
   const files = new Map<string, string>()
   for (const entry of readdirSync(join(modulesDir, 'kernel'), { recursive: true, withFileTypes: true })) {
-    if (/\.ko(\.(xz|zst|gz))?$/.test(entry.name)) files.set(moduleName(entry.name), join(entry.parentPath ?? entry.path, entry.name))
+    if (/\.ko(\.(xz|zst|gz))?$/.test(entry.name)) files.set(moduleName(entry.name), join(entry.parentPath, entry.name))
   }
   const list = join(modulesDir, 'modules.builtin')
   const builtin = new Set(existsSync(list) ? readFileSync(list, 'utf8').split('\n').filter(Boolean).map(moduleName) : [])

@@ -3,9 +3,9 @@
 
 import type { ChildProcess, StdioOptions } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { closeSync, readSync } from 'node:fs'
+import { closeSync, readSync, statSync, writeSync } from 'node:fs'
 import { constants } from 'node:os'
-import { compiledScript } from './compile.ts'
+import { join, resolve } from 'node:path'
 import { UsageError } from './errors.ts'
 import { spawnInNamespaces } from './namespaces.ts'
 import { fcntl, F_GETFL, F_SETFL, O_NONBLOCK, reclaimTerminal, timing } from './process.ts'
@@ -18,14 +18,19 @@ export function newContainerId(): string {
 /**
  * Re-run this very step as `<step> child <config>` in new namespaces, the
  * way Liz Rice's main.go re-runs /proc/self/exe: same Node binary, same
- * script. The config travels as one JSON argument. The script runs as
- * plain JS when it can (see compile.ts), else with the same loader flags (tsx).
+ * script. The config travels as one JSON argument. The child is plain
+ * `node` on the step's .ts file, which Node runs by stripping its types:
+ * started through tsx again, it would pay about 170 ms for the loader.
  */
 export function reexecChild(config: object, cloneFlags = 0, stdio: StdioOptions = 'inherit'): ChildProcess {
-  const js = compiledScript(process.argv[1])
-  const script = js ? [js] : [...process.execArgv, process.argv[1]]
   spawnedAt = performance.now()
-  return spawnInNamespaces(cloneFlags, process.execPath, [...script, 'child', JSON.stringify(config)], { stdio })
+  return spawnInNamespaces(cloneFlags, process.execPath, [scriptFile(), 'child', JSON.stringify(config)], { stdio })
+}
+
+// The file this program runs from: `npx tsx steps/04-pid-proc` names a
+// directory, which tsx resolves to its index.ts, and node would not.
+function scriptFile(script = resolve(process.argv[1])): string {
+  return statSync(script).isDirectory() ? join(script, 'index.ts') : script
 }
 
 // For `npm run bench` (CFS_TIMING=1): when the child was started.
@@ -77,6 +82,25 @@ export const SYNC_FD = 3
 export const STDIO_WITH_SYNC: StdioOptions = ['inherit', 'inherit', 'inherit', 'pipe']
 
 /**
+ * Parent: wait until the child's Node has started and loaded the step (it
+ * says so on the sync pipe, in waitForParent). Memory is charged to the
+ * cgroup a process is in when it allocates it, and Node's own start-up,
+ * type stripping included, takes some 30 MB: moved in earlier, the child
+ * would spend the container's --memory on Node, not on the command.
+ */
+export function childStarted(child: ChildProcess): Promise<void> {
+  const pipe = child.stdio[SYNC_FD] as NodeJS.ReadableStream
+  return new Promise((resolve, reject) => {
+    const gone = () => reject(new UsageError('the container\'s process ended before it started (see its error above)'))
+    child.once('exit', gone)
+    pipe.once('data', () => {
+      child.off('exit', gone)
+      resolve()
+    })
+  })
+}
+
+/**
  * Parent: tell a child blocked in waitForParent() that it may go on, and
  * hand it what it could not know at its start (step 08: its address), as
  * one line of JSON; the pipe is closed after it.
@@ -90,13 +114,14 @@ export function tellChild(child: ChildProcess, message: object = {}): void {
 }
 
 /**
- * Child: block until the parent has had its say on the sync pipe (runc does
- * the same), then close it so the command never inherits it, and return
+ * Child: say that we have started, block until the parent has had its say
+ * on the sync pipe (runc does the same), then close it so the command never inherits it, and return
  * what the parent said. If the parent went away first, stop: there is no
  * container to finish setting up.
  */
 export function waitForParent<T = object>(): T {
   fcntl(SYNC_FD, F_SETFL, fcntl(SYNC_FD, F_GETFL) & ~O_NONBLOCK)
+  writeSync(SYNC_FD, 'started\n') // see childStarted
   const started = performance.now()
   // Read until the parent closes its end (a read of 0 bytes).
   const buffer = Buffer.alloc(4096)

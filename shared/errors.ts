@@ -14,27 +14,34 @@ export const EXIT_NOT_FOUND = 127
 /** The kernel refused a system call (see errno(3) for the codes). */
 export class SyscallError extends Error {
   override name = 'SyscallError'
-  constructor(
-    readonly syscall: string,
-    readonly code: string,
-    readonly errno: number,
-    readonly description: string,
-    readonly path?: string,
-    readonly hint?: string,
-  ) {
+  readonly syscall: string
+  readonly code: string
+  readonly errno: number
+  readonly description: string
+  readonly path?: string
+  readonly hint?: string
+
+  constructor(syscall: string, code: string, errno: number, description: string, path?: string, hint?: string) {
     super(`${syscall}${path ? ` \`${path}\`` : ''}: ${code} (${description})`)
+    this.syscall = syscall
+    this.code = code
+    this.errno = errno
+    this.description = description
+    this.path = path
+    this.hint = hint
   }
 }
 
 /** A mistake in how the program was called or prepared: one line, no stack. */
 export class UsageError extends Error {
   override name = 'UsageError'
-  constructor(
-    message: string,
-    readonly exitCode = EXIT_SETUP_FAILED,
-    readonly hint?: string,
-  ) {
+  readonly exitCode: number
+  readonly hint?: string
+
+  constructor(message: string, exitCode = EXIT_SETUP_FAILED, hint?: string) {
     super(message)
+    this.exitCode = exitCode
+    this.hint = hint
   }
 }
 
@@ -59,4 +66,17 @@ export function exitWithError(err: unknown, prefix = 'cfs'): never {
   process.stderr.write(`${prefix}: internal error (a bug, please report it):\n`)
   process.stderr.write(`${err instanceof Error ? err.stack : String(err)}\n`)
   process.exit(EXIT_SETUP_FAILED)
+}
+
+/**
+ * When whoever reads our output goes away (`npm run diff | head`), stop
+ * quietly, as a shell tool does, not with an EPIPE stack trace.
+ */
+export function exitOnClosedPipe(): void {
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EPIPE') throw err
+      process.exit(0)
+    })
+  }
 }

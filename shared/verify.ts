@@ -7,7 +7,7 @@ import { $, type ProcessPromise } from 'zx'
 import { readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
-import { compiledScript } from './compile.ts'
+import { exitOnClosedPipe } from './errors.ts'
 import { findProcesses, isRunning, parentPid, scaled, waitFor } from './procfs.ts'
 import { repoDir } from './settings.ts'
 
@@ -25,28 +25,18 @@ export function stepPath(step: string): string {
 /**
  * The command that starts a step: `tsx <stepPath>`, as a learner types it.
  *
- * CFS_VERIFY_LAUNCHER=node starts the step's plain-JS copy instead (`node
- * <cache>/js-<version>/steps/NN/index.js`, the one shared/compile.ts builds
- * for the step's child): the same code without tsx's loader, which costs
- * seconds per start under emulation. Only the cgroup v2 VM test
- * (scripts/test-cgroup2.ts) sets it, for step 06's verify; a verify that
- * looks for tsx's launcher process (step 08's) needs the default.
+ * CFS_VERIFY_LAUNCHER=node starts it as `node <stepPath>/index.ts` instead:
+ * the same code without tsx's loader, which costs seconds per start under
+ * emulation. Only the cgroup v2 VM test (scripts/test-cgroup2.ts) sets it,
+ * for step 06's verify; a verify that looks for tsx's launcher process
+ * (step 08's) needs the default.
  */
 export function stepCommand(step: string): string[] {
   const launcher = process.env.CFS_VERIFY_LAUNCHER || 'tsx'
   if (launcher === 'tsx') return [tsx, stepPath(step)]
   if (launcher !== 'node') throw new Error(`CFS_VERIFY_LAUNCHER=${launcher}: expected tsx (the default) or node`)
-  let js = compiled.get(stepPath(step))
-  if (!js) {
-    js = compiledScript(join(repoDir, stepPath(step)))
-    if (!js) throw new Error(`CFS_VERIFY_LAUNCHER=node: tsc could not compile ${stepPath(step)} (see shared/compile.ts); unset it to run the step through tsx`)
-    compiled.set(stepPath(step), js)
-  }
-  return [process.execPath, js]
+  return [process.execPath, join(stepPath(step), 'index.ts')]
 }
-
-// Each step's compiled copy, found once: finding it stats every source file.
-const compiled = new Map<string, string>()
 
 /** `tsx <stepPath> run <args...>` (see stepCommand) from the repo root; never throws on a non-zero exit. */
 export function runStep(step: string, args: string[], options: { input?: string; env?: NodeJS.ProcessEnv } = {}): ProcessPromise {
@@ -103,6 +93,7 @@ export class Checks {
   passed = 0
 
   constructor(title: string) {
+    exitOnClosedPipe()
     console.log(chalk.bold(title))
   }
 

@@ -12,10 +12,7 @@ import t from 'tap'
 import { existsSync } from 'node:fs'
 import { arch } from 'node:os'
 import { join } from 'node:path'
-import { $ } from 'zx'
-import { repoDir } from '../shared/settings.ts'
-import { tsx } from '../shared/verify.ts'
-import { needsRoot } from './helpers.ts'
+import { needsRoot, runTool } from './helpers.ts'
 
 const qemuInstalled = (process.env.PATH ?? '').split(':').some((dir) => dir && existsSync(join(dir, 'qemu-system-x86_64')))
 const skip = needsRoot()
@@ -26,7 +23,7 @@ const skip = needsRoot()
 t.test('npm run test:cgroup2: step 06 on a v2-only kernel, in qemu', { skip, timeout: 600_000 }, async (t) => {
   // `env -u NODE_OPTIONS`: without tap's preloads, as verify.test.ts runs the
   // verify scripts: tap's preloads are for test files, not what they run.
-  const result = await $({ cwd: repoDir, nothrow: true, quiet: true, env: { ...process.env, FORCE_COLOR: '0' } })`env -u NODE_OPTIONS ${tsx} scripts/test-cgroup2.ts`
+  const result = await runTool('scripts/test-cgroup2.ts')
   const lines = result.stdout.split('\n')
   let claims = 0
   for (const [i, line] of lines.entries()) {

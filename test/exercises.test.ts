@@ -8,11 +8,9 @@
 import t from 'tap'
 import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { $ } from 'zx'
 import { exercises } from '../exercises/hints.ts'
 import { repoDir } from '../shared/settings.ts'
-import { tsx } from '../shared/verify.ts'
-import { rootOnly } from './helpers.ts'
+import { rootOnly, runTool } from './helpers.ts'
 import { leftoversSince, snapshotLeftovers, watchRun } from './leftovers.ts'
 
 const slugs = readdirSync(join(repoDir, 'exercises')).filter((name) => /^\d\d-/.test(name)).sort()
@@ -42,7 +40,7 @@ for (const slug of slugs) {
     const run = watchRun()
     // As a learner runs it, minus tap's NODE_OPTIONS preloads (see verify.test.ts);
     // fail-fast: one failed check is all this needs, and saves the rest of the runs.
-    const result = await $({ cwd: repoDir, nothrow: true, quiet: true, env: { ...process.env, FORCE_COLOR: '0', CFS_VERIFY_FAIL_FAST: '1' } })`env -u NODE_OPTIONS ${tsx} scripts/exercise.ts ${slug.slice(0, 2)}`
+    const result = await runTool('scripts/exercise.ts', [slug.slice(0, 2)], { CFS_VERIFY_FAIL_FAST: '1' })
     run.stop()
     const failed = result.stdout.split('\n').filter((line) => line.startsWith('✘ ') && !line.startsWith(`✘ exercise ${slug}`))
     t.not(result.exitCode, 0, `npm run exercise -- ${slug.slice(0, 2)} exits non-zero (stderr: ${result.stderr.trim().slice(0, 300)})`)

@@ -2,6 +2,9 @@
 // skip would hide a failure.
 
 import type { Test } from 'tap'
+import { spawn } from 'node:child_process'
+import { repoDir } from '../shared/settings.ts'
+import { tsx } from '../shared/verify.ts'
 
 /** Skip reason for tests that need root, or false; in CI, missing root is an error. */
 export function needsRoot(): string | false {
@@ -16,3 +19,33 @@ export function rootOnly(): { skip: string | false } {
 }
 
 export type { Test }
+
+/** How a tool run ended. */
+export interface ToolResult {
+  stdout: string
+  stderr: string
+  exitCode: number | null
+}
+
+/**
+ * Run `tsx <script> <args…>` from the repository root as a learner would:
+ * without tap's NODE_OPTIONS preloads (they are for test files, not for
+ * what the tests run). Never throws on a non-zero exit.
+ *
+ * Not zx's `$`: under tap's process-info loader on Node 24, zx's named
+ * exports arrive as undefined in a test file.
+ */
+export function runTool(script: string, args: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<ToolResult> {
+  // `env -u`: tap hooks spawn and puts its preloads back into NODE_OPTIONS.
+  const child = spawn('env', ['-u', 'NODE_OPTIONS', tsx, script, ...args], {
+    cwd: repoDir, env: { ...process.env, FORCE_COLOR: '0', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (chunk) => (stdout += chunk))
+  child.stderr.on('data', (chunk) => (stderr += chunk))
+  return new Promise((resolve, reject) => {
+    child.on('error', reject)
+    child.on('close', (exitCode) => resolve({ stdout, stderr, exitCode }))
+  })
+}

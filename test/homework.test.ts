@@ -5,11 +5,9 @@
 import t from 'tap'
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { $ } from 'zx'
 import { homework } from '../exercises/hints.ts'
 import { repoDir } from '../shared/settings.ts'
-import { tsx } from '../shared/verify.ts'
-import { rootOnly } from './helpers.ts'
+import { rootOnly, runTool } from './helpers.ts'
 import { leftoversSince, snapshotLeftovers, watchRun } from './leftovers.ts'
 
 for (const [key, problem] of Object.entries(homework)) {
@@ -51,7 +49,7 @@ for (const [key, problem] of Object.entries(homework)) {
 async function check(key: string, target?: string) {
   const before = snapshotLeftovers()
   const run = watchRun()
-  const result = await $({ cwd: repoDir, nothrow: true, quiet: true, env: { ...process.env, FORCE_COLOR: '0' } })`env -u NODE_OPTIONS ${tsx} scripts/homework.ts ${key} ${target ? ['--target', target] : []}`
+  const result = await runTool('scripts/homework.ts', [key, ...(target ? ['--target', target] : [])])
   run.stop()
   return { result, left: await leftoversSince(before, run) }
 }

@@ -26,8 +26,10 @@ class Pane {
   // Not tap's: tap adds its preloads to NODE_OPTIONS on every spawn from Node.
   static env = ['-i', `PATH=${process.env.PATH}`, `HOME=${process.env.HOME}`, 'LANG=C.UTF-8']
   readonly pid: number
+  readonly session: string
 
-  constructor(readonly session: string) {
+  constructor(session: string) {
+    this.session = session
     this.tmux('new-session', '-d', '-s', session, '-x', '160', '-y', '50', '-c', repoDir, 'bash --norc --noprofile -i')
     this.pid = Number(this.tmux('display-message', '-p', '-t', session, '#{pane_pid}'))
   }
@@ -79,7 +81,7 @@ for (const step of steps) {
     // The wrapper prints the step's exit code, then the stat line of a
     // process in the wrapper's process group: field 5 is that group, field
     // 8 the terminal's foreground group.
-    pane.type(`sh -c 'PS1="${prompt} " node_modules/.bin/tsx steps/${step} run sh; echo "exit=$?"; cat /proc/self/stat'`)
+    pane.type(`sh -c 'PS1="${prompt} " node_modules/.bin/tsx steps/${step} run -e PS1 sh; echo "exit=$?"; cat /proc/self/stat'`)
 
     const started = await pane.until((lines) => lines.some((line) => line.startsWith(prompt)), 30_000)
     t.ok(started, 'a prompt appears', pane.shown())

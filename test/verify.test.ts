@@ -4,10 +4,8 @@
 import t from 'tap'
 import { readdirSync, existsSync } from 'node:fs'
 import { join } from 'node:path'
-import { $ } from 'zx'
 import { repoDir } from '../shared/settings.ts'
-import { tsx } from '../shared/verify.ts'
-import { rootOnly } from './helpers.ts'
+import { rootOnly, runTool } from './helpers.ts'
 
 const steps = readdirSync(join(repoDir, 'steps')).filter((name) => existsSync(join(repoDir, 'steps', name, 'verify.ts'))).sort()
 
@@ -17,7 +15,7 @@ for (const step of steps) {
     // preloads. tap puts them back on every spawn from Node, and its
     // processinfo would write .tap/ files inside the image when a step's
     // child exits after chroot (a missing command, say).
-    const result = await $({ cwd: repoDir, nothrow: true, quiet: true, env: { ...process.env, FORCE_COLOR: '0' } })`env -u NODE_OPTIONS ${tsx} ${`steps/${step}/verify.ts`}`
+    const result = await runTool(`steps/${step}/verify.ts`)
     const lines = result.stdout.split('\n')
     let claims = 0
     for (const [i, line] of lines.entries()) {
