@@ -18,17 +18,22 @@ import { cpus, release, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { cgroupLayout, parseCount } from '../shared/cgroups.ts'
-import { exitWithError, UsageError } from '../shared/errors.ts'
+import { requireRoot } from '../shared/cli.ts'
+import { exitOnClosedPipe, exitWithError, UsageError } from '../shared/errors.ts'
+import { handBack } from '../scripts/lib/owner.ts'
 import { ensureImage } from '../shared/rootfs.ts'
 import { containersDir, repoDir } from '../shared/settings.ts'
 import { findStepProcess, tsx } from '../shared/verify.ts'
+
+exitOnClosedPipe()
 
 // Bad options: one line and exit 125, as everywhere else; root: the steps need it.
 const runs = (() => {
   try {
     const { values } = parseArgs({ options: { runs: { type: 'string', default: '9' } } })
-    if (process.getuid?.() !== 0) throw new UsageError('needs root (it starts containers): rerun with sudo')
-    return parseCount(values.runs!, '--runs')!
+    const count = parseCount(values.runs!, '--runs')!
+    requireRoot()
+    return count
   } catch (err) {
     exitWithError(err instanceof UsageError ? err : new UsageError(`${(err as Error).message} (usage: npm run bench [-- --runs N])`), 'bench')
   }
@@ -217,5 +222,6 @@ for (const o of overlayRows) {
 }
 const results = { date: new Date().toISOString(), runs, machine: { cpus: cpus().length, model: cpus()[0]?.model, kernel: release(), cgroups: cgroupLayout(), node: process.versions.node }, floor: { ms: floor, tsxEmptyMs: tsxEmpty, bareNodeMs: bareNode }, steps: stepRows, bridgeUp: bridgeUpRow, others, overlay: overlayRows }
 writeFileSync(join(repoDir, 'bench', 'results.json'), JSON.stringify(results, null, 2) + '\n')
+handBack(join(repoDir, 'bench', 'results.json'))
 console.log(chalk.dim('\nwritten to bench/results.json'))
 if (existsSync(containersDir) && readdirSync(containersDir).length) console.log(chalk.yellow(`note: ${containersDir} is not empty`))

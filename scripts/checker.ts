@@ -8,6 +8,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Exercise } from '../exercises/hints.ts'
 import { repoDir } from '../shared/settings.ts'
+import { handBack, userStateDir } from './lib/owner.ts'
 import { stopDescendants, tsx } from '../shared/verify.ts'
 
 /** How a run of checks came out. */
@@ -87,13 +88,13 @@ export function printVerdict(what: string, tally: Tally, next: string): void {
   console.log(done(tally) ? next : 'Run with --hint for a hint.')
 }
 
-const hintState = join(repoDir, 'node_modules', '.cache', 'containers-from-scratch', 'hints.json')
-
 /**
  * Print the next hint for `key` (the first one the first time), with the
- * title and man pages; remembers how far each learner got in node_modules/.cache.
+ * title and man pages; remembers how far the learner got in their own
+ * state directory (see userStateDir), never in the checkout.
  */
 export function printNextHint(key: string, item: Exercise): void {
+  const hintState = join(userStateDir(), 'hints.json')
   let seen: Record<string, number> = {}
   try {
     seen = JSON.parse(readFileSync(hintState, 'utf8')) as Record<string, number>
@@ -108,5 +109,8 @@ export function printNextHint(key: string, item: Exercise): void {
   try {
     mkdirSync(join(hintState, '..'), { recursive: true })
     writeFileSync(hintState, `${JSON.stringify(seen, null, 2)}\n`)
-  } catch {} // read-only checkout: every --hint shows the first hint again
+    handBack(join(hintState, '..'))
+  } catch (err) {
+    console.log(chalk.yellow(`(could not save how far you got, so the next --hint shows this one again: ${(err as Error).message})`))
+  }
 }
