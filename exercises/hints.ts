@@ -28,7 +28,7 @@ export const exercises: Record<string, Exercise> = {
     hints: [
       'Two TODOs, both in child(). The first is one call to ask the kernel for a signal on the parent\'s death; the second replaces the process.',
       'prctl(2) has an option PR_SET_PDEATHSIG whose argument is the signal to receive; shared/process.ts exports prctl, PR_SET_PDEATHSIG and SIGKILL.',
-      'execve(2) never returns on success. shared/process.ts has execCommand(command), which also undoes Node\'s close-on-exec on fds 0-2 and turns ENOENT into exit 127.',
+      'execve(2) never returns on success, and its third argument is the whole environment the command gets. shared/process.ts has execCommand(command, env), which also undoes Node\'s close-on-exec on fds 0-2 and turns ENOENT into exit 127; containerEnv(hostname(), container.env) makes the environment.',
     ],
   },
   '02-uts': {
@@ -71,8 +71,8 @@ export const exercises: Record<string, Exercise> = {
     title: 'cgroups: limits the kernel enforces',
     man: ['cgroups(7)', 'cgroup v2: Documentation/admin-guide/cgroup-v2.rst'],
     hints: [
-      'shared/cgroups.ts does the file work for v1, v2 and hybrid hosts: you only call createCgroup, removeCgroup and joinCgroup. shared/container.ts has the sync pipe: STDIO_WITH_SYNC, tellChild, waitForParent.',
-      'In run(): const cgroup = createCgroup(container.id, limits), then cleanup.defer(() => removeCgroup(cgroup)); pass STDIO_WITH_SYNC to reexecChild, then joinCgroup(cgroup, child.pid!) and tellChild(child).',
+      'shared/cgroups.ts does the file work for v1, v2 and hybrid hosts: you only call createCgroup, removeCgroup and joinCgroup. shared/container.ts has the sync pipe: STDIO_WITH_SYNC, childStarted, tellChild, waitForParent.',
+      'In run(): const cgroup = createCgroup(container.id, limits), then cleanup.defer(() => removeCgroup(cgroup)); pass STDIO_WITH_SYNC to reexecChild, then await childStarted(child) (its Node has started), joinCgroup(cgroup, child.pid!) and tellChild(child).',
       'In child(), first thing after prctl: waitForParent(). joinCgroup in the parent wrote the child\'s PID into cgroup.procs of every hierarchy while the child waited.',
     ],
   },
@@ -96,7 +96,7 @@ export const exercises: Record<string, Exercise> = {
   },
 }
 
-/** The homework of seed 002, by short name (npm run homework -- p1a). */
+/** The homework problems, by short name (npm run homework -- p1a). */
 export const homework: Record<string, Homework & { slug: string }> = {
   p1a: {
     slug: 'p1a-proc',

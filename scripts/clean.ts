@@ -6,13 +6,16 @@
 import chalk from 'chalk'
 import { parseArgs } from 'node:util'
 import { clean } from '../shared/clean.ts'
-import { exitWithError, UsageError } from '../shared/errors.ts'
+import { exitOnClosedPipe, exitWithError, UsageError } from '../shared/errors.ts'
+import { requireRoot } from '../shared/cli.ts'
 import { stateDir } from '../shared/settings.ts'
+
+exitOnClosedPipe()
 
 try {
   const { values } = parseArgs({ options: { all: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } })
   if (values.help) {
-    console.log(`Usage: sudo npm run clean [-- --all]
+    console.log(`Usage: npm run clean [-- --all]
 
 Remove what containers left behind after a crash: mounts under ${stateDir},
 cfs-* cgroups, cfs* interfaces and netns, container directories, stale leases.
@@ -21,7 +24,7 @@ Anything a running container still uses is left alone.
   --all   also stop running containers and remove directories kept with --keep`)
     process.exit(0)
   }
-  if (process.getuid?.() !== 0) throw new UsageError('needs root (mounts, cgroups and interfaces are root-only): rerun with sudo')
+  requireRoot()
   const { removed, kept, failed } = await clean(values.all)
   for (const item of removed) console.log(`${chalk.green('removed')}   ${item.kind}: ${item.name}`)
   for (const item of kept) console.log(`${chalk.yellow('left')}      ${item.kind}: ${item.name} (${item.inUse})`)

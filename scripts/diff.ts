@@ -6,8 +6,10 @@ import chalk from 'chalk'
 import { spawnSync } from 'node:child_process'
 import { readdirSync } from 'node:fs'
 import { join } from 'node:path'
-import { exitWithError, UsageError } from '../shared/errors.ts'
+import { exitOnClosedPipe, exitWithError, UsageError } from '../shared/errors.ts'
 import { repoDir } from '../shared/settings.ts'
+
+exitOnClosedPipe()
 
 try {
   const steps = readdirSync(join(repoDir, 'steps')).filter((name) => /^\d\d-/.test(name)).sort()

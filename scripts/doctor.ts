@@ -7,10 +7,14 @@ import chalk from 'chalk'
 import { execFileSync } from 'node:child_process'
 import { existsSync, readFileSync, statfsSync } from 'node:fs'
 import { release } from 'node:os'
+import { MIN_NODE, requireRoot } from '../shared/cli.ts'
+import { exitOnClosedPipe } from '../shared/errors.ts'
 import { CONTROLLERS, cgroupLayout, findControllers, findHierarchies } from '../shared/cgroups.ts'
 import { readMountInfo } from '../shared/mounts.ts'
 import { DEFAULT_IMAGES, imageRootfs } from '../shared/rootfs.ts'
 import { imagesDir, stateDir } from '../shared/settings.ts'
+
+exitOnClosedPipe()
 
 let failures = 0
 
@@ -29,11 +33,15 @@ function note(what: string): void {
 const linux = process.platform === 'linux'
 check(linux, `Linux (${process.platform})`, 'containers need a Linux kernel: use the VM in vagrant/ (see README.md)')
 if (!linux) process.exit(1)
+const [nodeMajor, nodeMinor] = process.versions.node.split('.').map(Number)
+const nodeOk = nodeMajor > MIN_NODE[0] || (nodeMajor === MIN_NODE[0] && nodeMinor >= MIN_NODE[1])
+check(nodeOk, `Node ${process.versions.node} (${process.execPath})`, `install Node ${MIN_NODE.join('.')} or newer: it runs the steps' TypeScript itself`)
+if (!nodeOk) process.exit(1)
+requireRoot() // the checks below read what only root may read; re-runs under sudo
+check(process.getuid?.() === 0, 'running as root (through sudo when started as a user)')
 
-check(process.getuid?.() === 0, 'running as root', 'rerun with sudo: namespaces, mounts and cgroups need root')
 const [major, minor] = release().split('.').map(Number)
 check(major > 5 || (major === 5 && minor >= 4), `kernel ${release()}`, 'Linux 5.4 or newer is needed (5.14+ for cgroup.kill)')
-check(Number(process.versions.node.split('.')[0]) >= 20, `Node ${process.versions.node}`, 'install Node 20 or newer')
 
 for (const ns of ['uts', 'pid', 'mnt', 'ipc', 'net', 'cgroup', 'user']) {
   check(existsSync(`/proc/self/ns/${ns}`), `${ns} namespaces`, `this kernel was built without CONFIG_${ns.toUpperCase()}_NS`)
@@ -66,7 +74,8 @@ const busybox = ['/bin/busybox', '/usr/bin/busybox'].find((p) => existsSync(p))
 check(!!busybox, `busybox for the offline image${busybox ? `: ${busybox}` : ''}`, 'apt-get install busybox-static')
 
 const image = DEFAULT_IMAGES.map((name) => ({ name, rootfs: imageRootfs(name) })).find((i) => existsSync(i.rootfs))
-check(!!image, image ? `image \`${image.name}\` at ${image.rootfs}` : `an image in ${imagesDir}`, 'npm run rootfs (steps also prepare one on first use)')
+if (image) check(true, `image \`${image.name}\` at ${image.rootfs}`)
+else note(`no image in ${imagesDir} yet: the first step that needs one prepares it (or: npm run rootfs)`)
 
 // Overlay upper dirs and device nodes need a real local filesystem for the state dir.
 const stateMount = readMountInfo()

@@ -1,5 +1,5 @@
 // npm run exercise                  list the exercises and how many TODOs each has left
-// sudo npm run exercise -- 04       check exercises/04-pid-proc with the step's own verify.ts
+// npm run exercise -- 04       check exercises/04-pid-proc with the step's own verify.ts
 // npm run exercise -- 04 --hint     the next hint for it
 //
 // The check is the step's verify.ts, pointed at the learner's file through
@@ -11,14 +11,17 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { exercises } from '../exercises/hints.ts'
-import { exitWithError, UsageError } from '../shared/errors.ts'
+import { exitOnClosedPipe, exitWithError, UsageError } from '../shared/errors.ts'
+import { requireRoot } from '../shared/cli.ts'
 import { repoDir } from '../shared/settings.ts'
 import { printNextHint, printVerdict, runChecks } from './checker.ts'
+
+exitOnClosedPipe()
 
 const usage = `Usage: npm run exercise [-- NN [--hint]]
 
   (nothing)   list the exercises and how many TODOs are left in each
-  NN          check exercises/NN-name with steps/NN-name/verify.ts (needs root: sudo)
+  NN          check exercises/NN-name with steps/NN-name/verify.ts (needs root: re-runs itself under sudo)
   NN --hint   show the next hint for exercise NN`
 
 try {
@@ -44,13 +47,12 @@ async function check(slug: string, slugs: string[]): Promise<void> {
   if (!existsSync(join(repoDir, verify))) {
     throw new UsageError(`${verify} does not exist yet, so exercise ${slug} has no automatic check: compare your file with steps/${slug}/index.ts`)
   }
-  const needsRoot = readFileSync(join(repoDir, 'steps', slug, 'index.ts'), 'utf8').includes('requireRoot()')
-  if (needsRoot && process.getuid?.() !== 0) throw new UsageError(`needs root, as steps/${slug} does (namespaces, mounts, cgroups): rerun with sudo`)
+  if (readFileSync(join(repoDir, 'steps', slug, 'index.ts'), 'utf8').includes('requireRoot()')) requireRoot()
   console.log(chalk.dim(`Checking exercises/${slug}/index.ts with ${verify}:\n`))
   const tally = await runChecks(verify, { CFS_VERIFY_TARGET: `exercises/${slug}` })
   const next = slugs[slugs.indexOf(slug) + 1]
   printVerdict(`exercise ${slug}`, tally, `Compare with the workshop's version: npm run diff -- ${slug.slice(0, 2)} shows what the step adds, ` +
-    `diff exercises/${slug}/index.ts steps/${slug}/index.ts what you wrote differently.${next ? ` Next: sudo npm run exercise -- ${next.slice(0, 2)}` : ''}`)
+    `diff exercises/${slug}/index.ts steps/${slug}/index.ts what you wrote differently.${next ? ` Next: npm run exercise -- ${next.slice(0, 2)}` : ''}`)
   process.exitCode = tally.failed === 0 && tally.passed > 0 && tally.exitCode === 0 && !tally.timedOut ? 0 : 1
 }
 
@@ -60,5 +62,5 @@ function list(slugs: string[]): void {
     const state = todos ? chalk.yellow(`${todos} TODO${todos > 1 ? 's' : ''} left`) : chalk.green('no TODO left: check it')
     console.log(`${slug.padEnd(12)} ${(exercises[slug]?.title ?? '').padEnd(50)} ${state}`)
   }
-  console.log(chalk.dim('\nsudo npm run exercise -- NN checks one; --hint shows a hint. See exercises/README.md.'))
+  console.log(chalk.dim('\nnpm run exercise -- NN checks one; --hint shows a hint. See exercises/README.md.'))
 }

@@ -1,8 +1,8 @@
 // npm run homework                   list the homework problems and who checks what
-// sudo npm run homework -- p1a       check exercises/homework/p1a-proc with its check.ts
+// npm run homework -- p1a       check exercises/homework/p1a-proc with its check.ts
 // npm run homework -- p1a --hint     the next hint for it
-// sudo npm run homework -- p2 --show after checking, what the kernel did (P2 only)
-// sudo npm run homework -- p1a --target exercises/solutions/p1a-proc
+// npm run homework -- p2 --show after checking, what the kernel did (P2 only)
+// npm run homework -- p1a --target exercises/solutions/p1a-proc
 //                                    check another directory with the same files (CI: the model solutions)
 
 import chalk from 'chalk'
@@ -10,14 +10,17 @@ import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { homework } from '../exercises/hints.ts'
-import { exitWithError, UsageError } from '../shared/errors.ts'
+import { exitOnClosedPipe, exitWithError, UsageError } from '../shared/errors.ts'
+import { requireRoot } from '../shared/cli.ts'
 import { repoDir } from '../shared/settings.ts'
 import { printNextHint, printVerdict, runChecks } from './checker.ts'
+
+exitOnClosedPipe()
 
 const usage = `Usage: npm run homework [-- NAME [--hint | --show] [--target DIR]]
 
   (nothing)      list the problems, and what a person has to judge in each
-  NAME           check exercises/homework/<problem> (needs root: sudo); NAME is p1a, p1b, p2, p4, p5, p6a, p6b or p6c
+  NAME           check exercises/homework/<problem> (needs root: re-runs itself under sudo); NAME is p1a, p1b, p2, p4, p5, p6a, p6b or p6c
   NAME --hint    show the next hint
   NAME --show    (p2) also print what the kernel did
   --target DIR   check DIR instead (same file names), e.g. exercises/solutions/p1a-proc`
@@ -48,7 +51,7 @@ async function check(key: string, targetDir: string | undefined, show: boolean):
   const problem = homework[key]
   const target = targetDir?.replace(/\/+$/, '') ?? `exercises/homework/${problem.slug}`
   if (!existsSync(join(repoDir, target, problem.file))) throw new UsageError(`${target}/${problem.file} does not exist`)
-  if (process.getuid?.() !== 0) throw new UsageError('needs root (namespaces, mounts, cgroups): rerun with sudo')
+  requireRoot()
   console.log(chalk.dim(`Checking ${target} (the problem: exercises/homework/${problem.slug}/README.md):\n`))
   const tally = await runChecks(`exercises/homework/${problem.slug}/check.ts`, {
     CFS_HOMEWORK_TARGET: target,
@@ -65,5 +68,5 @@ function list(): void {
     const who = problem.person ? chalk.yellow(`machine + a person (${problem.person.split(':')[0]})`) : chalk.green('machine')
     console.log(`${key.padEnd(4)} ${problem.title.padEnd(80)} ${who}`)
   }
-  console.log(chalk.dim('\nsudo npm run homework -- NAME checks one; --hint shows a hint. See exercises/homework/README.md.'))
+  console.log(chalk.dim('\nnpm run homework -- NAME checks one; --hint shows a hint. See exercises/homework/README.md.'))
 }

@@ -8,23 +8,26 @@
 
 import chalk from 'chalk'
 import { parseArgs } from 'node:util'
-import { exitWithError, UsageError } from '../shared/errors.ts'
+import { exitOnClosedPipe, exitWithError, UsageError } from '../shared/errors.ts'
+import { requireRoot } from '../shared/cli.ts'
 import { allSteps, PROBES, runMatrix } from './matrix/probes.ts'
 import { readExpected, renderTerminal, word, writeExpected } from './matrix/table.ts'
+
+exitOnClosedPipe()
 
 try {
   const { values } = parseArgs({
     options: { steps: { type: 'string' }, write: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
   })
   if (values.help) {
-    console.log(`Usage: sudo npm run matrix [-- --steps 03,05] [--write]
+    console.log(`Usage: npm run matrix [-- --steps 03,05] [--write]
 
 Run ${PROBES.length} probes in a container of every step and print which still leak.
   --steps LIST  only these steps (numbers or names, comma-separated)
   --write       write the table into notes/isolation-matrix.md (all steps only)`)
     process.exit(0)
   }
-  if (process.getuid?.() !== 0) throw new UsageError('needs root (the probes mount, mknod and change the hostname): rerun with sudo')
+  requireRoot()
   const steps = values.steps ? values.steps.split(',').map(findStep) : allSteps()
   if (values.write && steps.length !== allSteps().length) throw new UsageError('--write needs every step: drop --steps')
   const started = Date.now()

@@ -9,9 +9,12 @@
 import chalk from 'chalk'
 import { parseArgs } from 'node:util'
 import { parseCount } from '../shared/cgroups.ts'
-import { exitWithError, UsageError } from '../shared/errors.ts'
+import { exitOnClosedPipe, exitWithError, UsageError } from '../shared/errors.ts'
+import { requireRoot } from '../shared/cli.ts'
 import { CONCURRENCY, EXIT_PATHS, runStress, STRESS_STEPS } from './stress/stress.ts'
 import { summary } from './stress/summary.ts'
+
+exitOnClosedPipe()
 
 try {
   const { values } = parseArgs({
@@ -23,7 +26,7 @@ try {
     },
   })
   if (values.help) {
-    console.log(`Usage: sudo npm run stress [-- --count N] [--concurrency N] [--verbose]
+    console.log(`Usage: npm run stress [-- --count N] [--concurrency N] [--verbose]
 
 Run N containers (default 200) of ${STRESS_STEPS.join(', ')}, ${CONCURRENCY} at a time,
 ended by: ${EXIT_PATHS.join(', ')}.
@@ -31,7 +34,7 @@ Then check that nothing is left: mounts, cgroups, container dirs, veths,
 leases, the bridge, processes.`)
     process.exit(0)
   }
-  if (process.getuid?.() !== 0) throw new UsageError('needs root (containers): rerun with sudo')
+  requireRoot()
   const count = parseCount(values.count ?? '200', '--count')!
   const concurrency = parseCount(values.concurrency ?? String(CONCURRENCY), '--concurrency')!
   const report = await runStress({ count, concurrency, log: values.verbose ? (line) => console.error(chalk.dim(line)) : undefined })

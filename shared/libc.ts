@@ -22,6 +22,7 @@ function bind(lib: LibraryHandle) {
     chdir: lib.func('int chdir(const char *path)'),
     fchdir: lib.func('int fchdir(int fd)'),
     execvp: lib.func('int execvp(const char *file, const char **argv)'),
+    execvpe: lib.func('int execvpe(const char *file, const char **argv, const char **envp)'),
     fcntl: lib.func('int fcntl(int fd, int cmd, ...)'),
     mknod: lib.func('int mknod(const char *pathname, unsigned int mode, unsigned long dev)'),
     prctl: lib.func('int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)'),

@@ -1,6 +1,7 @@
 // The calling process itself: its directory, its file descriptors, its
 // death signal, and exec, which replaces it with the container's command.
 
+import { userInfo } from 'node:os'
 import { check, raw } from './libc.ts'
 import { EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, UsageError } from './errors.ts'
 
@@ -62,24 +63,61 @@ export function execvp(command: string, args: string[]): never {
 }
 
 /**
- * Run the container's command in place of this process.
- *
- * Node marks fds 0-2 close-on-exec (and may make them non-blocking); without
- * undoing that, the command would start with no stdin/stdout/stderr.
- * A command that is not there exits 127, one that cannot run 126, as in a shell.
+ * execvpe(3): as execvp, but the new program's environment is exactly `env`
+ * (`KEY=VALUE` strings, execve(2)'s envp), not a copy of ours. glibc looks
+ * the command up in the PATH of our own environment, not of `env`.
  */
-export function execCommand(command: string[]): never {
+export function execvpe(command: string, args: string[], env: string[]): never {
+  check('execvpe', raw.execvpe(command, [command, ...args, null], [...env, null]), command)
+  throw new Error('execvpe returned without an error') // unreachable
+}
+
+/**
+ * Let fds 0-2 survive an exec as they are: Node marks them close-on-exec
+ * (and may make them non-blocking); without undoing that, the next program
+ * would start with no stdin, stdout or stderr.
+ */
+export function keepStdio(): void {
   for (const fd of [0, 1, 2]) {
     fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) & ~FD_CLOEXEC)
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
   }
+}
+
+/** The PATH a container's command gets unless -e says otherwise: Docker's. */
+export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+
+/**
+ * The whole environment of a container's command, as Docker gives it: PATH,
+ * HOME, HOSTNAME, TERM if the user has one, then `extra` (from -e), which
+ * wins. Nothing else of the host's: its variables hold its paths, its
+ * user's name, and often tokens and keys.
+ */
+export function containerEnv(hostname: string, extra: string[] = []): string[] {
+  const home = process.getuid?.() === 0 ? '/root' : userInfo().homedir // step 01 may run as you
+  const env = new Map([['PATH', DEFAULT_PATH], ['HOME', home], ['HOSTNAME', hostname]])
+  if (process.env.TERM) env.set('TERM', process.env.TERM)
+  for (const pair of extra) env.set(pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1))
+  return [...env].map(([key, value]) => `${key}=${value}`)
+}
+
+/**
+ * Run the container's command in place of this process, with the
+ * environment `env` and nothing else (see containerEnv).
+ * A command that is not there exits 127, one that cannot run 126, as in a shell.
+ */
+export function execCommand(command: string[], env: string[]): never {
+  keepStdio()
   const [file, ...args] = command
   if (process.env.CFS_TIMING) {
     const setup = (performance.now() - loadedAt - timing.waitedMs).toFixed(1)
     process.stderr.write(`cfs-timing: child setup ${setup} ms, waited ${timing.waitedMs.toFixed(1)} ms for the parent, child peak RSS ${process.resourceUsage().maxRSS} KiB\n`)
   }
+  // execvpe searches our own PATH: make it the container's, so the command
+  // is found where a shell inside would find it.
+  process.env.PATH = env.find((pair) => pair.startsWith('PATH='))?.slice(5) ?? DEFAULT_PATH
   try {
-    execvp(file, args)
+    execvpe(file, args, env)
   } catch (err) {
     const code = (err as { code?: string }).code
     if (code === 'ENOENT') throw new UsageError(`${file}: command not found`, EXIT_NOT_FOUND)

@@ -54,8 +54,12 @@ export async function ensureImage(name?: string): Promise<string> {
   }
   const found = DEFAULT_IMAGES.map(imageRootfs).find((dir) => existsSync(dir))
   if (found) return checkImage(found)
-  process.stderr.write(`cfs: no image yet: preparing one in ${imagesDir} (once)\n`)
-  return checkImage(await prepareImage({}))
+  // One line, not the preparation's running commentary: the learner asked for a container.
+  const said: string[] = []
+  const rootfs = await prepareImage({ log: (line) => said.push(line) })
+  const fallback = said.find((line) => line.startsWith('Alpine download not possible'))
+  process.stderr.write(`cfs: no image yet: prepared one at ${rootfs}, once${fallback ? ' (from the host\'s busybox: Alpine could not be downloaded)' : ''}\n`)
+  return checkImage(rootfs)
 }
 
 // An image must at least have a shell; anything else is a half-made image.

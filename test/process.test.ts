@@ -4,6 +4,7 @@
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
+import { containerEnv, DEFAULT_PATH } from '../shared/process.ts'
 
 const fixture = fileURLToPath(new URL('fixtures/exec.ts', import.meta.url))
 const run = (...args: string[]) =>
@@ -27,4 +28,18 @@ t.test('a missing command exits 127, a non-executable one 126, each with one lin
   const notExecutable = run('fixed', '/etc/passwd')
   t.equal(notExecutable.status, 126, 'not executable: 126')
   t.equal(notExecutable.stderr.trim().split('\n').length, 1, 'one line on stderr')
+})
+
+t.test('the command gets the container\'s environment and nothing else of the host\'s', async (t) => {
+  const result = spawnSync(process.execPath, ['--import=tsx', fixture, 'fixed', 'env'], {
+    encoding: 'utf8',
+    env: { PATH: process.env.PATH, TERM: 'xterm-test', CFS_TEST_SECRET: 'hunter2', AWS_SECRET_ACCESS_KEY: 'hunter2' },
+  })
+  t.same(result.stdout.trim().split('\n').sort(), [`PATH=${DEFAULT_PATH}`, 'HOME=/root', 'HOSTNAME=fixture', 'TERM=xterm-test'].sort(),
+    'PATH, HOME, HOSTNAME and the user\'s TERM; no secret, no CFS_ setting, not the host\'s PATH')
+})
+
+t.test('containerEnv: -e adds variables and wins over the defaults', async (t) => {
+  t.same(containerEnv('box', ['PATH=/x', 'A=1=2']).filter((pair) => !pair.startsWith('TERM=')), ['PATH=/x', 'HOME=/root', 'HOSTNAME=box', 'A=1=2'],
+    'PATH replaced in place, A added, a value may hold "="')
 })

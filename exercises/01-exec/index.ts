@@ -8,30 +8,34 @@
 //
 // Usage: npx tsx exercises/01-exec run <command> [args...]
 //
-// Exercise: fill in each TODO, then check with `sudo npm run exercise -- 01`
+// Exercise: fill in each TODO, then check with `npm run exercise -- 01`
 // (add --hint for a hint). exercises/README.md explains the loop.
 
 import { parseRunArgs } from '../../shared/cli.ts'
 import { reexecChild, waitForExit } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
-import { execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 
 const usage = `
-Usage: npx tsx exercises/01-exec run <command> [args...]
+Usage: npx tsx exercises/01-exec run [options] <command> [args...]
 
 Run <command> as a child process that replaces itself with the command.
 Nothing is isolated yet.
+
+Options:
+  -e KEY[=VALUE]  set a variable for the command (KEY alone: the host's value)
 `
 
 /** What the parent hands to the child. */
 interface Container {
   command: string[]
+  env: string[] // -e KEY=VALUE
 }
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
-  const { command } = parseRunArgs(argv, {}, usage)
-  await run({ command })
+  const { command, env } = parseRunArgs(argv, {}, usage)
+  await run({ command, env })
 }
 
 // Parent: start the child, wait for it, exit with its exit code.

@@ -5,36 +5,41 @@
 // to the container's id, as Docker does, and then becomes the command.
 // Changing the hostname inside no longer changes the host's.
 //
-// Usage: sudo npx tsx exercises/02-uts run <command> [args...]
+// Usage: npx tsx exercises/02-uts run <command> [args...]
 //
-// Exercise: fill in each TODO, then check with `sudo npm run exercise -- 02`
+// Exercise: fill in each TODO, then check with `npm run exercise -- 02`
 // (add --hint for a hint). exercises/README.md explains the loop.
 
+import { hostname } from 'node:os'
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
 import { newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
 import { CLONE_NEWUTS } from '../../shared/namespaces.ts'
-import { execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { sethostname } from '../../shared/uts.ts'
 import { refuseHostNamespace } from '../guard.ts'
 
 const usage = `
-Usage: sudo npx tsx exercises/02-uts run <command> [args...]
+Usage: npx tsx exercises/02-uts run [options] <command> [args...]
 
 Run <command> in a new UTS namespace, with the container's id as hostname.
+
+Options:
+  -e KEY[=VALUE]  set a variable for the command (KEY alone: the host's value)
 `
 
 /** What the parent hands to the child. */
 interface Container {
   id: string
   command: string[]
+  env: string[] // -e KEY=VALUE
 }
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
-  const { command } = parseRunArgs(argv, {}, usage)
+  const { command, env } = parseRunArgs(argv, {}, usage)
   requireRoot()
-  await run({ id: newContainerId(), command })
+  await run({ id: newContainerId(), command, env })
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -53,7 +58,8 @@ function child(container: Container): void {
   refuseHostNamespace('uts')
   // TODO: give the container its own hostname, the container's id (as Docker
   // does). In a UTS namespace of its own, only this container sees the change.
-  execCommand(container.command)
+  // The command's environment is only what exec hands it: nothing of the host's.
+  execCommand(container.command, containerEnv(hostname(), container.env))
 }
 
 main(process.argv.slice(2)).catch((err) => exitWithError(err))

@@ -5,27 +5,29 @@
 // the command is looked up there: `ls` is the image's busybox, not the host's.
 // chroot only changes where path lookups start; step 05 shows its limits.
 //
-// Usage: sudo npx tsx exercises/03-chroot run [--image NAME|DIR] <command> [args...]
+// Usage: npx tsx exercises/03-chroot run [--image NAME|DIR] <command> [args...]
 //
-// Exercise: fill in each TODO, then check with `sudo npm run exercise -- 03`
+// Exercise: fill in each TODO, then check with `npm run exercise -- 03`
 // (add --hint for a hint). exercises/README.md explains the loop.
 
+import { hostname } from 'node:os'
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
 import { newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
 import { chroot } from '../../shared/mounts.ts'
 import { CLONE_NEWUTS } from '../../shared/namespaces.ts'
-import { chdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { sethostname } from '../../shared/uts.ts'
 
 const usage = `
-Usage: sudo npx tsx exercises/03-chroot run [--image NAME|DIR] <command> [args...]
+Usage: npx tsx exercises/03-chroot run [options] <command> [args...]
 
 Run <command> in a new UTS namespace, chrooted into an image.
 
 Options:
   --image NAME|DIR  image name (see npm run rootfs) or a root filesystem directory
+  -e KEY[=VALUE]    set a variable for the command (KEY alone: the host's value)
 `
 
 /** What the parent hands to the child. */
@@ -33,14 +35,15 @@ interface Container {
   id: string
   rootfs: string
   command: string[]
+  env: string[] // -e KEY=VALUE
 }
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
-  const { options, command } = parseRunArgs(argv, { image: { type: 'string' } }, usage)
+  const { options, command, env } = parseRunArgs(argv, { image: { type: 'string' } }, usage)
   requireRoot()
   const rootfs = await ensureImage(options.image)
-  await run({ id: newContainerId(), rootfs, command })
+  await run({ id: newContainerId(), rootfs, command, env })
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -59,7 +62,8 @@ function child(container: Container): void {
   // lookup from here on, the command's too, starts in the image. The kernel
   // changes the root without moving the current directory: move it into the
   // new root too, or a relative path still leads out to the host's files.
-  execCommand(container.command)
+  // The command's environment is only what exec hands it: nothing of the host's.
+  execCommand(container.command, containerEnv(hostname(), container.env))
 }
 
 main(process.argv.slice(2)).catch((err) => exitWithError(err))

@@ -8,15 +8,16 @@
 // bomb stops at --pids-limit; a memory hog is OOM-killed. The parent removes
 // the cgroup when the container ends, however it ends.
 //
-// Usage: sudo npx tsx exercises/06-cgroups run [--image NAME|DIR] [--pids-limit N|max]
+// Usage: npx tsx exercises/06-cgroups run [--image NAME|DIR] [--pids-limit N|max]
 //          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]
 //
-// Exercise: fill in each TODO, then check with `sudo npm run exercise -- 06`
+// Exercise: fill in each TODO, then check with `npm run exercise -- 06`
 // (add --hint for a hint). exercises/README.md explains the loop.
 
+import { hostname } from 'node:os'
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
 import {
-  Cleanup, newContainerId, reexecChild, STDIO_WITH_SYNC, tellChild, waitForExit, waitForParent,
+  childStarted, Cleanup, newContainerId, reexecChild, STDIO_WITH_SYNC, tellChild, waitForExit, waitForParent,
 } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
 import {
@@ -27,12 +28,12 @@ import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
 } from '../../shared/mounts.ts'
 import { CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
-import { chdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { sethostname } from '../../shared/uts.ts'
 
 const usage = `
-Usage: sudo npx tsx exercises/06-cgroups run [options] <command> [args...]
+Usage: npx tsx exercises/06-cgroups run [options] <command> [args...]
 
 Run <command> as PID 1 of new UTS, PID and mount namespaces, with an image
 as its root (pivot_root), /proc, /sys and a minimal /dev, in its own cgroup.
@@ -43,6 +44,7 @@ Options:
   -m, --memory SIZE   memory limit, e.g. 100M or 1G; beyond it the OOM killer acts
   --cpus N            CPU time, in CPUs, e.g. 0.5
   -c, --cpu-shares N  CPU weight relative to others (default 1024)
+  -e KEY[=VALUE]      set a variable for the command (KEY alone: the host's value)
 `
 
 /** What the parent hands to the child. */
@@ -50,11 +52,12 @@ interface Container {
   id: string
   rootfs: string
   command: string[]
+  env: string[] // -e KEY=VALUE
 }
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
-  const { options, command } = parseRunArgs(argv, {
+  const { options, command, env } = parseRunArgs(argv, {
     image: { type: 'string' },
     'pids-limit': { type: 'string' },
     memory: { type: 'string', short: 'm' },
@@ -64,7 +67,7 @@ async function main(argv: string[]): Promise<void> {
   const limits = limitsFromOptions(options)
   requireRoot()
   const rootfs = await ensureImage(options.image)
-  await run({ id: newContainerId(), rootfs, command }, limits)
+  await run({ id: newContainerId(), rootfs, command, env }, limits)
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -103,7 +106,8 @@ function child(container: Container): void {
   mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
   mount('sysfs', '/sys', 'sysfs', MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
   mountDev('/dev')
-  execCommand(container.command)
+  // The command's environment is only what exec hands it: nothing of the host's.
+  execCommand(container.command, containerEnv(hostname(), container.env))
 }
 
 // Make `rootfs` the root of this mount namespace, with no way back to the host's.

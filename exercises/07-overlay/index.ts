@@ -7,15 +7,16 @@
 // upper dir only, so a container costs kilobytes, not a copy of the image.
 // The directory is removed when the container ends, unless --keep is given.
 //
-// Usage: sudo npx tsx exercises/07-overlay run [--image NAME|DIR] [--keep] [--pids-limit N|max]
+// Usage: npx tsx exercises/07-overlay run [--image NAME|DIR] [--keep] [--pids-limit N|max]
 //          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]
 //
-// Exercise: fill in each TODO, then check with `sudo npm run exercise -- 07`
+// Exercise: fill in each TODO, then check with `npm run exercise -- 07`
 // (add --hint for a hint). exercises/README.md explains the loop.
 
+import { hostname } from 'node:os'
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
 import {
-  Cleanup, newContainerId, reexecChild, STDIO_WITH_SYNC, tellChild, waitForExit, waitForParent,
+  childStarted, Cleanup, newContainerId, reexecChild, STDIO_WITH_SYNC, tellChild, waitForExit, waitForParent,
 } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
 import {
@@ -27,12 +28,12 @@ import {
 } from '../../shared/mounts.ts'
 import { CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
 import { createContainerDir, keepContainerDir, mountOverlay, removeContainerDir } from '../../shared/overlay.ts'
-import { chdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { sethostname } from '../../shared/uts.ts'
 
 const usage = `
-Usage: sudo npx tsx exercises/07-overlay run [options] <command> [args...]
+Usage: npx tsx exercises/07-overlay run [options] <command> [args...]
 
 Run <command> as PID 1 of new UTS, PID and mount namespaces, on a
 copy-on-write overlay of an image (pivot_root), with /proc, /sys and a
@@ -45,6 +46,7 @@ Options:
   -m, --memory SIZE   memory limit, e.g. 100M or 1G; beyond it the OOM killer acts
   --cpus N            CPU time, in CPUs, e.g. 0.5
   -c, --cpu-shares N  CPU weight relative to others (default 1024)
+  -e KEY[=VALUE]      set a variable for the command (KEY alone: the host's value)
 `
 
 /** What the parent hands to the child. */
@@ -52,12 +54,13 @@ interface Container {
   id: string
   rootfs: string
   command: string[]
+  env: string[] // -e KEY=VALUE
   dir: string // <state dir>/containers/<id>: upper/, work/, merged/
 }
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
-  const { options, command } = parseRunArgs(argv, {
+  const { options, command, env } = parseRunArgs(argv, {
     image: { type: 'string' },
     keep: { type: 'boolean' },
     'pids-limit': { type: 'string' },
@@ -68,7 +71,7 @@ async function main(argv: string[]): Promise<void> {
   const limits = limitsFromOptions(options)
   requireRoot()
   const rootfs = await ensureImage(options.image)
-  await run({ id: newContainerId(), rootfs, command }, limits, options.keep)
+  await run({ id: newContainerId(), rootfs, command, env }, limits, options.keep)
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -83,7 +86,8 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
     const child = reexecChild({ ...container, dir }, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS, STDIO_WITH_SYNC)
     // The child waits on a pipe until we say so: into the cgroup with it
-    // before it runs anything of its own (its Node is still starting meanwhile).
+    // once its Node has started, before it runs anything of its own.
+    await childStarted(child)
     joinCgroup(cgroup, child.pid!)
     tellChild(child)
     process.exitCode = await waitForExit(child)
@@ -116,7 +120,8 @@ function child(container: Container): void {
   mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
   mount('sysfs', '/sys', 'sysfs', MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
   mountDev('/dev')
-  execCommand(container.command)
+  // The command's environment is only what exec hands it: nothing of the host's.
+  execCommand(container.command, containerEnv(hostname(), container.env))
 }
 
 // Make `rootfs` the root of this mount namespace, with no way back to the host's.

@@ -8,15 +8,16 @@
 // done, then brings lo and eth0 up and routes via the bridge, so the command
 // never starts before its network is ready.
 //
-// Usage: sudo npx tsx exercises/08-net run [--image NAME|DIR] [--keep] [--pids-limit N|max]
+// Usage: npx tsx exercises/08-net run [--image NAME|DIR] [--keep] [--pids-limit N|max]
 //          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]
 //
-// Exercise: fill in each TODO, then check with `sudo npm run exercise -- 08`
+// Exercise: fill in each TODO, then check with `npm run exercise -- 08`
 // (add --hint for a hint). exercises/README.md explains the loop.
 
+import { hostname } from 'node:os'
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
 import {
-  Cleanup, newContainerId, reexecChild, STDIO_WITH_SYNC, tellChild, waitForExit, waitForParent,
+  childStarted, Cleanup, newContainerId, reexecChild, STDIO_WITH_SYNC, tellChild, waitForExit, waitForParent,
 } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
 import {
@@ -31,13 +32,13 @@ import {
   allocateNetwork, BRIDGE, configureContainerNetwork, connectContainer, releaseNetwork, type Network,
 } from '../../shared/net.ts'
 import { createContainerDir, keepContainerDir, mountOverlay, removeContainerDir } from '../../shared/overlay.ts'
-import { chdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { sethostname } from '../../shared/uts.ts'
 import { refuseHostNamespace } from '../guard.ts'
 
 const usage = `
-Usage: sudo npx tsx exercises/08-net run [options] <command> [args...]
+Usage: npx tsx exercises/08-net run [options] <command> [args...]
 
 Run <command> as PID 1 of new UTS, PID, mount and network namespaces, on a
 copy-on-write overlay of an image (pivot_root), with /proc, /sys and a
@@ -50,6 +51,7 @@ Options:
   -m, --memory SIZE   memory limit, e.g. 100M or 1G; beyond it the OOM killer acts
   --cpus N            CPU time, in CPUs, e.g. 0.5
   -c, --cpu-shares N  CPU weight relative to others (default 1024)
+  -e KEY[=VALUE]      set a variable for the command (KEY alone: the host's value)
 `
 
 /** What the parent hands to the child. */
@@ -57,12 +59,13 @@ interface Container {
   id: string
   rootfs: string
   command: string[]
+  env: string[] // -e KEY=VALUE
   dir: string // <state dir>/containers/<id>: upper/, work/, merged/
 }
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
-  const { options, command } = parseRunArgs(argv, {
+  const { options, command, env } = parseRunArgs(argv, {
     image: { type: 'string' },
     keep: { type: 'boolean' },
     'pids-limit': { type: 'string' },
@@ -73,7 +76,7 @@ async function main(argv: string[]): Promise<void> {
   const limits = limitsFromOptions(options)
   requireRoot()
   const rootfs = await ensureImage(options.image)
-  await run({ id: newContainerId(), rootfs, command }, limits, options.keep)
+  await run({ id: newContainerId(), rootfs, command, env }, limits, options.keep)
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -93,7 +96,8 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     // Until the child runs the command, it dies with us: kill it if setting up eth0 fails.
     cleanup.defer(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
     // The child waits on a pipe until we say so: into the cgroup with it
-    // before it runs anything of its own (its Node is still starting meanwhile).
+    // once its Node has started, before it runs anything of its own.
+    await childStarted(child)
     joinCgroup(cgroup, child.pid!)
     // TODO: the child's network namespace exists now, and only it can be reached
     // through the child's PID. Take an address for it (and free it when the
@@ -133,7 +137,8 @@ function child(container: Container): void {
   mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
   mount('sysfs', '/sys', 'sysfs', MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
   mountDev('/dev')
-  execCommand(container.command)
+  // The command's environment is only what exec hands it: nothing of the host's.
+  execCommand(container.command, containerEnv(hostname(), container.env))
 }
 
 // Make `rootfs` the root of this mount namespace, with no way back to the host's.

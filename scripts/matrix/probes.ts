@@ -58,6 +58,9 @@ export const LIMITS = { pids: 50, memoryMiB: 50, forks: 100, allocMiB: 200 }
 /** Limits of the throwaway cgroup that bounds each run, the step's own Node processes included. */
 const THROWAWAY = { pids: 400, memory: 1024 ** 3 }
 
+/** What the host exports to every step (as a cloud token would be): the container must not see it. */
+const ENV_SECRET = `cfsm-env-secret-${process.pid}`
+
 /** How long one container run may take before the watchdog kills it. */
 const RUN_TIMEOUT_MS = 60_000
 
@@ -74,6 +77,11 @@ const atHandshake = (run: StepRun, leaked: boolean): Cell =>
 
 /** The rows, in the order the steps fix them. */
 export const PROBES: Probe[] = [
+  {
+    id: 'env',
+    title: "read a secret from the host's environment (a token the step was started with)",
+    judge: (run) => flag(run, 'env_secret'),
+  },
   {
     id: 'hostname',
     title: "change the host's hostname",
@@ -356,7 +364,7 @@ async function probeStep(host: Host, step: string, options: { limits: boolean; i
     // the step's processes, and the container before step 06, are bounded by it.
     const join = throwaway.dirs.map((d) => `echo $$ > ${d.dir}/cgroup.procs`).join(' && ')
     const child = spawn('sh', ['-c', `${join} && unset NODE_OPTIONS && exec "$@"`, 'sh', tsx, `steps/${step}`, 'run', ...args], {
-      cwd: repoDir, env: stepEnv(), detached: true, stdio: ['pipe', 'pipe', 'pipe'],
+      cwd: repoDir, env: stepEnv({ CFS_MATRIX_SECRET: ENV_SECRET, MATRIX_TOKEN: ENV_SECRET }), detached: true, stdio: ['pipe', 'pipe', 'pipe'],
     })
     const stop = () => {
       try {
@@ -428,6 +436,7 @@ mi=$(busybox cat $P/self/mountinfo $P/1/mountinfo 2>/dev/null)
 case "$mi" in *" ${host.hostMountSource} "*) echo see_mount=1 ;; *) echo see_mount=0 ;; esac
 busybox kill -TERM ${targetPid} 2>/dev/null; echo kill_rc=$?
 echo "read_file=$(busybox cat ${host.secretFile} 2>/dev/null)"
+case "$(busybox env)" in *"${ENV_SECRET}"*) echo env_secret=1 ;; *) echo env_secret=0 ;; esac
 $B/cfs-probe escape $B cfsm-jail-${u} ${host.secretFile}
 [ -b /dev/${disk} ] && echo see_disk=1 || echo see_disk=0
 if busybox mknod $B/cfsm-blk-${u} b ${loop.major} ${loop.minor} 2>/dev/null; then

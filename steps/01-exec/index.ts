@@ -8,27 +8,32 @@
 //
 // Usage: npx tsx steps/01-exec run <command> [args...]
 
+import { hostname } from 'node:os'
 import { parseRunArgs } from '../../shared/cli.ts'
 import { reexecChild, waitForExit } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
-import { execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 
 const usage = `
-Usage: npx tsx steps/01-exec run <command> [args...]
+Usage: npx tsx steps/01-exec run [options] <command> [args...]
 
 Run <command> as a child process that replaces itself with the command.
 Nothing is isolated yet.
+
+Options:
+  -e KEY[=VALUE]  set a variable for the command (KEY alone: the host's value)
 `
 
 /** What the parent hands to the child. */
 interface Container {
   command: string[]
+  env: string[] // -e KEY=VALUE
 }
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
-  const { command } = parseRunArgs(argv, {}, usage)
-  await run({ command })
+  const { command, env } = parseRunArgs(argv, {}, usage)
+  await run({ command, env })
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -41,7 +46,8 @@ async function run(container: Container): Promise<void> {
 function child(container: Container): void {
   // If the parent dies (even by SIGKILL), the kernel kills us too.
   prctl(PR_SET_PDEATHSIG, SIGKILL)
-  execCommand(container.command)
+  // The command's environment is only what exec hands it: nothing of the host's.
+  execCommand(container.command, containerEnv(hostname(), container.env))
 }
 
 main(process.argv.slice(2)).catch((err) => exitWithError(err))

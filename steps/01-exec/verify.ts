@@ -1,5 +1,6 @@
 // Verify step 01: the command runs with our stdin/stdout/stderr, its exit
-// code comes back, and on the host it is a child of the step's process.
+// code comes back, it sees only the environment the step gives it, and on
+// the host it is a child of the step's process.
 //
 // Usage: npx tsx steps/01-exec/verify.ts
 
@@ -23,6 +24,14 @@ for (const code of [0, 7]) {
 const missing = await runStep(step, ['no-such-command'])
 c.equal('a missing command exits 127', missing.exitCode, 127, shown(step, ['no-such-command']))
 c.equal('…with one line on stderr', missing.stderr.trim().split('\n').length, 1, shown(step, ['no-such-command']))
+
+// A secret in the host's environment (as a cloud token would be) stays out.
+const env = await runStep(step, ['-e', 'GREETING=hello', '-e', 'CFS_FROM_HOST', 'env'], { env: { CFS_FROM_HOST: 'passed', CFS_SECRET: 'hunter2' } })
+const names = env.stdout.trim().split('\n').map((pair) => pair.split('=')[0]).sort()
+c.equal('the command\'s environment is PATH, HOME, HOSTNAME, TERM and what -e adds, nothing else', names,
+  ['CFS_FROM_HOST', 'GREETING', 'HOME', 'HOSTNAME', 'PATH', ...(process.env.TERM ? ['TERM'] : [])].sort(), `CFS_SECRET=hunter2 ${shown(step, ['-e', 'GREETING=hello', '-e', 'CFS_FROM_HOST', 'env'])}`)
+c.ok('-e KEY=VALUE sets it, -e KEY passes the host\'s value, the host\'s secret is not there', env.stdout.includes('GREETING=hello\n') && env.stdout.includes('CFS_FROM_HOST=passed\n') && !env.stdout.includes('hunter2'),
+  { expected: 'GREETING=hello, CFS_FROM_HOST=passed, no hunter2', got: env.stdout.trim().replaceAll('\n', ' ') })
 
 const notExecutable = await runStep(step, ['/etc/passwd'])
 c.equal('a file that is not executable exits 126', notExecutable.exitCode, 126, shown(step, ['/etc/passwd']))

@@ -5,32 +5,37 @@
 // to the container's id, as Docker does, and then becomes the command.
 // Changing the hostname inside no longer changes the host's.
 //
-// Usage: sudo npx tsx steps/02-uts run <command> [args...]
+// Usage: npx tsx steps/02-uts run <command> [args...]
 
+import { hostname } from 'node:os'
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
 import { newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
 import { CLONE_NEWUTS } from '../../shared/namespaces.ts'
-import { execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { sethostname } from '../../shared/uts.ts'
 
 const usage = `
-Usage: sudo npx tsx steps/02-uts run <command> [args...]
+Usage: npx tsx steps/02-uts run [options] <command> [args...]
 
 Run <command> in a new UTS namespace, with the container's id as hostname.
+
+Options:
+  -e KEY[=VALUE]  set a variable for the command (KEY alone: the host's value)
 `
 
 /** What the parent hands to the child. */
 interface Container {
   id: string
   command: string[]
+  env: string[] // -e KEY=VALUE
 }
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
-  const { command } = parseRunArgs(argv, {}, usage)
+  const { command, env } = parseRunArgs(argv, {}, usage)
   requireRoot()
-  await run({ id: newContainerId(), command })
+  await run({ id: newContainerId(), command, env })
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -45,7 +50,8 @@ function child(container: Container): void {
   prctl(PR_SET_PDEATHSIG, SIGKILL)
   // Our own UTS namespace: this hostname is seen only in here.
   sethostname(container.id)
-  execCommand(container.command)
+  // The command's environment is only what exec hands it: nothing of the host's.
+  execCommand(container.command, containerEnv(hostname(), container.env))
 }
 
 main(process.argv.slice(2)).catch((err) => exitWithError(err))

@@ -3,15 +3,17 @@
 // namespace is new. Stopping the step stops the container, and so does
 // killing the step outright.
 //
-// Usage: sudo npx tsx steps/02-uts/verify.ts
+// Usage: npx tsx steps/02-uts/verify.ts
 
 import { hostname } from 'node:os'
 import { Checks, killSleeper, runSleeper, runStep, shown, signalStep } from '../../shared/verify.ts'
 import { namespaceOf } from '../../shared/namespaces.ts'
 import { isRunning, waitFor } from '../../shared/procfs.ts'
 import { sethostname } from '../../shared/uts.ts'
+import { requireRoot } from '../../shared/cli.ts'
 
 const step = '02-uts'
+requireRoot() // namespaces, mounts and cgroups: re-runs this under sudo if need be
 const c = new Checks(`Step ${step}: UTS namespace`)
 
 // If the UTS namespace is missing, the runs below rename the host: put its name back at the end.

@@ -5,24 +5,26 @@
 // the command is looked up there: `ls` is the image's busybox, not the host's.
 // chroot only changes where path lookups start; step 05 shows its limits.
 //
-// Usage: sudo npx tsx steps/03-chroot run [--image NAME|DIR] <command> [args...]
+// Usage: npx tsx steps/03-chroot run [--image NAME|DIR] <command> [args...]
 
+import { hostname } from 'node:os'
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
 import { newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
 import { chroot } from '../../shared/mounts.ts'
 import { CLONE_NEWUTS } from '../../shared/namespaces.ts'
-import { chdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { sethostname } from '../../shared/uts.ts'
 
 const usage = `
-Usage: sudo npx tsx steps/03-chroot run [--image NAME|DIR] <command> [args...]
+Usage: npx tsx steps/03-chroot run [options] <command> [args...]
 
 Run <command> in a new UTS namespace, chrooted into an image.
 
 Options:
   --image NAME|DIR  image name (see npm run rootfs) or a root filesystem directory
+  -e KEY[=VALUE]    set a variable for the command (KEY alone: the host's value)
 `
 
 /** What the parent hands to the child. */
@@ -30,14 +32,15 @@ interface Container {
   id: string
   rootfs: string
   command: string[]
+  env: string[] // -e KEY=VALUE
 }
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
-  const { options, command } = parseRunArgs(argv, { image: { type: 'string' } }, usage)
+  const { options, command, env } = parseRunArgs(argv, { image: { type: 'string' } }, usage)
   requireRoot()
   const rootfs = await ensureImage(options.image)
-  await run({ id: newContainerId(), rootfs, command })
+  await run({ id: newContainerId(), rootfs, command, env })
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -55,7 +58,8 @@ function child(container: Container): void {
   // From now on `/` is the image. chdir too: chroot leaves the cwd outside.
   chroot(container.rootfs)
   chdir('/')
-  execCommand(container.command)
+  // The command's environment is only what exec hands it: nothing of the host's.
+  execCommand(container.command, containerEnv(hostname(), container.env))
 }
 
 main(process.argv.slice(2)).catch((err) => exitWithError(err))

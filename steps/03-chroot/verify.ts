@@ -4,7 +4,7 @@
 // the image. Stopping the step stops the container, and so does killing
 // the step outright.
 //
-// Usage: sudo npx tsx steps/03-chroot/verify.ts
+// Usage: npx tsx steps/03-chroot/verify.ts
 
 import { readdirSync, readlinkSync, realpathSync } from 'node:fs'
 import { join } from 'node:path'
@@ -12,8 +12,10 @@ import { Checks, killSleeper, runSleeper, runStep, shown, signalStep } from '../
 import { isRunning, waitFor } from '../../shared/procfs.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { repoDir } from '../../shared/settings.ts'
+import { requireRoot } from '../../shared/cli.ts'
 
 const step = '03-chroot'
+requireRoot() // namespaces, mounts and cgroups: re-runs this under sudo if need be
 const c = new Checks(`Step ${step}: chroot`)
 
 // The image the step picks when no --image is given.

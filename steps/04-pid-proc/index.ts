@@ -7,26 +7,28 @@
 // There is no mount namespace yet, so the host sees that mount while the
 // container runs (step 05 fixes that); the parent unmounts it at the end.
 //
-// Usage: sudo npx tsx steps/04-pid-proc run [--image NAME|DIR] <command> [args...]
+// Usage: npx tsx steps/04-pid-proc run [--image NAME|DIR] <command> [args...]
 
 import { join } from 'node:path'
+import { hostname } from 'node:os'
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
 import { Cleanup, newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
 import { chroot, mount, MS_NODEV, MS_NOEXEC, MS_NOSUID, unmountIfMounted } from '../../shared/mounts.ts'
 import { CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
-import { chdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { sethostname } from '../../shared/uts.ts'
 
 const usage = `
-Usage: sudo npx tsx steps/04-pid-proc run [--image NAME|DIR] <command> [args...]
+Usage: npx tsx steps/04-pid-proc run [options] <command> [args...]
 
 Run <command> as PID 1 of new UTS and PID namespaces, chrooted into an image,
 with /proc mounted.
 
 Options:
   --image NAME|DIR  image name (see npm run rootfs) or a root filesystem directory
+  -e KEY[=VALUE]    set a variable for the command (KEY alone: the host's value)
 `
 
 /** What the parent hands to the child. */
@@ -34,14 +36,15 @@ interface Container {
   id: string
   rootfs: string
   command: string[]
+  env: string[] // -e KEY=VALUE
 }
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
-  const { options, command } = parseRunArgs(argv, { image: { type: 'string' } }, usage)
+  const { options, command, env } = parseRunArgs(argv, { image: { type: 'string' } }, usage)
   requireRoot()
   const rootfs = await ensureImage(options.image)
-  await run({ id: newContainerId(), rootfs, command })
+  await run({ id: newContainerId(), rootfs, command, env })
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -69,7 +72,8 @@ function child(container: Container): void {
   chdir('/')
   // A proc filesystem shows the PID namespace of the process that mounts it.
   mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
-  execCommand(container.command)
+  // The command's environment is only what exec hands it: nothing of the host's.
+  execCommand(container.command, containerEnv(hostname(), container.env))
 }
 
 main(process.argv.slice(2)).catch((err) => exitWithError(err))

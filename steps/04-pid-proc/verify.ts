@@ -4,7 +4,7 @@
 // the container's /proc shows on the host while it runs, and the step
 // unmounts it however it ends, unless it is killed outright.
 //
-// Usage: sudo npx tsx steps/04-pid-proc/verify.ts
+// Usage: npx tsx steps/04-pid-proc/verify.ts
 
 import { spawn } from 'node:child_process'
 import { realpathSync } from 'node:fs'
@@ -13,8 +13,10 @@ import { Checks, killSleeper, runSleeper, runStep, shown, signalStep, type Sleep
 import { readMountInfo, unmountIfMounted } from '../../shared/mounts.ts'
 import { isRunning, nsPids, waitFor } from '../../shared/procfs.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
+import { requireRoot } from '../../shared/cli.ts'
 
 const step = '04-pid-proc'
+requireRoot() // namespaces, mounts and cgroups: re-runs this under sudo if need be
 const c = new Checks(`Step ${step}: PID namespace and /proc`)
 
 // The container's /proc, as the host sees it: inside the image the step picks.

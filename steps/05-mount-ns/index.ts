@@ -7,8 +7,9 @@
 // unmounted and gone. Last, it mounts /proc, a read-only /sys, and a /dev
 // with only the devices a container needs.
 //
-// Usage: sudo npx tsx steps/05-mount-ns run [--image NAME|DIR] <command> [args...]
+// Usage: npx tsx steps/05-mount-ns run [--image NAME|DIR] <command> [args...]
 
+import { hostname } from 'node:os'
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
 import { Cleanup, newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
@@ -17,18 +18,19 @@ import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
 } from '../../shared/mounts.ts'
 import { CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
-import { chdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { sethostname } from '../../shared/uts.ts'
 
 const usage = `
-Usage: sudo npx tsx steps/05-mount-ns run [--image NAME|DIR] <command> [args...]
+Usage: npx tsx steps/05-mount-ns run [options] <command> [args...]
 
 Run <command> as PID 1 of new UTS, PID and mount namespaces, with an image
 as its root (pivot_root), /proc, /sys and a minimal /dev.
 
 Options:
   --image NAME|DIR  image name (see npm run rootfs) or a root filesystem directory
+  -e KEY[=VALUE]    set a variable for the command (KEY alone: the host's value)
 `
 
 /** What the parent hands to the child. */
@@ -36,14 +38,15 @@ interface Container {
   id: string
   rootfs: string
   command: string[]
+  env: string[] // -e KEY=VALUE
 }
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
-  const { options, command } = parseRunArgs(argv, { image: { type: 'string' } }, usage)
+  const { options, command, env } = parseRunArgs(argv, { image: { type: 'string' } }, usage)
   requireRoot()
   const rootfs = await ensureImage(options.image)
-  await run({ id: newContainerId(), rootfs, command })
+  await run({ id: newContainerId(), rootfs, command, env })
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -73,7 +76,8 @@ function child(container: Container): void {
   mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
   mount('sysfs', '/sys', 'sysfs', MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
   mountDev('/dev')
-  execCommand(container.command)
+  // The command's environment is only what exec hands it: nothing of the host's.
+  execCommand(container.command, containerEnv(hostname(), container.env))
 }
 
 // Make `rootfs` the root of this mount namespace, with no way back to the host's.

@@ -4,7 +4,7 @@
 // holds only the devices a container needs, none of the host's disks.
 // Stopping the step stops the container, and so does killing it outright.
 //
-// Usage: sudo npx tsx steps/05-mount-ns/verify.ts
+// Usage: npx tsx steps/05-mount-ns/verify.ts
 
 import { readFileSync, realpathSync } from 'node:fs'
 import { $ } from 'zx'
@@ -17,8 +17,10 @@ import { repoDir } from '../../shared/settings.ts'
 import {
   Checks, findStepProcess, killSleeper, runSleeper, runStep, shown, signalStep, stepPath, tsx, type Sleeper,
 } from '../../shared/verify.ts'
+import { requireRoot } from '../../shared/cli.ts'
 
 const step = '05-mount-ns'
+requireRoot() // namespaces, mounts and cgroups: re-runs this under sudo if need be
 const c = new Checks(`Step ${step}: mount namespace, pivot_root and a minimal /dev`)
 
 // The image the step picks, as the host sees it, and what is mounted in it.

@@ -5,7 +5,7 @@
 // However the container ends, its cgroup goes with it; bad limits are
 // refused before anything is made.
 //
-// Usage: sudo npx tsx steps/06-cgroups/verify.ts
+// Usage: npx tsx steps/06-cgroups/verify.ts
 
 import { spawnSync } from 'node:child_process'
 import { existsSync, readdirSync, readFileSync, rmdirSync } from 'node:fs'
@@ -17,8 +17,10 @@ import { cgroupLayout, cgroupProcs, findControllers, findHierarchies, type Contr
 import { findProcesses, isRunning, nsPids, scaled, waitFor } from '../../shared/procfs.ts'
 import { repoDir } from '../../shared/settings.ts'
 import { Checks, findStepProcess, killSleeper, runStep, shown, signalStep, stepCommand, type Sleeper } from '../../shared/verify.ts'
+import { requireRoot } from '../../shared/cli.ts'
 
 const step = '06-cgroups'
+requireRoot() // namespaces, mounts and cgroups: re-runs this under sudo if need be
 const c = new Checks(`Step ${step}: cgroups`)
 // The classic fork bomb, as busybox sh spells it (`:` is not a valid name there).
 const bombLine = 'f() { f | f & }; f'

@@ -6,7 +6,7 @@
 // namespace. The directory goes when the container ends, unless --keep;
 // a SIGKILLed step leaves it, and `npm run clean` removes it.
 //
-// Usage: sudo npx tsx steps/07-overlay/verify.ts
+// Usage: npx tsx steps/07-overlay/verify.ts
 
 import { createHash } from 'node:crypto'
 import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from 'node:fs'
@@ -18,8 +18,10 @@ import { isRunning, waitFor } from '../../shared/procfs.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { containersDir, repoDir, stateDir } from '../../shared/settings.ts'
 import { Checks, killSleeper, runSleeper, runStep, shown, signalStep, tsx, type Sleeper } from '../../shared/verify.ts'
+import { requireRoot } from '../../shared/cli.ts'
 
 const step = '07-overlay'
+requireRoot() // namespaces, mounts and cgroups: re-runs this under sudo if need be
 const c = new Checks(`Step ${step}: overlayfs`)
 
 // The image the step picks, and a file of it to delete inside.

@@ -8,7 +8,7 @@
 //
 // Only addresses in the project's subnet are pinged: traffic stays on this machine.
 //
-// Usage: sudo npx tsx steps/08-net/verify.ts
+// Usage: npx tsx steps/08-net/verify.ts
 
 import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -20,8 +20,10 @@ import { BRIDGE, liveLeases, SUBNET } from '../../shared/net.ts'
 import { cmdline, findProcesses, isRunning, parentPid, waitFor } from '../../shared/procfs.ts'
 import { containersDir, PREFIX, repoDir, stateDir } from '../../shared/settings.ts'
 import { Checks, killSleeper, runSleeper, runStep, shown, tsx, type Sleeper } from '../../shared/verify.ts'
+import { requireRoot } from '../../shared/cli.ts'
 
 const step = '08-net'
+requireRoot() // namespaces, mounts and cgroups: re-runs this under sudo if need be
 const c = new Checks(`Step ${step}: network namespace, veth pair and bridge`)
 const leasesDir = join(stateDir, 'net', 'leases')
 

@@ -4,7 +4,7 @@
 // shared; lsns tells proc on /proc from proc elsewhere. The explanation in
 // answers.md is for a person.
 //
-// Usage: sudo npm run homework -- p1a
+// Usage: npm run homework -- p1a
 
 import { readlinkSync } from 'node:fs'
 import { $ } from 'zx'

@@ -4,7 +4,7 @@
 // table; the copy removed at the end. The answers: a keyword check for
 // (iv), and a person for the reasoning.
 //
-// Usage: sudo npm run homework -- p1b
+// Usage: npm run homework -- p1b
 
 import { existsSync, readdirSync } from 'node:fs'
 import { dirname, join } from 'node:path'

@@ -7,9 +7,9 @@
 // starts an interactive shell as its child, waits for it and passes its
 // exit status on.
 //
-// Usage: sudo npx tsx exercises/homework/p1b-pivot-init run [--image NAME|DIR] [--prompt TEXT]
+// Usage: npx tsx exercises/homework/p1b-pivot-init run [--image NAME|DIR] [--prompt TEXT]
 //
-// Homework: fill in each TODO, then check with `sudo npm run homework -- p1b`
+// Homework: fill in each TODO, then check with `npm run homework -- p1b`
 // (add --hint for a hint). The problem is in README.md, next to this file.
 
 import { spawnSync } from 'node:child_process'
@@ -32,7 +32,7 @@ import { ensureImage } from '../../../shared/rootfs.ts'
 import { sethostname } from '../../../shared/uts.ts'
 import { refuseHostNamespace, refuseHostRoot } from '../../guard.ts'
 
-const usage = 'usage: sudo npx tsx exercises/homework/p1b-pivot-init run [--image NAME|DIR] [--prompt TEXT]'
+const usage = 'usage: npx tsx exercises/homework/p1b-pivot-init run [--image NAME|DIR] [--prompt TEXT]'
 
 /** What the parent hands to the child. */
 interface Container {

@@ -2,7 +2,7 @@
 // compare each listing with the prediction, without printing the kernel's
 // answer unless asked (--show). The explanation is for a person.
 //
-// Usage: sudo npm run homework -- p2 [--show]
+// Usage: npm run homework -- p2 [--show]
 
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -55,7 +55,7 @@ if (show) {
   console.log(chalk.bold('The same where / is shared (unshare --propagation shared):'))
   console.log(`exit ${shared.exitCode}: ${shared.stderr.trim().split('\n')[0]}`)
 } else {
-  console.log(chalk.dim('(sudo npm run homework -- p2 --show prints what the kernel did)'))
+  console.log(chalk.dim('(npm run homework -- p2 --show prints what the kernel did)'))
 }
 
 const why = answerUnder(readTarget(slug, 'prediction.txt'), 'Why')

@@ -2,7 +2,7 @@
 // namespaces (type and inode) that util-linux `lsns -p PID` lists; a PID
 // that does not exist is one line on stderr and a non-zero exit.
 //
-// Usage: sudo npm run homework -- p4
+// Usage: npm run homework -- p4
 
 import { spawn } from 'node:child_process'
 import { $ } from 'zx'

@@ -7,7 +7,7 @@
 //
 // Usage: npx tsx exercises/homework/p4-lsns <PID>
 //
-// Homework: fill in the TODO, then check with `sudo npm run homework -- p4`
+// Homework: fill in the TODO, then check with `npm run homework -- p4`
 // (add --hint for a hint). The problem is in README.md, next to this file.
 
 import { readdirSync, readlinkSync } from 'node:fs'

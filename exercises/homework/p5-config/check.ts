@@ -2,7 +2,7 @@
 // extra mount shows the host directory inside and only inside, bad values
 // are refused before anything is made, and nothing is left afterwards.
 //
-// Usage: sudo npm run homework -- p5
+// Usage: npm run homework -- p5
 
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { availableParallelism } from 'node:os'

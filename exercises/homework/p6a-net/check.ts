@@ -2,7 +2,7 @@
 // bridge's subnet, the listener in a network namespace of its own, and
 // nothing left afterwards.
 //
-// Usage: sudo npm run homework -- p6a
+// Usage: npm run homework -- p6a
 
 import { existsSync, readFileSync, readlinkSync } from 'node:fs'
 import { join } from 'node:path'

@@ -6,11 +6,11 @@
 // reaches A's address through the veth pairs and the bridge. A listens with
 // nc, B connects and sends the message, A prints what it got.
 //
-// Usage: sudo npx tsx exercises/homework/p6a-net <message>
+// Usage: npx tsx exercises/homework/p6a-net <message>
 //
 // Prints `A: <address>`, `B: <address>` and `A got: <message>`.
 //
-// Homework: fill in the TODOs, then check with `sudo npm run homework -- p6a`
+// Homework: fill in the TODOs, then check with `npm run homework -- p6a`
 // (add --hint for a hint). The problem is in README.md, next to this file.
 
 import { $, type ProcessPromise } from 'zx'
@@ -26,7 +26,7 @@ const port = 7000
 const showAddress = 'ip -4 -o addr show dev eth0'
 
 async function main(argv: string[]): Promise<void> {
-  if (argv.length !== 1) throw new UsageError('usage: sudo npx tsx exercises/homework/p6a-net <message>')
+  if (argv.length !== 1) throw new UsageError('usage: npx tsx exercises/homework/p6a-net <message>')
   requireRoot()
   const shell = $({ cwd: repoDir, quiet: true, nothrow: true, timeout: 30_000 })
   // TODO: start container A (`shell` runs `${tsx} ${step} run …`) listening on

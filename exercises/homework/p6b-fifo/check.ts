@@ -2,7 +2,7 @@
 // a process in another mount namespace (a container) has open; the FIFO
 // and the containers are gone afterwards. The questions are for a person.
 //
-// Usage: sudo npm run homework -- p6b
+// Usage: npm run homework -- p6b
 
 import { lstatSync, readdirSync, readlinkSync } from 'node:fs'
 import { join } from 'node:path'

@@ -7,11 +7,11 @@
 // descriptor goes through fork, exec and into any namespace. B writes the
 // message, A reads it and prints it.
 //
-// Usage: sudo npx tsx exercises/homework/p6b-fifo <dir> <message>
+// Usage: npx tsx exercises/homework/p6b-fifo <dir> <message>
 //
 // Makes the FIFO in <dir>, prints `A got: <message>`, removes the FIFO.
 //
-// Homework: fill in the TODO, then check with `sudo npm run homework -- p6b`
+// Homework: fill in the TODO, then check with `npm run homework -- p6b`
 // (add --hint for a hint). The problem is in README.md, next to this file.
 
 import { rmSync } from 'node:fs'
@@ -25,7 +25,7 @@ import { tsx } from '../../../shared/verify.ts'
 const step = 'steps/07-overlay'
 
 async function main(argv: string[]): Promise<void> {
-  if (argv.length !== 2) throw new UsageError('usage: sudo npx tsx exercises/homework/p6b-fifo <dir> <message>')
+  if (argv.length !== 2) throw new UsageError('usage: npx tsx exercises/homework/p6b-fifo <dir> <message>')
   requireRoot()
   const [dir, message] = argv
   const fifo = join(dir, 'queue')

@@ -3,7 +3,7 @@
 // untouched, nothing mounted on the host, and the layer working on top of
 // the base; a failing RUN fails the build, a bad instruction is refused.
 //
-// Usage: sudo npm run homework -- p6c
+// Usage: npm run homework -- p6c
 
 import { createHash } from 'node:crypto'
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'

@@ -8,11 +8,11 @@
 // layer: only what changed, deletions as whiteouts. Stacked on the base
 // (lowerdir=layer:base) it is the new image.
 //
-// Usage: sudo npx tsx exercises/homework/p6c-build <context-dir> <out-dir>
+// Usage: npx tsx exercises/homework/p6c-build <context-dir> <out-dir>
 //
 // Reads <context-dir>/Containerfile; writes the layer to <out-dir>/diff.
 //
-// Homework: fill in each TODO, then check with `sudo npm run homework -- p6c`
+// Homework: fill in each TODO, then check with `npm run homework -- p6c`
 // (add --hint for a hint). The problem is in README.md, next to this file.
 
 import { spawnSync } from 'node:child_process'
@@ -46,7 +46,7 @@ interface Build {
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Build)
-  if (argv.length !== 2) throw new UsageError('usage: sudo npx tsx exercises/homework/p6c-build <context-dir> <out-dir>')
+  if (argv.length !== 2) throw new UsageError('usage: npx tsx exercises/homework/p6c-build <context-dir> <out-dir>')
   requireRoot()
   const [context, out] = argv.map((path) => resolve(path))
   const recipe = parseContainerfile(readFileSync(join(context, 'Containerfile'), 'utf8'), context)

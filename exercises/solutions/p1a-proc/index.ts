@@ -6,22 +6,23 @@
 // /proc are mounted on this host (their propagation), because that decides
 // whether a mount in a new mount namespace reaches the host.
 //
-// Usage: sudo npx tsx exercises/homework/p1a-proc propagation
-//        sudo npx tsx exercises/homework/p1a-proc run [--proc-at DIR] <command> [args...]
+// Usage: npx tsx exercises/homework/p1a-proc propagation
+//        npx tsx exercises/homework/p1a-proc run [--proc-at DIR] <command> [args...]
 
 import { existsSync } from 'node:fs'
+import { hostname } from 'node:os'
 import { resolve } from 'node:path'
 import { parseRunArgs, requireRoot } from '../../../shared/cli.ts'
 import { reexecChild, waitForExit } from '../../../shared/container.ts'
 import { exitWithError, UsageError } from '../../../shared/errors.ts'
 import { mount, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_REC, readMountInfo, type MountInfo } from '../../../shared/mounts.ts'
 import { CLONE_NEWNS, CLONE_NEWPID } from '../../../shared/namespaces.ts'
-import { execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../../shared/process.ts'
+import { containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../../shared/process.ts'
 import { refuseHostNamespace, refuseSharedMount } from '../../guard.ts'
 
 const usage = `
-Usage: sudo npx tsx exercises/homework/p1a-proc propagation
-       sudo npx tsx exercises/homework/p1a-proc run [--proc-at DIR] <command> [args...]
+Usage: npx tsx exercises/homework/p1a-proc propagation
+       npx tsx exercises/homework/p1a-proc run [--proc-at DIR] <command> [args...]
 
 propagation  print the propagation of / and /proc, as findmnt -o PROPAGATION does
 run          run <command> in new PID and mount namespaces, with proc mounted
@@ -32,16 +33,17 @@ run          run <command> in new PID and mount namespaces, with proc mounted
 interface Container {
   procAt: string
   command: string[]
+  env: string[] // -e KEY=VALUE
 }
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
   if (argv[0] === 'propagation') return printPropagation()
-  const { options, command } = parseRunArgs(argv, { 'proc-at': { type: 'string' } }, usage)
+  const { options, command, env } = parseRunArgs(argv, { 'proc-at': { type: 'string' } }, usage)
   requireRoot()
   const procAt = resolve(options['proc-at'] ?? '/proc')
   if (!existsSync(procAt)) throw new UsageError(`--proc-at ${procAt}: no such directory`)
-  await run({ procAt, command })
+  await run({ procAt, command, env })
 }
 
 // `propagation`: how / and /proc are mounted here.
@@ -86,7 +88,8 @@ function child(container: Container): void {
   refuseSharedMount(container.procAt)
   // A proc filesystem shows the PID namespace of the process that mounts it: ours.
   mount('proc', container.procAt, 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
-  execCommand(container.command)
+  // The command's environment is only what exec hands it: nothing of the host's.
+  execCommand(container.command, containerEnv(hostname(), container.env))
 }
 
 main(process.argv.slice(2)).catch((err) => exitWithError(err))

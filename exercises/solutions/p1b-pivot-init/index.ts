@@ -7,7 +7,7 @@
 // starts an interactive shell as its child, waits for it and passes its
 // exit status on.
 //
-// Usage: sudo npx tsx exercises/homework/p1b-pivot-init run [--image NAME|DIR] [--prompt TEXT]
+// Usage: npx tsx exercises/homework/p1b-pivot-init run [--image NAME|DIR] [--prompt TEXT]
 
 import { spawnSync } from 'node:child_process'
 import { mkdtempSync, rmdirSync } from 'node:fs'
@@ -29,7 +29,7 @@ import { ensureImage } from '../../../shared/rootfs.ts'
 import { sethostname } from '../../../shared/uts.ts'
 import { refuseHostNamespace, refuseHostRoot } from '../../guard.ts'
 
-const usage = 'usage: sudo npx tsx exercises/homework/p1b-pivot-init run [--image NAME|DIR] [--prompt TEXT]'
+const usage = 'usage: npx tsx exercises/homework/p1b-pivot-init run [--image NAME|DIR] [--prompt TEXT]'
 
 /** What the parent hands to the child. */
 interface Container {

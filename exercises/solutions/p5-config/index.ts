@@ -7,11 +7,11 @@
 // (`--mount /srv/data:/mypoint`), which only the container's mount
 // namespace sees.
 //
-// Usage: sudo npx tsx exercises/homework/p5-config run [--image NAME|DIR] [--memory SIZE]
+// Usage: npx tsx exercises/homework/p5-config run [--image NAME|DIR] [--memory SIZE]
 //          [--cpu-percent N] [--mount HOST_DIR:DIR[,HOST_DIR:DIR…]] <command> [args...]
 
 import { mkdirSync, mkdtempSync, rmdirSync, statSync } from 'node:fs'
-import { availableParallelism } from 'node:os'
+import { availableParallelism, hostname } from 'node:os'
 import { basename, isAbsolute, join, normalize } from 'node:path'
 import { parseRunArgs, requireRoot } from '../../../shared/cli.ts'
 import {
@@ -25,12 +25,12 @@ import {
 } from '../../../shared/mounts.ts'
 import { CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../../shared/namespaces.ts'
 import { createContainerDir, mountOverlay, removeContainerDir } from '../../../shared/overlay.ts'
-import { chdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../../shared/process.ts'
+import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../../shared/process.ts'
 import { ensureImage } from '../../../shared/rootfs.ts'
 import { sethostname } from '../../../shared/uts.ts'
 
 const usage = `
-Usage: sudo npx tsx exercises/homework/p5-config run [options] <command> [args...]
+Usage: npx tsx exercises/homework/p5-config run [options] <command> [args...]
 
 Step 07's container, with its limits and extra mounts from one Config.
 
@@ -53,6 +53,7 @@ interface Container {
   id: string
   rootfs: string
   command: string[]
+  env: string[] // -e KEY=VALUE
   config: Config
   cgroup: Cgroup
   dir: string // <state dir>/containers/<id>: upper/, work/, merged/
@@ -60,7 +61,7 @@ interface Container {
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
-  const { options, command } = parseRunArgs(argv, {
+  const { options, command, env } = parseRunArgs(argv, {
     image: { type: 'string' },
     memory: { type: 'string', short: 'm' },
     'cpu-percent': { type: 'string' },
@@ -69,7 +70,7 @@ async function main(argv: string[]): Promise<void> {
   const config = parseConfig(options)
   requireRoot()
   const rootfs = await ensureImage(options.image)
-  await run({ id: newContainerId(), rootfs, command, config })
+  await run({ id: newContainerId(), rootfs, command, env, config })
 }
 
 /** The options as a Config; a bad value is one line and exit 125, before anything is made. */
@@ -129,7 +130,8 @@ function child(container: Container): void {
   mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
   mount('sysfs', '/sys', 'sysfs', MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
   mountDev('/dev')
-  execCommand(container.command)
+  // The command's environment is only what exec hands it: nothing of the host's.
+  execCommand(container.command, containerEnv(hostname(), container.env))
 }
 
 // Bind the host's directories into the new root. Before pivot_root: after

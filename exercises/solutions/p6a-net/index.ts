@@ -6,7 +6,7 @@
 // reaches A's address through the veth pairs and the bridge. A listens with
 // nc, B connects and sends the message, A prints what it got.
 //
-// Usage: sudo npx tsx exercises/homework/p6a-net <message>
+// Usage: npx tsx exercises/homework/p6a-net <message>
 //
 // Prints `A: <address>`, `B: <address>` and `A got: <message>`.
 
@@ -23,7 +23,7 @@ const port = 7000
 const showAddress = 'ip -4 -o addr show dev eth0'
 
 async function main(argv: string[]): Promise<void> {
-  if (argv.length !== 1) throw new UsageError('usage: sudo npx tsx exercises/homework/p6a-net <message>')
+  if (argv.length !== 1) throw new UsageError('usage: npx tsx exercises/homework/p6a-net <message>')
   requireRoot()
   const shell = $({ cwd: repoDir, quiet: true, nothrow: true, timeout: 30_000 })
   // A listens first, then says where: B must not connect before nc is up.

@@ -7,7 +7,7 @@
 // descriptor goes through fork, exec and into any namespace. B writes the
 // message, A reads it and prints it.
 //
-// Usage: sudo npx tsx exercises/homework/p6b-fifo <dir> <message>
+// Usage: npx tsx exercises/homework/p6b-fifo <dir> <message>
 //
 // Makes the FIFO in <dir>, prints `A got: <message>`, removes the FIFO.
 
@@ -22,7 +22,7 @@ import { tsx } from '../../../shared/verify.ts'
 const step = 'steps/07-overlay'
 
 async function main(argv: string[]): Promise<void> {
-  if (argv.length !== 2) throw new UsageError('usage: sudo npx tsx exercises/homework/p6b-fifo <dir> <message>')
+  if (argv.length !== 2) throw new UsageError('usage: npx tsx exercises/homework/p6b-fifo <dir> <message>')
   requireRoot()
   const [dir, message] = argv
   const fifo = join(dir, 'queue')

@@ -8,7 +8,7 @@
 // layer: only what changed, deletions as whiteouts. Stacked on the base
 // (lowerdir=layer:base) it is the new image.
 //
-// Usage: sudo npx tsx exercises/homework/p6c-build <context-dir> <out-dir>
+// Usage: npx tsx exercises/homework/p6c-build <context-dir> <out-dir>
 //
 // Reads <context-dir>/Containerfile; writes the layer to <out-dir>/diff.
 
@@ -43,7 +43,7 @@ interface Build {
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Build)
-  if (argv.length !== 2) throw new UsageError('usage: sudo npx tsx exercises/homework/p6c-build <context-dir> <out-dir>')
+  if (argv.length !== 2) throw new UsageError('usage: npx tsx exercises/homework/p6c-build <context-dir> <out-dir>')
   requireRoot()
   const [context, out] = argv.map((path) => resolve(path))
   const recipe = parseContainerfile(readFileSync(join(context, 'Containerfile'), 'utf8'), context)

@@ -1,0 +1,51 @@
+// Self-elevation and the Node version check (shared/cli.ts), for what the
+// learner test (learner.test.ts) cannot show: a machine without sudo, a
+// sudo that does not make us root, and a Node that is too old. Runs the
+// step as the user `nobody`, through setpriv(1).
+
+import t from 'tap'
+import { spawnSync } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { join } from 'node:path'
+import { checkNodeVersion, parseRunArgs } from '../shared/cli.ts'
+import { UsageError } from '../shared/errors.ts'
+import { repoDir } from '../shared/settings.ts'
+import { rootOnly } from './helpers.ts'
+
+// Step 02 as `nobody`, with only `env` as its environment.
+function asNobody(env: string[]) {
+  return spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'env', '-i', ...env, process.execPath, join(repoDir, 'steps/02-uts/index.ts'), 'run', 'hostname'],
+    { encoding: 'utf8', cwd: '/' })
+}
+
+t.test('not root and no sudo on PATH: one line, exit 125', rootOnly(), async (t) => {
+  const empty = mkdtempSync('/tmp/cfs-no-sudo-')
+  try {
+    const result = asNobody([`PATH=${empty}`])
+    t.equal(result.status, 125, `exit 125 (stderr: ${result.stderr})`)
+    t.match(result.stderr, /^cfs: needs root .*, and there is no sudo: run it as root\n$/, 'one line that says why')
+  } finally {
+    rmSync(empty, { recursive: true, force: true })
+  }
+})
+
+t.test('re-run by sudo, yet still not root: no loop, one line, exit 125', rootOnly(), async (t) => {
+  const result = asNobody(['PATH=/usr/bin:/bin', 'CFS_SUDO=1'])
+  t.equal(result.status, 125, `exit 125 (stderr: ${result.stderr})`)
+  t.match(result.stderr, /^cfs: needs root .*, and sudo ran it as uid 65534: run it as root\n$/, 'one line, and no second sudo')
+})
+
+t.test('checkNodeVersion: 22.18 is the oldest Node that runs the steps (type stripping)', async (t) => {
+  for (const ok of ['22.18.0', '22.20.1', '24.21.0', '25.0.0']) t.doesNotThrow(() => checkNodeVersion(ok), `${ok} is new enough`)
+  for (const old of ['20.20.2', '22.17.1', '18.0.0']) t.throws(() => checkNodeVersion(old), UsageError, `${old} is refused`)
+  t.throws(() => checkNodeVersion('20.20.2'), /^Node 20\.20\.2 is too old: the workshop needs Node 22\.18 or newer/, 'the line names both versions')
+})
+
+t.test('-e KEY=VALUE as given; -e KEY takes the host\'s value, or nothing', async (t) => {
+  process.env.CFS_TEST_FROM_HOST = 'here'
+  delete process.env.CFS_TEST_UNSET
+  const { env, command } = parseRunArgs(['run', '-e', 'A=1', '--env', 'CFS_TEST_FROM_HOST', '-e', 'CFS_TEST_UNSET', '--env=B=x=y', 'sh', '-e', 'x'], {}, 'usage')
+  t.same(env, ['A=1', 'CFS_TEST_FROM_HOST=here', 'B=x=y'], 'three variables, the unset one left out')
+  t.same(command, ['sh', '-e', 'x'], '-e after the command belongs to the command')
+  t.throws(() => parseRunArgs(['run', '-e', '=oops', 'sh'], {}, 'usage'), UsageError, 'an empty name is refused')
+})
