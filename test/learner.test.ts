@@ -1,0 +1,105 @@
+// A learner's own machine, in CI: a new user who is not root, may use sudo,
+// and has Node 24 in their home directory as the only Node their shell
+// finds (the machine's own /usr/bin/node and npm are hidden from this test,
+// in a private mount namespace). They clone the repository, `npm ci`, type
+// the card's line without sudo, run README's first command, check an
+// exercise and ask for two hints, then `npm ci` again. Nothing in their
+// clone or home may end up owned by root.
+//
+// The clone is of HEAD (a git bundle): commit what you want this to test.
+// Node comes from CFS_TEST_NODE_PREFIX (a prefix with node and npm in
+// node_modules/.bin, as .ci/run installs it), else the user installs
+// node@24 and npm from the registry. Everything it makes is removed after:
+// the user and its home, its sudoers entry, the bundle.
+
+import t from 'tap'
+import { execFileSync, spawnSync } from 'node:child_process'
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { repoDir } from '../shared/settings.ts'
+import { rootOnly } from './helpers.ts'
+
+const user = 'cfs-learner'
+const home = `/home/${user}`
+const sudoers = `/etc/sudoers.d/${user}`
+
+t.test('a new user, Node in their home, sudo: from clone to a PID-1 shell, nothing root-owned', { ...rootOnly(), timeout: 900_000 }, async (t) => {
+  if (!existsSync('/usr/bin/sudo')) throw new Error('sudo is not installed (.ci/run installs it)')
+  removeUser()
+  const work = mkdtempSync('/tmp/cfs-learner-')
+  try {
+    execFileSync('useradd', ['--create-home', '--shell', '/bin/bash', user])
+    writeFileSync(sudoers, `${user} ALL=(ALL) NOPASSWD: ALL\n`, { mode: 0o440 })
+    chmodSync(work, 0o755)
+    const results = join(work, 'results')
+    execFileSync('install', ['-d', '-o', user, results])
+    execFileSync('git', ['-C', repoDir, 'bundle', 'create', '--quiet', join(work, 'repo.bundle'), 'HEAD'])
+    chmodSync(join(work, 'repo.bundle'), 0o644)
+    giveNode()
+
+    // The session runs in a mount namespace of its own where the machine's
+    // Node and npm are replaced by a script that says so and fails.
+    const hidden = join(work, 'hidden-node')
+    writeFileSync(hidden, '#!/bin/sh\necho "the machine\'s node is hidden from this test" >&2\nexit 127\n', { mode: 0o755 })
+    const hide = ['/usr/bin/node', '/usr/bin/npm', '/usr/bin/npx'].filter(existsSync).map((file) => `mount --bind ${hidden} ${file}`).join(' && ')
+    const env = ['HOME=' + home, 'USER=' + user, 'LOGNAME=' + user, 'LANG=C.UTF-8', 'TERM=xterm', `PATH=${home}/node/node_modules/.bin:/usr/local/bin:/usr/bin:/bin`]
+    // The machine's own trust settings for the registry (a proxy's CA), as a learner's shell would have them.
+    for (const key of ['NODE_EXTRA_CA_CERTS', 'HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy', 'NO_PROXY', 'no_proxy']) {
+      if (process.env[key]) env.push(`${key}=${process.env[key]}`)
+    }
+    const session = spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c',
+      `${hide || 'true'} && exec runuser -u ${user} -- env -i "$@"`, 'sh', ...env, 'bash', join(repoDir, 'test/learner/session.sh'), results, join(work, 'repo.bundle')],
+    { encoding: 'utf8', timeout: 840_000 })
+    t.equal(session.status, 0, `the session ran to its end (stderr: ${session.stderr?.slice(-500)})`)
+    const out = (name: string) => (existsSync(join(results, `${name}.out`)) ? readFileSync(join(results, `${name}.out`), 'utf8') : '(no output)')
+    const rc = (name: string) => (existsSync(join(results, `${name}.rc`)) ? Number(readFileSync(join(results, `${name}.rc`), 'utf8')) : undefined)
+
+    t.match(out('node-found'), new RegExp(`^${home}/node/.*\\nv24\\.`), 'their shell finds only the Node in their home, a Node 24')
+    t.not(rc('system-node'), 0, 'the machine\'s /usr/bin/node is hidden from them')
+    t.equal(rc('clone'), 0, `git clone: ${out('clone')}`)
+    t.equal(rc('npm-ci'), 0, `npm ci as the user: ${out('npm-ci').slice(-400)}`)
+    t.notMatch(out('npm-ci'), /install scripts not yet covered|allowScripts/, 'npm ci says nothing of unreviewed install scripts')
+
+    t.equal(rc('readme-first'), 0, `README's first command exits 0: ${out('readme-first')}`)
+    t.equal(out('readme-first'), 'hello\n', 'and prints hello, without sudo: step 01 needs no root')
+
+    t.equal(rc('card-piped'), 0, `the card's line, typed without sudo, exits 0: ${out('card-piped')}`)
+    t.match(out('card-piped'), /^cfs: needs root .*: re-running under sudo$/m, 'it says in one line that it re-runs itself under sudo')
+    t.match(out('card-piped'), /^pid=1 uid=0$/m, 'the shell inside is PID 1, and root')
+
+    t.equal(rc('card-tty'), 7, `in a terminal, through sudo's own pty, \`exit 7\` comes back as the exit code (screen: ${out('card-tty').trim()})`)
+    t.match(out('card-tty'), /^pid=1 uid=0 host=[0-9a-f]{12}$/m, 'in a terminal: PID 1, root, the container\'s hostname')
+
+    t.equal(rc('doctor'), 0, `npm run doctor passes: ${out('doctor').slice(-600)}`)
+    t.equal(rc('exercise'), 1, 'npm run exercise -- 02 (as shipped) runs its checks through sudo and fails them')
+    t.match(out('exercise'), /✘ exercise 02-uts: \d+ of \d+ checks pass/, `with the verdict line: ${out('exercise').slice(-300)}`)
+    t.match(out('hint-1'), /hint 1 of \d/, `the first --hint is hint 1: ${out('hint-1')}`)
+    t.match(out('hint-2'), /hint 2 of \d/, `the second --hint is hint 2: the progress was saved: ${out('hint-2')}`)
+    t.equal(rc('npm-ci-again'), 0, `npm ci again, after all those sudo runs: ${out('npm-ci-again').slice(-400)}`)
+    t.equal(rc('git-clean'), 0, `git clean -fdx: ${out('git-clean')}`)
+    t.equal(out('root-owned'), '', 'no file in their clone, ~/.local or ~/.npm is owned by root')
+  } finally {
+    removeUser()
+    rmSync(work, { recursive: true, force: true })
+  }
+})
+
+// Node 24 and npm in ~/node, as nvm or fnm would put them in a home directory.
+function giveNode(): void {
+  const prefix = process.env.CFS_TEST_NODE_PREFIX
+  if (prefix) {
+    execFileSync('cp', ['-a', prefix, `${home}/node`])
+    execFileSync('chown', ['-R', `${user}:`, `${home}/node`])
+    return
+  }
+  execFileSync('runuser', ['-u', user, '--', 'env', `HOME=${home}`, ...(process.env.NODE_EXTRA_CA_CERTS ? [`NODE_EXTRA_CA_CERTS=${process.env.NODE_EXTRA_CA_CERTS}`] : []),
+    'npm', 'install', '--no-audit', '--no-fund', '--prefix', `${home}/node`, 'node@24', 'npm@11'], { stdio: 'ignore' })
+}
+
+// The user, its processes, its home and its sudoers entry: gone.
+function removeUser(): void {
+  spawnSync('pkill', ['-KILL', '-u', user])
+  spawnSync('userdel', ['--remove', user], { stdio: 'ignore' })
+  rmSync(sudoers, { force: true })
+  rmSync(home, { recursive: true, force: true })
+}

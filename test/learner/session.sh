@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# A learner's first minutes, typed by a new user (see test/learner.test.ts):
+# not root, sudo without a password, Node in their home and no other Node.
+# Each command's exit code and output go to $R/<name>.{rc,out}; the test
+# reads and judges them.
+#
+# Usage (as that user): bash session.sh RESULTS_DIR REPO_BUNDLE
+set -u
+R=$1
+BUNDLE=$2
+step() { # step NAME COMMAND... : run it, keep its output and exit code
+  local name=$1
+  shift
+  "$@" >"$R/$name.out" 2>&1 </dev/null
+  echo $? >"$R/$name.rc"
+}
+
+step node-found sh -c 'command -v node; node --version'
+step system-node /usr/bin/node --version
+cd ~ || exit 1
+step clone git clone --quiet "$BUNDLE" repo
+cd ~/repo || exit 1
+step npm-ci npm ci --no-audit --no-fund
+
+# README's Start: its first command, then the card's line.
+step readme-first npx tsx steps/01-exec run echo hello
+step card-piped sh -c 'printf "echo pid=\$\$ uid=\$(id -u)\nexit 0\n" | npx tsx steps/04-pid-proc run sh'
+
+# The card's line in a terminal, as typed: Debian's sudo (use_pty) then
+# runs the step on a terminal of its own.
+T="tmux -L cfs-learner -f /dev/null"
+$T new-session -d -s card -x 120 -y 30 -c ~/repo "npx tsx steps/04-pid-proc run sh; echo \$? > $R/card-tty.rc; sleep 30"
+for _ in $(seq 1 120); do
+  $T capture-pane -p -t card | grep -q '^/ # ' && break
+  sleep 0.5
+done
+$T send-keys -t card -l 'echo pid=$$ uid=$(id -u) host=$(hostname)'
+$T send-keys -t card Enter
+sleep 1
+$T send-keys -t card -l 'exit 7'
+$T send-keys -t card Enter
+for _ in $(seq 1 60); do
+  [ -s "$R/card-tty.rc" ] && break
+  sleep 0.5
+done
+$T capture-pane -p -t card >"$R/card-tty.out"
+$T kill-server 2>/dev/null
+
+step doctor npm run doctor
+step exercise npm run exercise -- 02
+step hint-1 npm run exercise -- 02 --hint
+step hint-2 npm run exercise -- 02 --hint
+step npm-ci-again npm ci --no-audit --no-fund
+step git-clean git clean -fdxq
+step root-owned find ~/repo ~/.local ~/.npm -user root
