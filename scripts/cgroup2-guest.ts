@@ -21,10 +21,12 @@ import { $ } from 'zx'
 import {
   cgroupLayout, cgroupProcs, CONTROLLERS, createCgroup, findControllers, findHierarchies, joinCgroup, removeCgroup,
 } from '../shared/cgroups.ts'
-import { findProcesses, isRunning, waitFor } from '../shared/procfs.ts'
+import { findProcesses } from './lib/procfs.ts'
+import { isRunning } from '../shared/procfs.ts'
+import { waitFor } from './lib/wait.ts'
 import { imageRootfs } from '../shared/rootfs.ts'
 import { imagesDir, repoDir } from '../shared/settings.ts'
-import { Checks, findStepProcess, killSleeper, runStep, shown, signalStep, tsx, type Sleeper } from '../shared/verify.ts'
+import { Checks, findStepProcess, killSleeper, runStep, shown, signalStep, tsx, type Sleeper } from './lib/verify.ts'
 
 const step = '06-cgroups'
 const root = '/sys/fs/cgroup'

@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import type { Exercise } from '../exercises/hints.ts'
 import { repoDir } from '../shared/settings.ts'
 import { handBack, userStateDir } from './lib/owner.ts'
-import { stopDescendants, tsx } from '../shared/verify.ts'
+import { stopDescendants, tsx } from './lib/verify.ts'
 
 /** How a run of checks came out. */
 export interface Tally {

@@ -5,7 +5,7 @@
 
 import chalk from 'chalk'
 import { parseArgs } from 'node:util'
-import { clean } from '../shared/clean.ts'
+import { clean } from './lib/clean.ts'
 import { exitOnClosedPipe, exitWithError, UsageError } from '../shared/errors.ts'
 import { requireRoot } from '../shared/cli.ts'
 import { stateDir } from '../shared/settings.ts'

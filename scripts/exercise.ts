@@ -3,7 +3,7 @@
 // npm run exercise -- 04 --hint     the next hint for it
 //
 // The check is the step's verify.ts, pointed at the learner's file through
-// CFS_VERIFY_TARGET (see stepPath() in shared/verify.ts): the same claims
+// CFS_VERIFY_TARGET (see stepPath() in scripts/lib/verify.ts): the same claims
 // the workshop's own step has to pass.
 
 import chalk from 'chalk'

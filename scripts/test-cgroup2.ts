@@ -51,7 +51,7 @@ const accel = process.env.CFS_VM_ACCEL ?? 'tcg'
 const kvmBootMs = 20_000
 /**
  * How much longer the checks in the guest wait for things (CFS_WAIT_SCALE,
- * see shared/procfs.ts): a container start takes 2-3 s under tcg, against
+ * see scripts/lib/wait.ts): a container start takes 2-3 s under tcg, against
  * 0.4 s on the host. The host's CFS_WAIT_SCALE, if set, wins.
  */
 const waitScale = (accelerator: string) => process.env.CFS_WAIT_SCALE || (accelerator === 'tcg' ? '5' : '1')
@@ -250,7 +250,7 @@ function initScripts(kernel: Kernel, busybox: string, accelerator: string): { in
     // session and reads ~/.bashrc, in every zx command. Whatever the host's
     // root keeps there (pyenv init, here) then runs before each container.
     'SHLVL=1',
-    // Step 06's verify starts the step as plain JS (see shared/verify.ts,
+    // Step 06's verify starts the step as plain JS (see scripts/lib/verify.ts,
     // stepCommand): 2-3 s a container under tcg, against 6-7 s through tsx.
     'CFS_VERIFY_LAUNCHER=node',
     `CFS_WAIT_SCALE=${waitScale(accelerator)}`,

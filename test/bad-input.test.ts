@@ -1,20 +1,21 @@
 // Bad input, table-driven: every case ends with a one-line error on stderr
 // and the documented exit code (README.md: 125 when the container could not
 // be set up, 126 when the command cannot be executed, 127 when it is not in
-// the image), and leaves nothing behind (shared/clean.ts findLeftovers(),
+// the image), and leaves nothing behind (scripts/lib/clean.ts findLeftovers(),
 // narrowed to what the test's own runs made: others may be running too).
 
 import t from 'tap'
 import { execFileSync, spawn } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { findLeftovers } from '../shared/clean.ts'
+import { findLeftovers } from '../scripts/lib/clean.ts'
 import { UsageError } from '../shared/errors.ts'
 import { allocateNetwork, BRIDGE, releaseNetwork, vethName } from '../shared/net.ts'
-import { cmdline, descendants, findProcesses, waitFor } from '../shared/procfs.ts'
+import { cmdline, descendants, findProcesses } from '../scripts/lib/procfs.ts'
+import { waitFor } from '../scripts/lib/wait.ts'
 import { ensureImage } from '../shared/rootfs.ts'
 import { containersDir, repoDir, stateDir } from '../shared/settings.ts'
-import { shown, tsx } from '../shared/verify.ts'
+import { shown, tsx } from '../scripts/lib/verify.ts'
 import { leftoversOf } from '../scripts/stress/stress.ts'
 import { rootOnly } from './helpers.ts'
 

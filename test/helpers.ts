@@ -4,7 +4,7 @@
 import type { Test } from 'tap'
 import { spawn } from 'node:child_process'
 import { repoDir } from '../shared/settings.ts'
-import { tsx } from '../shared/verify.ts'
+import { tsx } from '../scripts/lib/verify.ts'
 
 /** Skip reason for tests that need root, or false; in CI, missing root is an error. */
 export function needsRoot(): string | false {

@@ -4,8 +4,8 @@
 import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
-import { findLeftovers, type Leftover } from '../shared/clean.ts'
-import { parentPid } from '../shared/procfs.ts'
+import { findLeftovers, type Leftover } from '../scripts/lib/clean.ts'
+import { parentPid } from '../scripts/lib/procfs.ts'
 import { containersDir } from '../shared/settings.ts'
 
 const key = (item: Leftover): string => `${item.kind}: ${item.name}`

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { $, type ProcessPromise } from 'zx'
 import { PREFIX, repoDir } from '../../shared/settings.ts'
-import { tsx } from '../../shared/verify.ts'
+import { tsx } from '../../scripts/lib/verify.ts'
 
 /**
  * The directory with the files to check: exercises/homework/<slug>, or

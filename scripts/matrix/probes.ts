@@ -21,7 +21,7 @@ import { mount, readMountInfo } from '../../shared/mounts.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { repoDir } from '../../shared/settings.ts'
 import { sethostname } from '../../shared/uts.ts'
-import { tsx } from '../../shared/verify.ts'
+import { tsx } from '../lib/verify.ts'
 import { copyImage, removeTree } from '../lib/private-image.ts'
 
 /** A cell of the matrix: the probe could not do it, it could, or the probe itself failed (why). */

@@ -4,8 +4,10 @@
 //
 // Usage: npx tsx steps/01-exec/verify.ts
 
-import { Checks, killSleeper, runSleeper, runStep, shown, signalStep, stepPath } from '../../shared/verify.ts'
-import { cmdline, isRunning, parentPid, waitFor } from '../../shared/procfs.ts'
+import { Checks, killSleeper, runSleeper, runStep, shown, signalStep, stepPath } from '../../scripts/lib/verify.ts'
+import { cmdline, parentPid } from '../../scripts/lib/procfs.ts'
+import { isRunning } from '../../shared/procfs.ts'
+import { waitFor } from '../../scripts/lib/wait.ts'
 
 const step = '01-exec'
 const c = new Checks(`Step ${step}: exec`)

@@ -6,9 +6,10 @@
 // Usage: npx tsx steps/02-uts/verify.ts
 
 import { hostname } from 'node:os'
-import { Checks, killSleeper, runSleeper, runStep, shown, signalStep } from '../../shared/verify.ts'
+import { Checks, killSleeper, runSleeper, runStep, shown, signalStep } from '../../scripts/lib/verify.ts'
 import { namespaceOf } from '../../shared/namespaces.ts'
-import { isRunning, waitFor } from '../../shared/procfs.ts'
+import { isRunning } from '../../shared/procfs.ts'
+import { waitFor } from '../../scripts/lib/wait.ts'
 import { sethostname } from '../../shared/uts.ts'
 import { requireRoot } from '../../shared/cli.ts'
 

@@ -8,8 +8,9 @@
 
 import { readdirSync, readlinkSync, realpathSync } from 'node:fs'
 import { join } from 'node:path'
-import { Checks, killSleeper, runSleeper, runStep, shown, signalStep } from '../../shared/verify.ts'
-import { isRunning, waitFor } from '../../shared/procfs.ts'
+import { Checks, killSleeper, runSleeper, runStep, shown, signalStep } from '../../scripts/lib/verify.ts'
+import { isRunning } from '../../shared/procfs.ts'
+import { waitFor } from '../../scripts/lib/wait.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { repoDir } from '../../shared/settings.ts'
 import { requireRoot } from '../../shared/cli.ts'

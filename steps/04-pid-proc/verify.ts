@@ -9,9 +9,11 @@
 import { spawn } from 'node:child_process'
 import { realpathSync } from 'node:fs'
 import { join } from 'node:path'
-import { Checks, killSleeper, runSleeper, runStep, shown, signalStep, type Sleeper } from '../../shared/verify.ts'
+import { Checks, killSleeper, runSleeper, runStep, shown, signalStep, type Sleeper } from '../../scripts/lib/verify.ts'
 import { readMountInfo, unmountIfMounted } from '../../shared/mounts.ts'
-import { isRunning, nsPids, waitFor } from '../../shared/procfs.ts'
+import { isRunning } from '../../shared/procfs.ts'
+import { nsPids } from '../../scripts/lib/procfs.ts'
+import { waitFor } from '../../scripts/lib/wait.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { requireRoot } from '../../shared/cli.ts'
 

@@ -11,12 +11,12 @@ import { $ } from 'zx'
 import { DEV_ENTRIES } from '../../shared/devices.ts'
 import { readMountInfo } from '../../shared/mounts.ts'
 import { namespaceOf } from '../../shared/namespaces.ts'
-import { findProcesses, isRunning, waitFor } from '../../shared/procfs.ts'
+import { findProcesses } from '../../scripts/lib/procfs.ts'
+import { isRunning } from '../../shared/procfs.ts'
+import { waitFor } from '../../scripts/lib/wait.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { repoDir } from '../../shared/settings.ts'
-import {
-  Checks, findStepProcess, killSleeper, runSleeper, runStep, shown, signalStep, stepPath, tsx, type Sleeper,
-} from '../../shared/verify.ts'
+import { Checks, findStepProcess, killSleeper, runSleeper, runStep, shown, signalStep, stepPath, tsx, type Sleeper } from '../../scripts/lib/verify.ts'
 import { requireRoot } from '../../shared/cli.ts'
 
 const step = '05-mount-ns'

@@ -9,9 +9,10 @@
 import { readlinkSync } from 'node:fs'
 import { $ } from 'zx'
 import { readMountInfo } from '../../../shared/mounts.ts'
-import { findProcesses, waitFor } from '../../../shared/procfs.ts'
+import { findProcesses } from '../../../scripts/lib/procfs.ts'
+import { waitFor } from '../../../scripts/lib/wait.ts'
 import { repoDir, stateDir } from '../../../shared/settings.ts'
-import { Checks, tsx } from '../../../shared/verify.ts'
+import { Checks, tsx } from '../../../scripts/lib/verify.ts'
 import { answerUnder, forAPerson, readTarget, runProgram, shownProgram, target, tempDir } from '../checks.ts'
 
 const slug = 'p1a-proc'

@@ -8,7 +8,7 @@ import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import chalk from 'chalk'
 import { $ } from 'zx'
-import { Checks } from '../../../shared/verify.ts'
+import { Checks } from '../../../scripts/lib/verify.ts'
 import { answerUnder, forAPerson, readTarget, target, tempDir } from '../checks.ts'
 
 const slug = 'p2-propagation'

@@ -6,8 +6,10 @@
 
 import { spawn } from 'node:child_process'
 import { $ } from 'zx'
-import { findProcesses, isRunning, waitFor } from '../../../shared/procfs.ts'
-import { Checks } from '../../../shared/verify.ts'
+import { findProcesses } from '../../../scripts/lib/procfs.ts'
+import { isRunning } from '../../../shared/procfs.ts'
+import { waitFor } from '../../../scripts/lib/wait.ts'
+import { Checks } from '../../../scripts/lib/verify.ts'
 import { runProgram, shownProgram, target } from '../checks.ts'
 
 const dir = target('p4-lsns')

@@ -8,9 +8,10 @@ import { existsSync, readFileSync, readlinkSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { SUBNET } from '../../../shared/net.ts'
-import { findProcesses, isRunning } from '../../../shared/procfs.ts'
+import { findProcesses } from '../../../scripts/lib/procfs.ts'
+import { isRunning } from '../../../shared/procfs.ts'
 import { stateDir } from '../../../shared/settings.ts'
-import { Checks } from '../../../shared/verify.ts'
+import { Checks } from '../../../scripts/lib/verify.ts'
 import { runProgram, shownProgram, target } from '../checks.ts'
 
 const dir = target('p6a-net')

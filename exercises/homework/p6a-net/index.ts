@@ -16,9 +16,9 @@
 import { $, type ProcessPromise } from 'zx'
 import { requireRoot } from '../../../shared/cli.ts'
 import { exitWithError, UsageError } from '../../../shared/errors.ts'
-import { waitFor } from '../../../shared/procfs.ts'
+import { waitFor } from '../../../scripts/lib/wait.ts'
 import { repoDir } from '../../../shared/settings.ts'
-import { tsx } from '../../../shared/verify.ts'
+import { tsx } from '../../../scripts/lib/verify.ts'
 
 const step = 'steps/08-net'
 const port = 7000

@@ -6,7 +6,7 @@
 
 import { lstatSync, readdirSync, readlinkSync } from 'node:fs'
 import { join } from 'node:path'
-import { Checks } from '../../../shared/verify.ts'
+import { Checks } from '../../../scripts/lib/verify.ts'
 import { answerUnder, forAPerson, readTarget, runProgram, shownProgram, target, tempDir } from '../checks.ts'
 
 const dir = target('p6b-fifo')

@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import { $ } from 'zx'
 import { readMountInfo } from '../../../shared/mounts.ts'
 import { ensureImage } from '../../../shared/rootfs.ts'
-import { Checks } from '../../../shared/verify.ts'
+import { Checks } from '../../../scripts/lib/verify.ts'
 import { runProgram, shownProgram, target, tempDir } from '../checks.ts'
 
 const dir = target('p6c-build')

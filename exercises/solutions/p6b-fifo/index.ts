@@ -17,7 +17,7 @@ import { $ } from 'zx'
 import { requireRoot } from '../../../shared/cli.ts'
 import { exitWithError, UsageError } from '../../../shared/errors.ts'
 import { repoDir } from '../../../shared/settings.ts'
-import { tsx } from '../../../shared/verify.ts'
+import { tsx } from '../../../scripts/lib/verify.ts'
 
 const step = 'steps/07-overlay'
 

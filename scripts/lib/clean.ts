@@ -7,11 +7,12 @@
 import { execFileSync } from 'node:child_process'
 import { existsSync, readdirSync, readFileSync, readlinkSync, rmdirSync, rmSync, statSync } from 'node:fs'
 import { join } from 'node:path'
-import { cgroupProcs, findHierarchies, removeCgroup } from './cgroups.ts'
-import { MNT_DETACH, readMountInfo, umount2 } from './mounts.ts'
-import { BRIDGE, deleteInterface, liveLeases } from './net.ts'
-import { cmdline, isRunning } from './procfs.ts'
-import { containersDir, PREFIX, stateDir } from './settings.ts'
+import { cgroupProcs, findHierarchies, removeCgroup } from '../../shared/cgroups.ts'
+import { MNT_DETACH, readMountInfo, umount2 } from '../../shared/mounts.ts'
+import { BRIDGE, deleteInterface, liveLeases } from '../../shared/net.ts'
+import { isRunning } from '../../shared/procfs.ts'
+import { containersDir, PREFIX, stateDir } from '../../shared/settings.ts'
+import { cmdline } from './procfs.ts'
 
 /** Something the project made: what it is, whether a running container still uses it, how to remove it. */
 export interface Leftover {

@@ -1,0 +1,60 @@
+// Finding processes in the host's /proc (proc(5)), for the verify scripts,
+// tests and tools: by their argv, their parent, their PID namespaces.
+// Whether one is running is shared/procfs.ts's isRunning, which steps use.
+
+import { readdirSync, readFileSync } from 'node:fs'
+
+/** A process's command line as its argv. Empty if it is gone. */
+export function cmdline(pid: number): string[] {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').slice(0, -1)
+  } catch {
+    return []
+  }
+}
+
+/** A process's parent PID (from /proc/PID/stat), or 0 if it is gone. */
+export function parentPid(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+  } catch {
+    return 0
+  }
+}
+
+/** PIDs of all processes whose argv matches `test`. */
+export function findProcesses(test: (argv: string[]) => boolean): number[] {
+  return readdirSync('/proc')
+    .filter((name) => /^\d+$/.test(name))
+    .map(Number)
+    .filter((pid) => test(cmdline(pid)))
+}
+
+/** A process's PID in each PID namespace it is in, the host's first (NSpid in /proc/PID/status). */
+export function nsPids(pid: number): number[] {
+  try {
+    const line = readFileSync(`/proc/${pid}/status`, 'utf8').match(/^NSpid:\s*(.*)$/m)
+    return line ? line[1].trim().split(/\s+/).map(Number) : []
+  } catch {
+    return []
+  }
+}
+
+/** PIDs of every process below `root` (children, their children, ...), from the PPid of each process in /proc. */
+export function descendants(root: number): number[] {
+  const children = new Map<number, number[]>()
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue
+    const parent = parentPid(Number(name))
+    children.set(parent, [...(children.get(parent) ?? []), Number(name)])
+  }
+  const found: number[] = []
+  for (let queue = [root]; queue.length; ) {
+    for (const pid of children.get(queue.shift()!) ?? []) {
+      found.push(pid)
+      queue.push(pid)
+    }
+  }
+  return found
+}

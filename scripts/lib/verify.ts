@@ -1,0 +1,190 @@
+// What every step's verify.ts uses: run the step as a learner would, and
+// print one line per claim, a green check or a red cross with what was
+// expected and what came back.
+
+import chalk from 'chalk'
+import { $, type ProcessPromise } from 'zx'
+import { readdirSync } from 'node:fs'
+import { join } from 'node:path'
+import { setTimeout as delay } from 'node:timers/promises'
+import { exitOnClosedPipe } from '../../shared/errors.ts'
+import { isRunning } from '../../shared/procfs.ts'
+import { repoDir } from '../../shared/settings.ts'
+import { findProcesses, parentPid } from './procfs.ts'
+import { scaled, waitFor } from './wait.ts'
+
+/** The project's own tsx, so verify runs steps as `npx tsx` would, minus npx. */
+export const tsx = join(repoDir, 'node_modules/.bin/tsx')
+
+/**
+ * The program a verify script checks: `steps/<step>`, or the learner's file
+ * when the exercise checker sets CFS_VERIFY_TARGET (e.g. exercises/04-pid-proc).
+ */
+export function stepPath(step: string): string {
+  return process.env.CFS_VERIFY_TARGET || `steps/${step}`
+}
+
+/**
+ * The command that starts a step: `tsx <stepPath>`, as a learner types it.
+ *
+ * CFS_VERIFY_LAUNCHER=node starts it as `node <stepPath>/index.ts` instead:
+ * the same code without tsx's loader, which costs seconds per start under
+ * emulation. Only the cgroup v2 VM test (scripts/test-cgroup2.ts) sets it,
+ * for step 06's verify; a verify that looks for tsx's launcher process
+ * (step 08's) needs the default.
+ */
+export function stepCommand(step: string): string[] {
+  const launcher = process.env.CFS_VERIFY_LAUNCHER || 'tsx'
+  if (launcher === 'tsx') return [tsx, stepPath(step)]
+  if (launcher !== 'node') throw new Error(`CFS_VERIFY_LAUNCHER=${launcher}: expected tsx (the default) or node`)
+  return [process.execPath, join(stepPath(step), 'index.ts')]
+}
+
+/** `tsx <stepPath> run <args...>` (see stepCommand) from the repo root; never throws on a non-zero exit. */
+export function runStep(step: string, args: string[], options: { input?: string; env?: NodeJS.ProcessEnv } = {}): ProcessPromise {
+  const shell = $({ cwd: repoDir, nothrow: true, quiet: true, input: options.input, env: { ...process.env, ...options.env } })
+  return shell`${stepCommand(step)} run ${args}`
+}
+
+/** The command line a learner would type for the same run, for the report. */
+export function shown(step: string, args: string[]): string {
+  return `npx tsx ${stepPath(step)} run ${args.map((a) => (/^[\w./=:-]+$/.test(a) ? a : `'${a}'`)).join(' ')}`
+}
+
+/** PID of the step's own node process in the run whose argv includes `marker` (not tsx's launcher, its parent). */
+export function findStepProcess(step: string, marker: string): number | undefined {
+  const runs = findProcesses((argv) => argv.some((arg) => arg.endsWith(stepPath(step)) || arg.endsWith(`${stepPath(step)}/index.ts`) || arg.endsWith(`${stepPath(step)}/index.js`)) && argv.includes('run') && argv.includes(marker))
+  return runs.find((pid) => !runs.some((other) => parentPid(other) === pid))
+}
+
+/** A run of `sleep <marker>` in the container; the marker is unique, so /proc can find the sleep and the step. */
+export interface Sleeper {
+  run: ProcessPromise
+  marker: string
+  sleep?: number // host PID of the sleep, once it is up
+  step?: number // the step's own node process
+}
+
+let sleepers = 0
+
+/** Start `run sleep <marker>` (about 100 s) and wait (up to 10 s × CFS_WAIT_SCALE) until the sleep is up. */
+export async function runSleeper(step: string): Promise<Sleeper> {
+  const marker = `100.${process.pid}${++sleepers}`
+  const run = runStep(step, ['sleep', marker])
+  const sleep = await waitFor(() => findProcesses((argv) => argv[0] === 'sleep' && argv[1] === marker)[0])
+  return { run, marker, sleep, step: findStepProcess(step, marker) }
+}
+
+/** Send `signal` to the step's own process; how long the run took to end (Infinity after `timeoutMs` × CFS_WAIT_SCALE), and its exit code. */
+export async function signalStep(s: Sleeper, signal: NodeJS.Signals, timeoutMs = 10_000): Promise<{ ms: number; exitCode: number | null }> {
+  const started = Date.now()
+  if (s.step) process.kill(s.step, signal)
+  const ended = await Promise.race([s.run, delay(scaled(timeoutMs), undefined, { ref: false })])
+  return { ms: ended ? Date.now() - started : Infinity, exitCode: ended ? ended.exitCode : null }
+}
+
+/** SIGKILL whatever is left of a sleeper run (the sleep first, then the step and tsx) and wait for the run to end. */
+export async function killSleeper(s: Sleeper): Promise<void> {
+  for (const pid of [s.sleep, s.step, s.run.pid]) if (pid && isRunning(pid)) process.kill(pid, 'SIGKILL')
+  await s.run
+}
+
+/** Collects claims and reports them; `finish()` sets the exit code. */
+export class Checks {
+  failed = 0
+  passed = 0
+
+  constructor(title: string) {
+    exitOnClosedPipe()
+    console.log(chalk.bold(title))
+  }
+
+  /** One claim: `pass` says whether it holds; `ran`, `expected` and `got` explain it. */
+  ok(claim: string, pass: boolean, detail: { ran?: string; expected?: unknown; got?: unknown } = {}): boolean {
+    if (pass) {
+      this.passed++
+      console.log(`${chalk.green('✔')} ${claim}`)
+      if (detail.ran) console.log(chalk.dim(`    $ ${detail.ran}`))
+    } else {
+      this.failed++
+      console.log(`${chalk.red('✘')} ${claim}`)
+      if (detail.ran) console.log(`    ran:      ${detail.ran}`)
+      if ('expected' in detail) console.log(`    expected: ${show(detail.expected)}`)
+      if ('got' in detail) console.log(`    got:      ${show(detail.got)}`)
+      if (process.env.CFS_VERIFY_FAIL_FAST === '1') stopAtFirstFailure()
+    }
+    return pass
+  }
+
+  /** A claim that `got` equals `expected`. */
+  equal(claim: string, got: unknown, expected: unknown, ran?: string): boolean {
+    return this.ok(claim, JSON.stringify(got) === JSON.stringify(expected), { ran, expected, got })
+  }
+
+  /** Print the tally and set the exit code: non-zero if any claim failed. */
+  finish(): void {
+    const line = this.failed ? `${this.failed} of ${this.passed + this.failed} checks failed` : `all ${this.passed} checks passed`
+    console.log(this.failed ? chalk.red(line) : chalk.green(line))
+    process.exitCode = this.failed ? 1 : 0
+  }
+}
+
+function show(value: unknown): string {
+  const text = typeof value === 'string' ? value : (JSON.stringify(value) ?? String(value))
+  return text.length > 400 ? `${text.slice(0, 400)}…` : text
+}
+
+/**
+ * CFS_VERIFY_FAIL_FAST=1: stop a verify at its first failed claim, with exit
+ * code 1. Used where only "does it fail?" matters (the exercise tests), to
+ * save the time of the remaining runs. Whatever the verify still has running
+ * is stopped first, as Ctrl-C would (see stopDescendants), and the verify's
+ * own `exit` handlers (a hostname to put back, an image to repair) still run.
+ */
+function stopAtFirstFailure(): never {
+  console.log(chalk.red('stopped at the first failed check (CFS_VERIFY_FAIL_FAST=1)'))
+  stopDescendants(process.pid)
+  process.exit(1)
+}
+
+/**
+ * Stop every process started under `root` (not `root` itself): SIGTERM
+ * first, so a step cleans up as after Ctrl-C (it SIGKILLs its container
+ * after 2 s), then SIGKILL whatever is still there after `graceMs`.
+ * Synchronous: nothing else of the caller runs meanwhile.
+ */
+export function stopDescendants(root: number, graceMs = 6000): void {
+  const tree = new Set<number>()
+  // Children of anything in the tree, found again while they exit: a step's
+  // clean-up may start processes of its own (ip, umount).
+  const grow = () => {
+    const parents = new Map(readdirSync('/proc').filter((name) => /^\d+$/.test(name)).map((name) => [Number(name), parentPid(Number(name))]))
+    for (let added = true; added;) {
+      added = false
+      for (const [pid, ppid] of parents) {
+        if ((ppid === root || tree.has(ppid)) && !tree.has(pid) && pid !== root) {
+          tree.add(pid)
+          added = true
+        }
+      }
+    }
+  }
+  const signal = (sig: NodeJS.Signals) => {
+    for (const pid of [...tree].filter(isRunning)) {
+      try {
+        process.kill(pid, sig)
+      } catch {} // gone meanwhile
+    }
+  }
+  const waitUntilGone = (ms: number) => {
+    for (const deadline = Date.now() + ms; Date.now() < deadline && [...tree].some(isRunning);) {
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50)
+      grow()
+    }
+  }
+  grow()
+  signal('SIGTERM')
+  waitUntilGone(graceMs)
+  signal('SIGKILL')
+  waitUntilGone(2000)
+}
