@@ -12,7 +12,7 @@
 // Usage (in the VM only): tsx scripts/cgroup2-guest.ts
 
 import { spawn, spawnSync } from 'node:child_process'
-import { existsSync, readdirSync, readFileSync, watch } from 'node:fs'
+import { existsSync, readdirSync, watch } from 'node:fs'
 import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -21,6 +21,7 @@ import { $ } from 'zx'
 import {
   cgroupLayout, cgroupProcs, CONTROLLERS, createCgroup, findControllers, findHierarchies, joinCgroup, removeCgroup,
 } from '../shared/cgroups.ts'
+import { readText } from './lib/files.ts'
 import { findProcesses } from './lib/procfs.ts'
 import { isRunning } from '../shared/procfs.ts'
 import { waitFor } from './lib/wait.ts'
@@ -43,7 +44,7 @@ if (!c.ok('the kernel has cgroup v2 only: pids, memory and cpu all in the cgroup
   expected: `layout v2, ${CONTROLLERS.map((name) => `${name}: v2 ${root}`).join(', ')}`,
   got: `layout ${cgroupLayout(hierarchies)}, ${layout.join(', ')}`,
 })) finish('not a v2-only host: the rest would prove nothing')
-const subtreeBefore = read(join(root, 'cgroup.subtree_control'))
+const subtreeBefore = readText(join(root, 'cgroup.subtree_control'))
 
 // The image, into the state dir, tmpfs in the VM (no network there: busybox).
 const prepare = await here`${tsx} rootfs/prepare.ts --source busybox`
@@ -66,7 +67,7 @@ c.ok('…and finds nothing missing', doctor.exitCode === 0, { ran: 'npm run doct
 // A container with every limit: its cgroup and the files that hold them.
 const allLimits = ['--pids-limit', '50', '--memory', '64M', '--cpus', '0.5', '--cpu-shares', '512']
 const limited = await startSleeper([...allLimits, 'sh', '-c', 'hostname; exec sleep "$0"'], '100')
-const path = limited.sleep ? read(`/proc/${limited.sleep}/cgroup`) : 'no sleep found'
+const path = limited.sleep ? readText(`/proc/${limited.sleep}/cgroup`) : 'no sleep found'
 const dir = /^0::(\/cfs-[0-9a-f]{12})$/.test(path) ? join(root, path.slice(3)) : undefined
 c.ok('the container\'s cgroup is /sys/fs/cgroup/cfs-<id>: one line in /proc/PID/cgroup, `0::/cfs-<id>`', dir !== undefined && existsSync(dir), {
   ran: `cat /proc/<sleep>/cgroup  # during ${limited.shown}`,
@@ -83,15 +84,15 @@ const limitFiles: [string, string, string][] = [
   ['--cpu-shares 512', 'cpu.weight', '20'],
 ]
 for (const [option, file, value] of limitFiles) {
-  c.equal(`${option}: ${file} is ${value}`, dir ? read(join(dir, file)) : 'no cgroup', value, `cat ${dir ?? '<cfs-id>'}/${file}`)
+  c.equal(`${option}: ${file} is ${value}`, dir ? readText(join(dir, file)) : 'no cgroup', value, `cat ${dir ?? '<cfs-id>'}/${file}`)
 }
-const enabled = read(join(root, 'cgroup.subtree_control')).split(/\s+/)
+const enabled = readText(join(root, 'cgroup.subtree_control')).split(/\s+/)
 c.ok('the root\'s cgroup.subtree_control got the controllers the limits need', CONTROLLERS.every((name) => enabled.includes(name)), {
   ran: `cat ${root}/cgroup.subtree_control  # before the first container: \`${subtreeBefore}\``,
   expected: CONTROLLERS.join(' '),
   got: enabled.join(' '),
 })
-const own = dir ? read(join(dir, 'cgroup.controllers')).split(/\s+/) : []
+const own = dir ? readText(join(dir, 'cgroup.controllers')).split(/\s+/) : []
 c.ok('…so cfs-<id> has them in its cgroup.controllers', CONTROLLERS.every((name) => own.includes(name)), { ran: `cat ${dir ?? '<cfs-id>'}/cgroup.controllers`, expected: CONTROLLERS.join(' '), got: own.join(' ') })
 
 // SIGTERM: the step stops its container and removes the cgroup with cgroup.kill.
@@ -147,8 +148,8 @@ c.ok('…and when it ends, no process of the bomb is left, nor cfs-<id>', bomb.d
 // A memory hog under --memory 20M: the OOM killer takes it, and memory.events counts it.
 const hog = ['dd', 'if=/dev/zero', 'of=/dev/null', 'bs=200M', 'count=1']
 const oom = await startSleeper(['--memory', '20M', 'sh', '-c', `hostname; ${hog.join(' ')} 2>/dev/null; echo "dd: exit $?"; exec sleep "$0"`], '100')
-const oomDir = oom.sleep ? join(root, read(`/proc/${oom.sleep}/cgroup`).slice(3)) : undefined
-const events = oomDir ? read(join(oomDir, 'memory.events')) : ''
+const oomDir = oom.sleep ? join(root, readText(`/proc/${oom.sleep}/cgroup`).slice(3)) : undefined
+const events = oomDir ? readText(join(oomDir, 'memory.events')) : ''
 c.ok('a 200 MB dd under --memory 20M is OOM-killed: memory.events oom_kill >= 1', Number(/^oom_kill (\d+)$/m.exec(events)?.[1] ?? 0) >= 1, {
   ran: `cat ${oomDir ?? '<cfs-id>'}/memory.events  # after the dd of ${oom.shown}`,
   expected: 'oom_kill 1 or more',
@@ -207,7 +208,7 @@ async function forkBomb(limit: number) {
   const stop = setTimeout(() => over || run.kill('SIGTERM'), 40_000)
   try {
     const pid1 = await waitFor(() => (over ? 0 : findProcesses((argv) => argv[0] === 'sh' && argv[3] === marker)[0]))
-    const path = pid1 ? read(`/proc/${pid1}/cgroup`) : ''
+    const path = pid1 ? readText(`/proc/${pid1}/cgroup`) : ''
     if (!path.startsWith('0::/cfs-')) {
       const ended = over ? await run : undefined
       return { ...result, error: `PID 1 of the bomb not found in a cfs-<id> cgroup (${path || (ended ? `the run ended first: exit ${ended.exitCode}, ${ended.stderr.trim()}` : 'no process')})` }
@@ -215,8 +216,8 @@ async function forkBomb(limit: number) {
     result.dir = join(root, path.slice(3))
     let lastTrue = 0
     while (existsSync(result.dir)) {
-      result.peak = Math.max(result.peak, Number(read(join(result.dir, 'pids.current')) || 0))
-      result.refused = Math.max(result.refused, Number(/^max (\d+)$/m.exec(read(join(result.dir, 'pids.events')))?.[1] ?? 0))
+      result.peak = Math.max(result.peak, Number(readText(join(result.dir, 'pids.current')) || 0))
+      result.refused = Math.max(result.refused, Number(/^max (\d+)$/m.exec(readText(join(result.dir, 'pids.events')))?.[1] ?? 0))
       if (Date.now() - lastTrue > 250) {
         lastTrue = Date.now()
         result.trueRuns++
@@ -256,12 +257,4 @@ async function runVerify(): Promise<{ passed: number; failed: number; exitCode: 
   const result = await verify
   if (result.stderr.trim()) console.log(`    stderr: ${result.stderr.trim().replace(/\n/g, '\n    ')}`)
   return { passed, failed, exitCode: result.exitCode ?? 1 }
-}
-
-function read(file: string): string {
-  try {
-    return readFileSync(file, 'utf8').trim()
-  } catch {
-    return ''
-  }
 }

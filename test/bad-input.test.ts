@@ -6,11 +6,12 @@
 
 import t from 'tap'
 import { execFileSync, spawn } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { findLeftovers } from '../scripts/lib/clean.ts'
 import { UsageError } from '../shared/errors.ts'
 import { allocateNetwork, BRIDGE, releaseNetwork, vethName } from '../shared/net.ts'
+import { listDir, readText } from '../scripts/lib/files.ts'
 import { cmdline, descendants, findProcesses } from '../scripts/lib/procfs.ts'
 import { waitFor } from '../scripts/lib/wait.ts'
 import { ensureImage } from '../shared/rootfs.ts'
@@ -89,14 +90,6 @@ async function leftBy(result: Result, before: Set<string>): Promise<string[]> {
   return (await waitFor(() => (fresh().length ? undefined : []), 3000)) ?? fresh()
 }
 
-const listDir = (dir: string): string[] => (existsSync(dir) ? readdirSync(dir) : [])
-const readText = (file: string): string => {
-  try {
-    return readFileSync(file, 'utf8').trim()
-  } catch {
-    return ''
-  }
-}
 
 const leasesDir = join(stateDir, 'net', 'leases')
 const snapshot = () => new Set(findLeftovers().map((l) => `${l.kind}: ${l.name}`))

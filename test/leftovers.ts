@@ -1,10 +1,11 @@
 // What a test's runs leave on the host, as `npm run clean` would see it,
 // told apart from what others on the same machine are doing meanwhile.
 
-import { readdirSync, readFileSync } from 'node:fs'
+import { readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { findLeftovers, type Leftover } from '../scripts/lib/clean.ts'
+import { listDir, readText } from '../scripts/lib/files.ts'
 import { parentPid } from '../scripts/lib/procfs.ts'
 import { containersDir } from '../shared/settings.ts'
 
@@ -40,7 +41,7 @@ export function watchRun(): Run {
       const id = /\/cfs-([0-9a-f]{12})$/m.exec(readText(`/proc/${pid}/cgroup`))?.[1]
       if (id) run.ids.add(id)
     }
-    for (const id of readdirSafe(containersDir)) {
+    for (const id of listDir(containersDir)) {
       if (run.pids.has(Number(readText(join(containersDir, id, 'parent.pid'))))) run.ids.add(id)
     }
   }
@@ -82,20 +83,4 @@ export async function leftoversSince(before: Set<string>, run: Run): Promise<str
     } catch {}
   }
   return found.map(key)
-}
-
-function readText(path: string): string {
-  try {
-    return readFileSync(path, 'utf8').trim()
-  } catch {
-    return ''
-  }
-}
-
-function readdirSafe(dir: string): string[] {
-  try {
-    return readdirSync(dir)
-  } catch {
-    return []
-  }
 }

@@ -5,13 +5,14 @@
 // project's prefix or under its state dir are ever looked at.
 
 import { execFileSync } from 'node:child_process'
-import { existsSync, readdirSync, readFileSync, readlinkSync, rmdirSync, rmSync, statSync } from 'node:fs'
+import { existsSync, readlinkSync, rmdirSync, rmSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { cgroupProcs, findHierarchies, removeCgroup } from '../../shared/cgroups.ts'
 import { MNT_DETACH, readMountInfo, umount2 } from '../../shared/mounts.ts'
 import { BRIDGE, deleteInterface, liveLeases } from '../../shared/net.ts'
 import { isRunning } from '../../shared/procfs.ts'
 import { containersDir, PREFIX, stateDir } from '../../shared/settings.ts'
+import { listDir, readText } from './files.ts'
 import { cmdline } from './procfs.ts'
 
 /** Something the project made: what it is, whether a running container still uses it, how to remove it. */
@@ -176,20 +177,4 @@ function processRoots(): { pid: number; root: string }[] {
         return []
       }
     })
-}
-
-function listDir(dir: string): string[] {
-  try {
-    return readdirSync(dir)
-  } catch {
-    return []
-  }
-}
-
-function readText(file: string): string {
-  try {
-    return readFileSync(file, 'utf8').trim()
-  } catch {
-    return ''
-  }
 }

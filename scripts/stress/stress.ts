@@ -13,13 +13,14 @@
 // mix with those of other runs on the shared image.
 
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
-import { existsSync, readdirSync, readFileSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { constants } from 'node:os'
 import { join } from 'node:path'
 import { cgroupName, findHierarchies } from '../../shared/cgroups.ts'
 import { clean } from '../lib/clean.ts'
 import { readMountInfo } from '../../shared/mounts.ts'
 import { BRIDGE, interfaceExists, liveLeases, vethName } from '../../shared/net.ts'
+import { listDir, readText } from '../lib/files.ts'
 import { findProcesses } from '../lib/procfs.ts'
 import { waitFor } from '../lib/wait.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
@@ -281,21 +282,5 @@ class StartGate {
     })()
     this.cleaning = run.finally(() => (this.cleaning = undefined))
     return run
-  }
-}
-
-function listDir(dir: string): string[] {
-  try {
-    return readdirSync(dir)
-  } catch {
-    return []
-  }
-}
-
-function readText(file: string): string {
-  try {
-    return readFileSync(file, 'utf8').trim()
-  } catch {
-    return ''
   }
 }

@@ -8,17 +8,18 @@
 // Usage: npx tsx steps/06-cgroups/verify.ts
 
 import { spawnSync } from 'node:child_process'
-import { existsSync, readdirSync, readFileSync, rmdirSync } from 'node:fs'
+import { existsSync, readdirSync, rmdirSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { $, type ProcessPromise } from 'zx'
 import { cgroupLayout, cgroupProcs, findControllers, findHierarchies, type Controller } from '../../shared/cgroups.ts'
-import { findProcesses, nsPids } from '../../scripts/lib/procfs.ts'
 import { isRunning } from '../../shared/procfs.ts'
-import { scaled, waitFor } from '../../scripts/lib/wait.ts'
 import { repoDir } from '../../shared/settings.ts'
+import { readText } from '../../scripts/lib/files.ts'
+import { findProcesses, nsPids } from '../../scripts/lib/procfs.ts'
 import { Checks, findStepProcess, killSleeper, runStep, shown, signalStep, stepCommand, type Sleeper } from '../../scripts/lib/verify.ts'
+import { scaled, waitFor } from '../../scripts/lib/wait.ts'
 import { requireRoot } from '../../shared/cli.ts'
 
 const step = '06-cgroups'
@@ -90,7 +91,7 @@ const limitChecks: [Controller, string, string[], string[]][] = [
 ]
 for (const [controller, option, files, expected] of limitChecks) {
   const dir = dirs[controller]
-  const got = files.map((file) => (dir ? readOr(join(dir, file), 'missing') : 'no cgroup'))
+  const got = files.map((file) => (dir ? readText(join(dir, file), 'missing') : 'no cgroup'))
   c.equal(`${option}: ${files.join(' and ')} ${expected.length > 1 ? 'are' : 'is'} ${expected.join(' and ')} (${version(controller)})`, got, expected,
     `cat ${files.map((file) => join(dir ?? `<${controller}>/cfs-<id>`, file)).join(' ')}  # during ${sleeper.shown}`)
 }
@@ -128,7 +129,7 @@ c.ok('…and when the container ends, no process of the bomb is left, nor its cg
 const hog = ['dd', 'if=/dev/zero', 'of=/dev/null', 'bs=200M', 'count=1']
 const oom = await startSleeper(['--memory', '20M', 'sh', '-c', `${hog.join(' ')} 2>/dev/null; echo "dd: exit $?"; exec sleep "$0"`], '3')
 const memoryDir = oom.sleep ? cgroupsOf(oom.sleep).memory : undefined
-const events = memoryDir ? readOr(join(memoryDir, v2('memory') ? 'memory.events' : 'memory.oom_control'), '') : ''
+const events = memoryDir ? readText(join(memoryDir, v2('memory') ? 'memory.events' : 'memory.oom_control'), '') : ''
 const kills = Number(/^oom_kill (\d+)$/m.exec(events)?.[1] ?? 0)
 c.ok(`a memory hog over --memory 20M is OOM-killed: oom_kill counts it (oom_kill ${kills}; ${version('memory')})`, kills >= 1, {
   ran: `${oom.shown}  # and, on the host, grep oom_kill ${memoryDir ?? '<memory>/cfs-<id>'}/${v2('memory') ? 'memory.events' : 'memory.oom_control'}`,
@@ -164,7 +165,7 @@ const [cappedTicks] = await measure([capped.busy], 3000)
 const percent = cappedTicks / 3 // clock ticks are 1/100 s: ticks per second is percent
 // cpu.stat counts the periods in which the cgroup ran out of quota and had to wait.
 const cpuDir = capped.busy ? cgroupsOf(capped.busy).cpu : undefined
-const throttled = Number(/^nr_throttled (\d+)$/m.exec(cpuDir ? readOr(join(cpuDir, 'cpu.stat'), '') : '')?.[1] ?? 0)
+const throttled = Number(/^nr_throttled (\d+)$/m.exec(cpuDir ? readText(join(cpuDir, 'cpu.stat'), '') : '')?.[1] ?? 0)
 c.ok(`--cpus 0.5 holds a busy loop to about 50% of one CPU, even at the highest weight: its cgroup throttles it (${percent.toFixed(0)}%, throttled ${throttled} times)`, percent >= 35 && percent <= 65 && throttled > 0, {
   ran: `${capped.shown}  # and utime+stime of the loop over 3 s, and nr_throttled in ${cpuDir ?? '<cpu>/cfs-<id>'}/cpu.stat`,
   expected: '35% to 65%, nr_throttled > 0',
@@ -219,7 +220,7 @@ async function measure(pids: (number | undefined)[], ms: number): Promise<number
 }
 
 function cpuTicks(pid: number | undefined): number {
-  const stat = pid ? readOr(`/proc/${pid}/stat`, '') : ''
+  const stat = pid ? readText(`/proc/${pid}/stat`, '') : ''
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
   return Number(fields[11] ?? 0) + Number(fields[12] ?? 0) // utime and stime, fields 14 and 15 of proc(5)
 }
@@ -244,7 +245,7 @@ async function startBomb(): Promise<{ shown: string; marker: string; id?: string
   try {
     const pid1 = await waitFor(() => findProcesses((argv) => argv[0] === 'sh' && argv[3] === marker).find((pid) => nsPids(pid).at(-1) === 1))
     const dir = pid1 ? cgroupsOf(pid1).pids : undefined
-    const max = dir ? readOr(join(dir, 'pids.max'), 'missing') : 'no cgroup'
+    const max = dir ? readText(join(dir, 'pids.max'), 'missing') : 'no cgroup'
     if (idOf(dir)) seen.push(idOf(dir)!)
     run.stdin.on('error', () => {}) // the run may be over already
     if (!dir?.includes('/cfs-') || max !== '30') {
@@ -254,9 +255,9 @@ async function startBomb(): Promise<{ shown: string; marker: string; id?: string
     run.stdin.end('go\n')
     let lastTrue = 0
     while (!ended && existsSync(dir)) {
-      const current = Number(readOr(join(dir, 'pids.current'), '0'))
+      const current = Number(readText(join(dir, 'pids.current'), '0'))
       result.peak = Math.max(result.peak, current)
-      result.refused = Math.max(result.refused, Number(/^max (\d+)$/m.exec(readOr(join(dir, 'pids.events'), ''))?.[1] ?? 0))
+      result.refused = Math.max(result.refused, Number(/^max (\d+)$/m.exec(readText(join(dir, 'pids.events'), ''))?.[1] ?? 0))
       if (Date.now() - lastTrue > 250) {
         lastTrue = Date.now()
         spawnSync('true')
@@ -291,7 +292,7 @@ async function checkStop(s: Sleeper & { shown: string }, signal: NodeJS.Signals)
 
 /** The cgroup directory of `pid` for each controller, from /proc/PID/cgroup (cgroups(7)). */
 function cgroupsOf(pid: number): Partial<Record<Controller, string>> {
-  const paths = cgroupPaths(readOr(`/proc/${pid}/cgroup`, ''))
+  const paths = cgroupPaths(readText(`/proc/${pid}/cgroup`, ''))
   return Object.fromEntries([...where].filter(([name]) => paths[name]).map(([name, h]) => [name, join(h.mountPoint, paths[name]!)]))
 }
 
@@ -327,12 +328,4 @@ function cgroupDirs(): string[] {
 function leftovers(id: string | undefined): string[] {
   if (!id || !/^[0-9a-f]{12}$/.test(id)) return [`no container id: ${JSON.stringify(id)}`]
   return findHierarchies().map((h) => join(h.mountPoint, `cfs-${id}`)).filter((dir) => existsSync(dir))
-}
-
-function readOr(file: string, fallback: string): string {
-  try {
-    return readFileSync(file, 'utf8').trim()
-  } catch {
-    return fallback
-  }
 }

@@ -15,10 +15,11 @@ import { setTimeout as delay } from 'node:timers/promises'
 import { $ } from 'zx'
 import { readMountInfo } from '../../shared/mounts.ts'
 import { isRunning } from '../../shared/procfs.ts'
-import { waitFor } from '../../scripts/lib/wait.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { containersDir, repoDir, stateDir } from '../../shared/settings.ts'
+import { readText } from '../../scripts/lib/files.ts'
 import { Checks, killSleeper, runSleeper, runStep, shown, signalStep, tsx, type Sleeper } from '../../scripts/lib/verify.ts'
+import { waitFor } from '../../scripts/lib/wait.ts'
 import { requireRoot } from '../../shared/cli.ts'
 
 const step = '07-overlay'
@@ -54,7 +55,7 @@ c.ok('with --keep, the container\'s directory stays after it ends, and stderr sa
   expected: `exit 0, ${upper} there, its path on stderr`,
   got: `exit ${written.exitCode}, ${existsSync(upper) ? 'there' : 'no such directory'}, stderr: ${written.stderr.trim()}`,
 })
-c.equal('a file written inside lands in the container\'s upper dir', readText(join(upper, probe)) ?? 'no such file', 'written inside\n', `cat ${upper}${probe}`)
+c.equal('a file written inside lands in the container\'s upper dir', readBytes(join(upper, probe))?.toString() ?? 'no such file', 'written inside\n', `cat ${upper}${probe}`)
 c.equal('…and not in the image', existsSync(join(image, probe)), false, `ls ${image}${probe}`)
 c.ok(`${victim}, deleted inside, is gone for the container`, /no such file/i.test(written.stdout), {
   ran: shown(step, write),
@@ -174,7 +175,7 @@ c.finish()
 
 // The directory of the container whose parent (the step) is `stepPid`, from its parent.pid.
 function containerDirOf(stepPid: number): string | undefined {
-  const id = readdirSync(containersDir).find((name) => readText(join(containersDir, name, 'parent.pid'))?.trim() === String(stepPid))
+  const id = readdirSync(containersDir).find((name) => readText(join(containersDir, name, 'parent.pid')) === String(stepPid))
   return id && join(containersDir, id)
 }
 
@@ -232,10 +233,6 @@ async function outputOf(run: ReturnType<typeof runStep>, test: (out: string) => 
 function repairImage(): void {
   for (const name of readdirSync(image).filter((n) => n.startsWith(probe.slice(1)))) rmSync(join(image, name), { force: true })
   if (!readBytes(join(image, victim))?.equals(victimContent)) writeFileSync(join(image, victim), victimContent)
-}
-
-function readText(path: string): string | undefined {
-  return readBytes(path)?.toString()
 }
 
 function readBytes(path: string): Buffer | undefined {

@@ -10,18 +10,19 @@
 //
 // Usage: npx tsx steps/08-net/verify.ts
 
-import { existsSync, readdirSync, readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { $, type ProcessPromise } from 'zx'
 import { namespaceOf } from '../../shared/namespaces.ts'
 import { findLeftovers } from '../../scripts/lib/clean.ts'
 import { BRIDGE, liveLeases, SUBNET } from '../../shared/net.ts'
-import { cmdline, findProcesses, parentPid } from '../../scripts/lib/procfs.ts'
 import { isRunning } from '../../shared/procfs.ts'
-import { waitFor } from '../../scripts/lib/wait.ts'
 import { containersDir, PREFIX, repoDir, stateDir } from '../../shared/settings.ts'
+import { listDir, readText } from '../../scripts/lib/files.ts'
+import { cmdline, findProcesses, parentPid } from '../../scripts/lib/procfs.ts'
 import { Checks, killSleeper, runSleeper, runStep, shown, tsx, type Sleeper } from '../../scripts/lib/verify.ts'
+import { waitFor } from '../../scripts/lib/wait.ts'
 import { requireRoot } from '../../shared/cli.ts'
 
 const step = '08-net'
@@ -177,12 +178,12 @@ c.ok('…but not its veth: the pair went with the container\'s network namespace
 await quiet()
 const clean = await $({ cwd: repoDir, nothrow: true, quiet: true })`${tsx} scripts/clean.ts`
 const linksAfterClean = await hostLinks()
-const leaseLeft = lease && readdir(leasesDir).find((address) => readText(join(leasesDir, address)).startsWith(`${lease.id} `))
+const leaseLeft = lease && listDir(leasesDir).find((address) => readText(join(leasesDir, address)).startsWith(`${lease.id} `))
 c.ok('…and `npm run clean` removes them: the host\'s interfaces are as before, no lease, no directory',
   JSON.stringify(linksAfterClean) === JSON.stringify(linksBefore) && lease !== undefined && !leaseLeft && !existsSync(orphanDir!), {
     ran: `npm run clean; ip -o link; ls ${leasesDir} ${containersDir}`,
     expected: `links ${linksBefore.join(' ')}; no lease, no directory`,
-    got: `links ${linksAfterClean.join(' ')}; leases: ${readdir(leasesDir).join(' ') || 'none'}; dirs: ${readdir(containersDir).join(' ') || 'none'}; clean said: ${clean.stdout.trim()} ${clean.stderr.trim()}`,
+    got: `links ${linksAfterClean.join(' ')}; leases: ${listDir(leasesDir).sort().join(' ') || 'none'}; dirs: ${listDir(containersDir).sort().join(' ') || 'none'}; clean said: ${clean.stdout.trim()} ${clean.stderr.trim()}`,
   })
 
 // A subnet the host already uses (its own address's /24) is refused, before anything is made.
@@ -265,7 +266,7 @@ async function endAll(pingers: Pinger[]): Promise<void> {
 async function freezeAfterSpawn(stepPid: number | undefined, ms: number): Promise<boolean> {
   const deadline = Date.now() + 10_000
   while (stepPid && Date.now() < deadline && isRunning(stepPid)) {
-    const children = readText(`/proc/${stepPid}/task/${stepPid}/children`).trim().split(' ').filter(Boolean).map(Number)
+    const children = readText(`/proc/${stepPid}/task/${stepPid}/children`).split(' ').filter(Boolean).map(Number)
     if (children.some((pid) => cmdline(pid).includes('child'))) {
       process.kill(stepPid, 'SIGSTOP')
       try {
@@ -292,7 +293,7 @@ function leftovers(): string[] {
 
 // Ports of the bridge: the host's ends of the veth pairs.
 function bridgePorts(): string[] {
-  return readdir(`/sys/class/net/${BRIDGE}/brif`).sort()
+  return listDir(`/sys/class/net/${BRIDGE}/brif`).sort()
 }
 
 // `ip -o link` names, without the @peer suffix.
@@ -313,7 +314,7 @@ async function firstHostAddress(): Promise<string | undefined> {
 
 // The lease (address and container id) whose parent is `stepPid`.
 function leaseOf(stepPid: number): { address: string; id: string } | undefined {
-  for (const address of readdir(leasesDir)) {
+  for (const address of listDir(leasesDir)) {
     const [id, pid] = readFileSync(join(leasesDir, address), 'utf8').trim().split(' ')
     if (Number(pid) === stepPid) return { address, id }
   }
@@ -327,22 +328,6 @@ async function stepGone(s: Sleeper): Promise<void> {
   await Promise.race([s.run, delay(5000, undefined, { ref: false })])
   await killSleeper(s)
   await waitFor(() => (s.step && existsSync(`/proc/${s.step}`) ? undefined : true), 5000)
-}
-
-function readText(path: string): string {
-  try {
-    return readFileSync(path, 'utf8')
-  } catch {
-    return ''
-  }
-}
-
-function readdir(dir: string): string[] {
-  try {
-    return readdirSync(dir).sort()
-  } catch {
-    return []
-  }
 }
 
 // `ip addr` (iproute2 or busybox): each link's name, flags and IPv4 addresses.
