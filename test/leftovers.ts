@@ -1,12 +1,11 @@
 // What a test's runs leave on the host, as `npm run clean` would see it,
 // told apart from what others on the same machine are doing meanwhile.
 
-import { readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { findLeftovers, type Leftover } from '../scripts/lib/clean.ts'
 import { listDir, readText } from '../scripts/lib/files.ts'
-import { parentPid } from '../scripts/lib/procfs.ts'
+import { descendants } from '../scripts/lib/procfs.ts'
 import { containersDir } from '../shared/settings.ts'
 
 const key = (item: Leftover): string => `${item.kind}: ${item.name}`
@@ -27,16 +26,8 @@ export interface Run {
 export function watchRun(): Run {
   const run: Run = { pids: new Set(), ids: new Set(), stop: () => clearInterval(timer) }
   const sample = () => {
-    const parents = new Map(readdirSync('/proc').filter((name) => /^\d+$/.test(name)).map((name) => [Number(name), parentPid(Number(name))]))
-    for (let added = true; added;) {
-      added = false
-      for (const [pid, ppid] of parents) {
-        if ((ppid === process.pid || run.pids.has(ppid)) && !run.pids.has(pid)) {
-          run.pids.add(pid)
-          added = true
-        }
-      }
-    }
+    // Processes of ours whose parent is gone stay in the tree, with their children.
+    for (const pid of descendants([process.pid, ...run.pids])) run.pids.add(pid)
     for (const pid of run.pids) {
       const id = /\/cfs-([0-9a-f]{12})$/m.exec(readText(`/proc/${pid}/cgroup`))?.[1]
       if (id) run.ids.add(id)

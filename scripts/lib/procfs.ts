@@ -41,20 +41,27 @@ export function nsPids(pid: number): number[] {
   }
 }
 
-/** PIDs of every process below `root` (children, their children, ...), from the PPid of each process in /proc. */
-export function descendants(root: number): number[] {
+/**
+ * PIDs of every process below `roots` (children, their children, ...), from
+ * the PPid of each process in /proc; not the roots themselves. More than
+ * one root: a process already found keeps its children in the tree after
+ * its parent is gone and it was reparented (to init, or a subreaper).
+ */
+export function descendants(roots: number | Iterable<number>): number[] {
   const children = new Map<number, number[]>()
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue
     const parent = parentPid(Number(name))
     children.set(parent, [...(children.get(parent) ?? []), Number(name)])
   }
-  const found: number[] = []
-  for (let queue = [root]; queue.length; ) {
+  const start = new Set(typeof roots === 'number' ? [roots] : roots)
+  const found = new Set<number>()
+  for (const queue = [...start]; queue.length;) {
     for (const pid of children.get(queue.shift()!) ?? []) {
-      found.push(pid)
+      if (found.has(pid) || start.has(pid)) continue
+      found.add(pid)
       queue.push(pid)
     }
   }
-  return found
+  return [...found]
 }

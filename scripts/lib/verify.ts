@@ -4,13 +4,12 @@
 
 import chalk from 'chalk'
 import { $, type ProcessPromise } from 'zx'
-import { readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { exitOnClosedPipe } from '../../shared/errors.ts'
 import { isRunning } from '../../shared/procfs.ts'
 import { repoDir } from '../../shared/settings.ts'
-import { findProcesses, parentPid } from './procfs.ts'
+import { descendants, findProcesses, parentPid } from './procfs.ts'
 import { scaled, waitFor } from './wait.ts'
 
 /** The project's own tsx, so verify runs steps as `npx tsx` would, minus npx. */
@@ -158,16 +157,7 @@ export function stopDescendants(root: number, graceMs = 6000): void {
   // Children of anything in the tree, found again while they exit: a step's
   // clean-up may start processes of its own (ip, umount).
   const grow = () => {
-    const parents = new Map(readdirSync('/proc').filter((name) => /^\d+$/.test(name)).map((name) => [Number(name), parentPid(Number(name))]))
-    for (let added = true; added;) {
-      added = false
-      for (const [pid, ppid] of parents) {
-        if ((ppid === root || tree.has(ppid)) && !tree.has(pid) && pid !== root) {
-          tree.add(pid)
-          added = true
-        }
-      }
-    }
+    for (const pid of descendants([root, ...tree])) tree.add(pid)
   }
   const signal = (sig: NodeJS.Signals) => {
     for (const pid of [...tree].filter(isRunning)) {
