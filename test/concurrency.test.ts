@@ -11,7 +11,7 @@ import { BRIDGE, liveLeases, vethName } from '../shared/net.ts'
 import { waitFor } from '../scripts/lib/wait.ts'
 import { containersDir, repoDir } from '../shared/settings.ts'
 import { tsx } from '../scripts/lib/verify.ts'
-import { leftoversOf } from '../scripts/stress/stress.ts'
+import { leftoversOf } from '../scripts/lib/clean.ts'
 import { rootOnly } from './helpers.ts'
 
 const COUNT = 10

@@ -41,17 +41,12 @@ export function watchRun(): Run {
   return run
 }
 
-// Whether a leftover is this run's: by its container id, or the PID that made it.
-// Leftovers with neither (a mount in the image, a lock) count as ours.
+// Whether a leftover is this run's: by the PID that made it (a lease), or
+// its container id. Leftovers with neither (a mount in the image, a lock)
+// count as ours.
 function madeBy(run: Run, item: Leftover): boolean {
-  const id = /cfs-?([0-9a-f]{12})$|\/containers\/([0-9a-f]{12})(\/|$)/.exec(item.name.replace(/ .*$/, ''))
   if (item.kind === 'lease') return run.pids.has(Number(readText(item.name).split(' ')[1]))
-  if (item.kind === 'mount') {
-    const inContainer = /\/containers\/([0-9a-f]{12})\//.exec(item.name)?.[1]
-    return inContainer ? run.ids.has(inContainer) : true
-  }
-  if (id) return run.ids.has(id[1] ?? id[2])
-  return true
+  return item.id ? run.ids.has(item.id) : true
 }
 
 // What a run left behind: leftovers (as `npm run clean` sees them) that were

@@ -2,7 +2,9 @@
 // crash (a parent killed with SIGKILL cannot clean up after itself):
 // mounts under the state dir, cfs-* cgroups, cfs* interfaces and netns,
 // container directories, stale address leases. Only things with the
-// project's prefix or under its state dir are ever looked at.
+// project's prefix or under its state dir are ever looked at. The one
+// leftover finder: npm run clean, the stress run, the tests and the verify
+// scripts all look through findLeftovers().
 
 import { execFileSync } from 'node:child_process'
 import { existsSync, readlinkSync, rmdirSync, rmSync, statSync } from 'node:fs'
@@ -13,7 +15,7 @@ import { BRIDGE, deleteInterface, liveLeases } from '../../shared/net.ts'
 import { isRunning } from '../../shared/procfs.ts'
 import { containersDir, PREFIX, stateDir } from '../../shared/settings.ts'
 import { listDir, readText } from './files.ts'
-import { cmdline } from './procfs.ts'
+import { cmdline, findProcesses } from './procfs.ts'
 
 /** Something the project made: what it is, whether a running container still uses it, how to remove it. */
 export interface Leftover {
@@ -21,11 +23,40 @@ export interface Leftover {
   name: string
   inUse: string | false // why it must stay, if it must
   remove: () => unknown // may return a promise
+  id?: string // the container it belongs to, when its name or content says
 }
 
-/** Everything the project has on this host right now (read-only: removes nothing). */
-export function findLeftovers(): Leftover[] {
-  return [...mounts(), ...cgroups(), ...interfaces(), ...netns(), ...containerDirs(), ...leases()]
+/** Everything the project has on this host right now, or only things of these kinds (read-only: removes nothing). */
+export function findLeftovers(kinds?: Leftover['kind'][]): Leftover[] {
+  const wanted = (...some: Leftover['kind'][]) => !kinds || some.some((kind) => kinds.includes(kind))
+  return [
+    ...(wanted('mount') ? mounts() : []),
+    ...(wanted('cgroup') ? cgroups() : []),
+    ...(wanted('interface') ? interfaces() : []),
+    ...(wanted('netns') ? netns() : []),
+    ...(wanted('container dir') ? containerDirs() : []),
+    ...(wanted('lease', 'lock') ? leases() : []),
+  ].filter((item) => wanted(item.kind))
+}
+
+/**
+ * What containers with these ids left on the host, as "kind: name": their
+ * cgroups, container directories, veths, mounts (under their directories,
+ * or anywhere under `imageDir`), their address leases (stale, or still
+ * held by a parent that lives on), and the processes whose argv holds one
+ * of `markers`. For the tests and the stress run, which must tell their
+ * own containers' leftovers from those of others running meanwhile.
+ */
+export function leftoversOf(ids: string[], imageDir: string | undefined, markers: string[]): string[] {
+  const wanted = new Set(ids)
+  const found = findLeftovers(['cgroup', 'container dir', 'interface', 'lease', 'mount'])
+    .filter((item) => (item.id !== undefined && wanted.has(item.id)) || (imageDir !== undefined && item.kind === 'mount' && item.name.includes(` on ${imageDir}/`)))
+    .map((item) => `${item.kind}: ${item.name}`)
+  const leasesDir = join(stateDir, 'net', 'leases')
+  for (const lease of liveLeases()) if (wanted.has(lease.id)) found.push(`lease: ${join(leasesDir, lease.address)} (its parent ${lease.pid} is still running)`)
+  const markerSet = new Set(markers)
+  for (const pid of findProcesses((argv) => argv.some((arg) => markerSet.has(arg)))) found.push(`process: ${pid}`)
+  return found
 }
 
 /**
@@ -78,6 +109,7 @@ function mounts(): Leftover[] {
         name: `${m.fstype} on ${m.mountPoint}`,
         inUse: user ? `process ${user.pid} runs in ${user.root}` : false,
         remove: () => umount2(m.mountPoint, MNT_DETACH),
+        id: m.mountPoint.startsWith(`${containersDir}/`) ? idIn(m.mountPoint.slice(containersDir.length + 1).split('/')[0]) : undefined,
       }
     })
 }
@@ -95,6 +127,7 @@ function cgroups(): Leftover[] {
           name: dir,
           inUse: procs.length ? `${procs.length} processes in it` : starting(name) ? 'its container is starting' : false,
           remove: () => removeCgroup({ name, dirs: [{ version: h.version, dir, controllers: [] }] }),
+          id: idIn(name.slice(PREFIX.length + 1)),
         }
       }),
   )
@@ -120,6 +153,7 @@ function interfaces(): Leftover[] {
       name,
       inUse: live.has(name) ? 'its container is running' : false,
       remove: () => deleteInterface(name),
+      id: idIn(name.slice(PREFIX.length)),
     }))
 }
 
@@ -146,6 +180,7 @@ function containerDirs(): Leftover[] {
       name: dir,
       inUse: existsSync(join(dir, 'kept')) ? 'kept with --keep (--all removes it)' : alive ? `its parent ${parent} is running` : false,
       remove: () => rmSync(dir, { recursive: true, force: true }),
+      id: idIn(id),
     }
   })
 }
@@ -155,14 +190,19 @@ function leases(): Leftover[] {
   const netDir = join(stateDir, 'net')
   const stale: Leftover[] = listDir(join(netDir, 'leases')).flatMap((address) => {
     const file = join(netDir, 'leases', address)
-    const pid = Number(readText(file).split(' ')[1])
-    return pid > 0 && isRunning(pid) ? [] : [{ kind: 'lease' as const, name: file, inUse: false as const, remove: () => rmSync(file, { force: true }) }]
+    const [id, pid] = readText(file).split(' ')
+    return Number(pid) > 0 && isRunning(Number(pid)) ? [] : [{ kind: 'lease' as const, name: file, inUse: false as const, remove: () => rmSync(file, { force: true }), id: idIn(id) }]
   })
   const lock = join(netDir, 'lock')
   if (existsSync(lock) && Date.now() - statSync(lock).mtimeMs > 10_000) {
     stale.push({ kind: 'lock', name: lock, inUse: false, remove: () => rmdirSync(lock) })
   }
   return stale
+}
+
+// A container id (12 hex digits, see newContainerId), or undefined.
+function idIn(text: string | undefined): string | undefined {
+  return text && /^[0-9a-f]{12}$/.test(text) ? text : undefined
 }
 
 // The root directory of every process, as the host sees it (not '/').

@@ -16,17 +16,14 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { constants } from 'node:os'
 import { join } from 'node:path'
-import { cgroupName, findHierarchies } from '../../shared/cgroups.ts'
-import { clean } from '../lib/clean.ts'
-import { readMountInfo } from '../../shared/mounts.ts'
-import { BRIDGE, interfaceExists, liveLeases, vethName } from '../../shared/net.ts'
-import { listDir, readText } from '../lib/files.ts'
-import { findProcesses } from '../lib/procfs.ts'
-import { waitFor } from '../lib/wait.ts'
+import { BRIDGE, liveLeases } from '../../shared/net.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
-import { containersDir, imagesDir, repoDir, stateDir } from '../../shared/settings.ts'
-import { findStepProcess, tsx } from '../lib/verify.ts'
+import { imagesDir, repoDir } from '../../shared/settings.ts'
+import { clean, findLeftovers, leftoversOf } from '../lib/clean.ts'
 import { copyImage, removeTree } from '../lib/private-image.ts'
+import { findProcesses } from '../lib/procfs.ts'
+import { findStepProcess, tsx } from '../lib/verify.ts'
+import { waitFor } from '../lib/wait.ts'
 
 /** How a container is made to end. */
 export type ExitPath = 'exit 0' | 'exit 3' | 'SIGINT to the group' | 'SIGTERM to the step' | 'SIGKILL + npm run clean'
@@ -170,7 +167,7 @@ async function runOne(c: { n: number; step: string; path: ExitPath; traps: boole
     const cleaned = await c.gate.exclusive(() => runClean())
     if (cleaned.exitCode !== 0) outcome.why = `npm run clean exited ${cleaned.exitCode}: ${cleaned.output.trim().split('\n').slice(-3).join(' / ')}`
   }
-  outcome.leftovers = outcome.id ? leftoversOf([outcome.id], undefined, [mark]) : findProcesses((argv) => argv.includes(mark)).map((pid) => `process ${pid}`)
+  outcome.leftovers = outcome.id ? leftoversOf([outcome.id], undefined, [mark]) : findProcesses((argv) => argv.includes(mark)).map((pid) => `process: ${pid}`)
   judge(outcome)
   return outcome
 }
@@ -204,34 +201,6 @@ function killGroup(child: ChildProcess): void {
   } catch {}
 }
 
-/**
- * What containers with these ids left on the host: their cgroups, container
- * directories, veths, leases, mounts (under their directories, or anywhere
- * under `imageDir`), and processes whose argv holds one of `markers`.
- */
-export function leftoversOf(ids: string[], imageDir: string | undefined, markers: string[]): string[] {
-  const found: string[] = []
-  const wanted = new Set(ids)
-  const cgroupNames = new Set(ids.map(cgroupName))
-  for (const h of findHierarchies()) {
-    for (const name of listDir(h.mountPoint)) if (cgroupNames.has(name)) found.push(`cgroup ${join(h.mountPoint, name)}`)
-  }
-  for (const id of listDir(containersDir)) if (wanted.has(id)) found.push(`container dir ${join(containersDir, id)}`)
-  for (const id of ids) if (interfaceExists(vethName(id))) found.push(`interface ${vethName(id)}`)
-  for (const file of listDir(join(stateDir, 'net', 'leases'))) {
-    const id = readText(join(stateDir, 'net', 'leases', file)).split(' ')[0]
-    if (wanted.has(id)) found.push(`lease ${file} of ${id}`)
-  }
-  for (const m of readMountInfo()) {
-    const underContainer = ids.some((id) => m.mountPoint.startsWith(`${join(containersDir, id)}/`))
-    const underImage = imageDir !== undefined && m.mountPoint.startsWith(`${imageDir}/`)
-    if (underContainer || underImage) found.push(`mount ${m.fstype} on ${m.mountPoint}`)
-  }
-  const markerSet = new Set(markers)
-  for (const pid of findProcesses((argv) => argv.some((arg) => markerSet.has(arg)))) found.push(`process ${pid}`)
-  return found
-}
-
 // The bridge is there, but no container holds a lease on it.
 function orphanBridge(): boolean {
   return existsSync(`/sys/class/net/${BRIDGE}`) && liveLeases().length === 0
@@ -240,14 +209,9 @@ function orphanBridge(): boolean {
 // The project's things on the host that belong to others (their runs in progress), for the report only.
 function othersLeftovers(ids: string[], imageDir: string): string[] {
   const mine = new Set(ids)
-  const others: string[] = []
-  for (const h of findHierarchies()) {
-    for (const name of listDir(h.mountPoint)) if (name.startsWith('cfs-') && !mine.has(name.slice(4))) others.push(`cgroup ${join(h.mountPoint, name)}`)
-  }
-  for (const name of listDir('/sys/class/net')) if (name.startsWith('cfs') && name !== BRIDGE && !mine.has(name.slice(3))) others.push(`interface ${name}`)
-  for (const name of listDir('/run/netns')) if (name.startsWith('cfs')) others.push(`netns ${name}`)
-  for (const m of readMountInfo()) if (m.mountPoint.startsWith(`${stateDir}/`) && !m.mountPoint.startsWith(`${imageDir}/`)) others.push(`mount ${m.fstype} on ${m.mountPoint}`)
-  return others
+  return findLeftovers(['cgroup', 'interface', 'netns', 'mount'])
+    .filter((item) => !(item.id && mine.has(item.id)) && !(item.kind === 'mount' && item.name.includes(` on ${imageDir}/`)))
+    .map((item) => `${item.kind}: ${item.name}`)
 }
 
 /**

@@ -8,14 +8,15 @@
 // Usage: npx tsx steps/06-cgroups/verify.ts
 
 import { spawnSync } from 'node:child_process'
-import { existsSync, readdirSync, rmdirSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { $, type ProcessPromise } from 'zx'
-import { cgroupLayout, cgroupProcs, findControllers, findHierarchies, type Controller } from '../../shared/cgroups.ts'
+import { cgroupLayout, cgroupProcs, findControllers, type Controller } from '../../shared/cgroups.ts'
 import { isRunning } from '../../shared/procfs.ts'
 import { repoDir } from '../../shared/settings.ts'
+import { findLeftovers } from '../../scripts/lib/clean.ts'
 import { readText } from '../../scripts/lib/files.ts'
 import { findProcesses, nsPids } from '../../scripts/lib/procfs.ts'
 import { Checks, findStepProcess, killSleeper, runStep, shown, signalStep, stepCommand, type Sleeper } from '../../scripts/lib/verify.ts'
@@ -173,14 +174,12 @@ c.ok(`--cpus 0.5 holds a busy loop to about 50% of one CPU, even at the highest 
 })
 await endContainer(capped)
 
-const left = seen.filter((id) => /^[0-9a-f]{12}$/.test(id)).flatMap((id) => leftovers(id))
-c.equal('after all these runs, none of their cgroups is left', left, [], 'ls -d /sys/fs/cgroup/*/cfs-*')
-// A step that failed to clean up: remove what it left, as `npm run clean` would.
-for (const dir of left) {
-  for (const pid of cgroupProcs(dir)) process.kill(pid, 'SIGKILL')
-  await waitFor(() => (cgroupProcs(dir).length ? undefined : true), 2000)
-  rmdirSync(dir)
-  console.log(`    left behind: ${dir}; removed it, as \`npm run clean\` would`)
+const left = findLeftovers(['cgroup']).filter((item) => item.id !== undefined && seen.includes(item.id))
+c.equal('after all these runs, none of their cgroups is left', left.map((item) => item.name), [], 'ls -d /sys/fs/cgroup/*/cfs-*')
+// A step that failed to clean up: remove what it left, as `npm run clean` does.
+for (const item of left) {
+  await item.remove()
+  console.log(`    left behind: ${item.name}; removed it, as \`npm run clean\` would`)
 }
 
 c.finish()
@@ -321,11 +320,11 @@ function idOf(dir: string | undefined): string | undefined {
 
 /** Every cfs-* directory in every hierarchy. */
 function cgroupDirs(): string[] {
-  return findHierarchies().flatMap((h) => readdirSync(h.mountPoint).filter((name) => name.startsWith('cfs-')).map((name) => join(h.mountPoint, name)))
+  return findLeftovers(['cgroup']).map((item) => item.name)
 }
 
 /** The container's cgroup directories still there (or why we cannot tell). */
 function leftovers(id: string | undefined): string[] {
   if (!id || !/^[0-9a-f]{12}$/.test(id)) return [`no container id: ${JSON.stringify(id)}`]
-  return findHierarchies().map((h) => join(h.mountPoint, `cfs-${id}`)).filter((dir) => existsSync(dir))
+  return findLeftovers(['cgroup']).filter((item) => item.id === id).map((item) => item.name)
 }
