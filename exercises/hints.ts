@@ -71,29 +71,30 @@ export const exercises: Record<string, Exercise> = {
     title: 'cgroups: limits the kernel enforces',
     man: ['cgroups(7)', 'cgroup v2: Documentation/admin-guide/cgroup-v2.rst'],
     hints: [
-      'shared/cgroups.ts does the file work for v1, v2 and hybrid hosts: you only call createCgroup, removeCgroup and joinCgroup. shared/container.ts has the sync pipe: STDIO_WITH_SYNC, childStarted, tellChild, waitForParent.',
-      'In run(): const cgroup = createCgroup(container.id, limits), then cleanup.defer(() => removeCgroup(cgroup)); pass STDIO_WITH_SYNC to reexecChild, then await childStarted(child) (its Node has started), joinCgroup(cgroup, child.pid!) and tellChild(child).',
-      'In child(), first thing after prctl: waitForParent(). joinCgroup in the parent wrote the child\'s PID into cgroup.procs of every hierarchy while the child waited.',
+      'shared/cgroups.ts only finds things: cgroupFor(container.id, limits) returns dirs (one per hierarchy: v1, v2 or both) and writes ({ dir, file, value }). The mkdir, the writes and the rmdir are yours, with node:fs. shared/container.ts has the sync pipe: STDIO_WITH_SYNC, childStarted, tellChild, waitForParent.',
+      'In run(): const cgroup = cgroupFor(container.id, limits); cleanup.defer(async () => { for (const { dir } of cgroup.dirs) await rmdirCgroup(dir) }); mkdirSync each dir; writeFileSync(join(dir, file), value) for each write. Pass STDIO_WITH_SYNC to reexecChild, await childStarted(child), write String(child.pid) to join(dir, \'cgroup.procs\') for each dir, then tellChild(child).',
+      'In child(), first thing after prctl: waitForParent(). The parent wrote the child\'s PID into cgroup.procs of every hierarchy while the child waited; memory is charged to the cgroup a process is in when it allocates, so the move comes once Node has started.',
     ],
   },
   '07-overlay': {
     title: 'overlayfs: a copy-on-write root per container',
     man: ['mount(2)', 'overlayfs: Documentation/filesystems/overlayfs.rst'],
     hints: [
-      'One line changes: what pivotInto() pivots into. container.dir already holds upper/, work/ and merged/.',
-      'shared/overlay.ts has mountOverlay(image, dir): it mounts lowerdir=image, upperdir=dir/upper, workdir=dir/work on dir/merged and returns merged.',
-      'pivotInto(mountOverlay(container.rootfs, container.dir)). It runs in the child, after MS_PRIVATE, so the overlay exists only in the container\'s mount namespace.',
+      'The parent already made the container\'s directory (container.dir) with upper/, work/ and merged/ in it; overlayDirs(container.dir) names them. The mount happens in the child, after MS_PRIVATE, so it exists only in the container\'s mount namespace.',
+      'mount(source, target, fstype, flags, data): the source is just a label (\'overlay\'), the target is merged, the type \'overlay\', and the data string lists the layers: lowerdir=…,upperdir=…,workdir=….',
+      'const { upper, work, merged } = overlayDirs(container.dir); mount(\'overlay\', merged, \'overlay\', 0, `lowerdir=${container.rootfs},upperdir=${upper},workdir=${work}`); then pivotInto(merged).',
     ],
   },
   '08-net': {
     title: 'network namespace: a veth pair and a bridge',
     man: ['network_namespaces(7)', 'veth(4)', 'ip-link(8)', 'ip-address(8)', 'ip-route(8)'],
     hints: [
-      'Four TODOs: a flag and the veth pair in run(), the address and the network set-up in child(). The parent and the child meet on the sync pipe (fd 3): the parent writes its word, the child reads it.',
-      'The flag is CLONE_NEWNET. shared/net.ts: const network = await allocateNetwork(container.id), cleanup.defer(() => releaseNetwork(network)), then await connectContainer(network, child.pid!) makes the pair (`ip link add … peer name eth0 netns <pid>`); tellChild(child, network) says the address.',
-      'In child(): const network = waitForParent<Network>(), then configureContainerNetwork(network). The order matters: eth0 does not exist before the parent says so.',
+      'Four TODOs: a flag and the veth pair in run(), the address and the network set-up in child(). The parent and the child meet on the sync pipe (fd 3): the parent writes its word, the child reads it. shared/net.ts has allocateNetwork/releaseNetwork (the address and the bridge) and ip()/ipAsync(), which run ip(8) commands, one line each, as a batch.',
+      'The flag is CLONE_NEWNET. In run(): const network = await allocateNetwork(container.id), cleanup.defer(() => releaseNetwork(network)), then await ipAsync(`link add ${network.hostVeth} type veth peer name eth0 netns ${child.pid}`, `link set ${network.hostVeth} master ${BRIDGE} up`), and tellChild(child, network) says the address.',
+      'In child(): const network = waitForParent<Network>(), then ip(\'link set lo up\', `addr add ${network.address}/${network.prefix} dev eth0`, \'link set eth0 up\', `route add default via ${network.gateway}`). The order matters: eth0 does not exist before the parent says so, and `ip` is gone after pivot_root.',
     ],
   },
+
 }
 
 /** The homework problems, by short name (npm run homework -- p1a). */

@@ -69,10 +69,15 @@ export interface Limits {
   cpuShares?: number // relative weight, v1 style (default 1024)
 }
 
-/** A container's cgroup: one directory per hierarchy it uses. */
+/**
+ * A container's cgroup: one directory per hierarchy it uses, and the writes
+ * that set its limits there, in order (a v2 parent's cgroup.subtree_control
+ * first, so the child directory gets its controllers' files).
+ */
 export interface Cgroup {
   name: string
   dirs: { version: 1 | 2; dir: string; controllers: Controller[] }[]
+  writes: { dir: string; file: string; value: string }[]
 }
 
 /** The cgroup name for a container id. */
@@ -81,15 +86,17 @@ export function cgroupName(id: string): string {
 }
 
 /**
- * Create the container's cgroup in every hierarchy that holds a controller
- * it needs, and write its limits. The caller removes it with removeCgroup.
+ * Where the container's cgroup goes on this host and what to write to set
+ * `limits`: the data only (a step makes the directories and writes the
+ * files itself). The pids controller always, since the cgroup also tells
+ * who is alive; memory and cpu when limited.
  */
-export function createCgroup(id: string, limits: Limits, hierarchies = findHierarchies()): Cgroup {
-  const wanted = new Set<Controller>(['pids']) // always: the cgroup also tells us who is alive
+export function cgroupFor(id: string, limits: Limits, hierarchies = findHierarchies()): Cgroup {
+  const wanted = new Set<Controller>(['pids'])
   if (limits.memory !== undefined) wanted.add('memory')
   if (limits.cpus !== undefined || limits.cpuShares !== undefined) wanted.add('cpu')
   const where = findControllers(hierarchies)
-  const cgroup: Cgroup = { name: cgroupName(id), dirs: [] }
+  const cgroup: Cgroup = { name: cgroupName(id), dirs: [], writes: [] }
   for (const controller of wanted) {
     const hierarchy = where.get(controller)
     if (!hierarchy) throw new UsageError(`this kernel has no ${controller} cgroup controller (see npm run doctor)`)
@@ -98,16 +105,24 @@ export function createCgroup(id: string, limits: Limits, hierarchies = findHiera
     if (entry) entry.controllers.push(controller)
     else cgroup.dirs.push({ version: hierarchy.version, dir, controllers: [controller] })
   }
-  try {
-    for (const { version, dir, controllers } of cgroup.dirs) {
-      if (version === 2) enableControllers(join(dir, '..'), controllers)
-      mkdirSync(dir)
-      for (const controller of controllers) {
-        for (const [file, value] of limitFiles(version, controller, limits)) {
-          writeFileSync(join(dir, file), value)
-        }
-      }
+  for (const { version, dir, controllers } of cgroup.dirs) {
+    if (version === 2) cgroup.writes.push(...enableControllers(join(dir, '..'), controllers))
+    for (const controller of controllers) {
+      for (const [file, value] of limitFiles(version, controller, limits)) cgroup.writes.push({ dir, file, value })
     }
+  }
+  return cgroup
+}
+
+/**
+ * For tools and tests: make the cgroup of cgroupFor and write its limits,
+ * all at once. The caller removes it with removeCgroup.
+ */
+export function createCgroup(id: string, limits: Limits, hierarchies = findHierarchies()): Cgroup {
+  const cgroup = cgroupFor(id, limits, hierarchies)
+  try {
+    for (const { dir } of cgroup.dirs) mkdirSync(dir)
+    for (const { dir, file, value } of cgroup.writes) writeFileSync(join(dir, file), value)
   } catch (err) {
     // Nothing has joined it yet: the empty directories go with a plain rmdir.
     for (const { dir } of cgroup.dirs) if (existsSync(dir)) rmdirSync(dir)
@@ -118,10 +133,10 @@ export function createCgroup(id: string, limits: Limits, hierarchies = findHiera
 
 // v2: a child cgroup gets a controller only if its parent lists it in
 // cgroup.subtree_control. Add what is missing (only what we need).
-function enableControllers(parent: string, controllers: Controller[]): void {
+function enableControllers(parent: string, controllers: Controller[]): Cgroup['writes'] {
   const enabled = readFileSync(join(parent, 'cgroup.subtree_control'), 'utf8').split(/\s+/)
   const missing = controllers.filter((c) => !enabled.includes(c))
-  if (missing.length) writeFileSync(join(parent, 'cgroup.subtree_control'), missing.map((c) => `+${c}`).join(' '))
+  return missing.length ? [{ dir: parent, file: 'cgroup.subtree_control', value: missing.map((c) => `+${c}`).join(' ') }] : []
 }
 
 /** The files and values that set `limits` for one controller, v1 or v2. */
@@ -144,14 +159,10 @@ export function limitFiles(version: 1 | 2, controller: Controller, limits: Limit
     if (version === 2) files.push(['cpu.weight', String(1 + Math.floor(((limits.cpuShares - 2) * 9999) / 262142))])
     else files.push(['cpu.shares', String(limits.cpuShares)])
   }
-  return files.filter(([file]) => file !== 'memory.swap.max' || limits.memory !== undefined)
+  return files
 }
 
-/**
- * Put a process in the container's cgroup (0: the caller). The child does
- * this itself before exec, so the command's first instruction already runs
- * under the limits: no window for a fork to escape.
- */
+/** For tools and tests: put a process (0: the caller) in every directory of the cgroup, by writing its PID to cgroup.procs. */
 export function joinCgroup(cgroup: Cgroup, pid = 0): void {
   for (const { dir } of cgroup.dirs) writeFileSync(join(dir, 'cgroup.procs'), String(pid))
 }
@@ -166,28 +177,32 @@ export function cgroupProcs(dir: string): number[] {
 }
 
 /**
- * Kill whatever is left in the cgroup and remove its directories.
- * v2 has cgroup.kill (Linux 5.14+); v1 needs a SIGKILL per process. rmdir
- * fails with EBUSY until the last process is reaped, so it is retried,
- * every 10 ms for up to 2 s, without blocking: signals still get answered.
+ * rmdir(2) a cgroup directory, which the kernel allows only once no process
+ * is left in it: first SIGKILL whatever is (v2: a write to cgroup.kill,
+ * Linux 5.14+; v1: a kill(2) per process), then retry while rmdir says
+ * EBUSY, until the dead are reaped: every 10 ms for up to 2 s, without
+ * blocking, so signals still get answered. A directory already gone is fine.
  */
-export async function removeCgroup(cgroup: Cgroup): Promise<void> {
-  for (const { version, dir } of cgroup.dirs) {
-    if (!existsSync(dir)) continue
-    if (version === 2 && existsSync(join(dir, 'cgroup.kill'))) writeFileSync(join(dir, 'cgroup.kill'), '1')
-    for (let attempt = 0; ; attempt++) {
-      for (const pid of cgroupProcs(dir)) kill(pid, SIGKILL)
-      try {
-        rmdirSync(dir)
-        break
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code
-        if (code === 'ENOENT') break
-        if (code !== 'EBUSY' || attempt >= 200) throw err
-        await delay(10)
-      }
+export async function rmdirCgroup(dir: string): Promise<void> {
+  if (!existsSync(dir)) return
+  if (existsSync(join(dir, 'cgroup.kill'))) writeFileSync(join(dir, 'cgroup.kill'), '1')
+  for (let attempt = 0; ; attempt++) {
+    for (const pid of cgroupProcs(dir)) kill(pid, SIGKILL)
+    try {
+      rmdirSync(dir)
+      return
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      if (code === 'ENOENT') return
+      if (code !== 'EBUSY' || attempt >= 200) throw err
+      await delay(10)
     }
   }
+}
+
+/** For tools and tests: rmdirCgroup every directory of a cgroup. */
+export async function removeCgroup(cgroup: Pick<Cgroup, 'name' | 'dirs'>): Promise<void> {
+  for (const { dir } of cgroup.dirs) await rmdirCgroup(dir)
 }
 
 /** How many times the OOM killer killed a process in this cgroup. */

@@ -8,7 +8,8 @@ import { constants } from 'node:os'
 import { join, resolve } from 'node:path'
 import { UsageError } from './errors.ts'
 import { spawnInNamespaces } from './namespaces.ts'
-import { fcntl, F_GETFL, F_SETFL, O_NONBLOCK, reclaimTerminal, timing } from './process.ts'
+import { compileCacheDir } from './settings.ts'
+import { fcntl, F_GETFL, F_SETFL, O_NONBLOCK, reclaimTerminal } from './process.ts'
 
 /** A short random id, as Docker's: 12 hex digits. Also the hostname. */
 export function newContainerId(): string {
@@ -23,8 +24,10 @@ export function newContainerId(): string {
  * started through tsx again, it would pay about 170 ms for the loader.
  */
 export function reexecChild(config: object, cloneFlags = 0, stdio: StdioOptions = 'inherit'): ChildProcess {
-  spawnedAt = performance.now()
-  return spawnInNamespaces(cloneFlags, process.execPath, [scriptFile(), 'child', JSON.stringify(config)], { stdio })
+  // Node's compile cache keeps the stripped and compiled modules between
+  // runs: the child starts in about half the time (see README, What it costs).
+  const env = { ...process.env, NODE_COMPILE_CACHE: compileCacheDir }
+  return spawnInNamespaces(cloneFlags, process.execPath, [scriptFile(), 'child', JSON.stringify(config)], { stdio, env })
 }
 
 // The file this program runs from: `npx tsx steps/04-pid-proc` names a
@@ -32,9 +35,6 @@ export function reexecChild(config: object, cloneFlags = 0, stdio: StdioOptions 
 function scriptFile(script = resolve(process.argv[1])): string {
   return statSync(script).isDirectory() ? join(script, 'index.ts') : script
 }
-
-// For `npm run bench` (CFS_TIMING=1): when the child was started.
-let spawnedAt = 0
 
 /** How long a container gets to stop after SIGINT/SIGTERM before SIGKILL. */
 export const STOP_TIMEOUT_MS = 2000
@@ -69,7 +69,6 @@ export function waitForExit(child: ChildProcess): Promise<number> {
       clearTimeout(killTimer)
       for (const s of STOP_SIGNALS) process.off(s, forward)
       reclaimTerminal()
-      if (process.env.CFS_TIMING) process.stderr.write(`cfs-timing: parent peak RSS ${process.resourceUsage().maxRSS} KiB\n`)
       resolve(code ?? 128 + constants.signals[signal!])
     })
   })
@@ -106,7 +105,6 @@ export function childStarted(child: ChildProcess): Promise<void> {
  * one line of JSON; the pipe is closed after it.
  */
 export function tellChild(child: ChildProcess, message: object = {}): void {
-  if (process.env.CFS_TIMING) process.stderr.write(`cfs-timing: parent setup while the child starts ${(performance.now() - spawnedAt).toFixed(1)} ms\n`)
   const pipe = child.stdio[SYNC_FD] as NodeJS.WritableStream
   // If the child died first, the write fails; waitForExit reports how it ended.
   pipe.on('error', () => {})
@@ -122,13 +120,11 @@ export function tellChild(child: ChildProcess, message: object = {}): void {
 export function waitForParent<T = object>(): T {
   fcntl(SYNC_FD, F_SETFL, fcntl(SYNC_FD, F_GETFL) & ~O_NONBLOCK)
   writeSync(SYNC_FD, 'started\n') // see childStarted
-  const started = performance.now()
   // Read until the parent closes its end (a read of 0 bytes).
   const buffer = Buffer.alloc(4096)
   let said = ''
   for (let n = readSync(SYNC_FD, buffer); n > 0; n = readSync(SYNC_FD, buffer)) said += buffer.toString('utf8', 0, n)
   closeSync(SYNC_FD)
-  timing.waitedMs += performance.now() - started
   if (!said.endsWith('\n')) throw new UsageError('the parent went away while setting up the container')
   return JSON.parse(said) as T
 }

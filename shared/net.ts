@@ -41,11 +41,25 @@ export function vethName(id: string): string {
 }
 
 /**
- * Run `ip` (iproute2) and wait for it; its error becomes one line. With
- * `input`, commands are read as a batch. For the child, which has nothing
+ * ip(8), iproute2's command, which speaks netlink to the kernel: run
+ * `commands` (each one line as you would type it after `ip`) as one batch,
+ * and wait. Its error becomes one line. For the child, which has nothing
  * else to do meanwhile.
  */
-export function ip(args: string[], input?: string): string {
+export function ip(...commands: string[]): string {
+  return runIp([], `${commands.join('\n')}\n`)
+}
+
+/**
+ * The same without blocking, for the parent: while `ip` runs, the parent
+ * can still answer signals (see Cleanup in container.ts).
+ */
+export function ipAsync(...commands: string[]): Promise<string> {
+  return runIpAsync([], `${commands.join('\n')}\n`)
+}
+
+// `ip ARGS`, or with `input`, `ip ARGS -batch -` reading commands from it.
+function runIp(args: string[], input?: string): string {
   try {
     return execFileSync('ip', ipArgs(args, input), { encoding: 'utf8', input, stdio: ['pipe', 'pipe', 'pipe'] })
   } catch (err) {
@@ -53,11 +67,7 @@ export function ip(args: string[], input?: string): string {
   }
 }
 
-/**
- * The same without blocking, for the parent: while `ip` runs, the parent
- * can still answer signals (see Cleanup in container.ts).
- */
-export function ipAsync(args: string[], input?: string): Promise<string> {
+function runIpAsync(args: string[], input?: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const child = execFile('ip', ipArgs(args, input), { encoding: 'utf8' }, (err, stdout, stderr) => {
       if (err) reject(ipError(Object.assign(err, { stderr }), args, input))
@@ -80,8 +90,10 @@ function ipError(err: unknown, args: string[], input?: string): UsageError {
 
 /**
  * Parent, once the child exists (it waits on the sync pipe): take a free
- * address and make sure the bridge is up. Under a lock, so containers starting together get different
- * addresses and never race with the last one leaving, which removes the bridge.
+ * address and make sure the bridge is up, after checking that nothing else
+ * on the host uses the subnet. Under a lock, so containers starting together
+ * get different addresses and never race with the last one leaving, which
+ * removes the bridge.
  */
 export async function allocateNetwork(id: string): Promise<Network> {
   const hostVeth = vethName(id)
@@ -96,27 +108,6 @@ export async function allocateNetwork(id: string): Promise<Network> {
     }
     return { address, prefix: SUBNET.prefix, gateway: SUBNET.gateway, hostVeth }
   })
-}
-
-/**
- * Parent, once the child exists: create the veth pair with one end already
- * inside the child's network namespace as eth0, and plug the other into the bridge.
- */
-export async function connectContainer(network: Network, pid: number): Promise<void> {
-  await ipAsync([], [
-    `link add ${network.hostVeth} type veth peer name eth0 netns ${pid}`,
-    `link set ${network.hostVeth} master ${BRIDGE} up`,
-  ].join('\n') + '\n')
-}
-
-/** Child, inside its network namespace: loopback up, eth0 addressed, default route via the bridge. */
-export function configureContainerNetwork(network: Network): void {
-  ip([], [
-    'link set lo up',
-    `addr add ${network.address}/${network.prefix} dev eth0`,
-    'link set eth0 up',
-    `route add default via ${network.gateway}`,
-  ].join('\n') + '\n')
 }
 
 /**
@@ -141,7 +132,7 @@ export async function releaseNetwork(network: Network): Promise<void> {
 export async function deleteInterface(name: string): Promise<boolean> {
   if (!interfaceExists(name)) return false
   try {
-    await ipAsync(['link', 'del', name])
+    await runIpAsync(['link', 'del', name])
   } catch (err) {
     if (interfaceExists(name)) throw err
   }
@@ -191,7 +182,7 @@ export function liveLeases(): { address: string; id: string; pid: number }[] {
 async function ensureBridge(): Promise<void> {
   if (interfaceExists(BRIDGE)) {
     // Up already, for running containers: it must be on the subnet we were asked for.
-    const [bridge] = JSON.parse(await ipAsync(['-j', 'addr', 'show', 'dev', BRIDGE])) as { addr_info: { family: string; local: string; prefixlen: number }[] }[]
+    const [bridge] = JSON.parse(await runIpAsync(['-j', 'addr', 'show', 'dev', BRIDGE])) as { addr_info: { family: string; local: string; prefixlen: number }[] }[]
     const inet = bridge?.addr_info?.find((a) => a.family === 'inet')
     if (inet && (inet.local !== SUBNET.gateway || inet.prefixlen !== SUBNET.prefix)) {
       throw new UsageError(`${BRIDGE} is up with ${inet.local}/${inet.prefixlen} for running containers, not ${SUBNET.gateway}/${SUBNET.prefix} (CFS_SUBNET): stop them first`)
@@ -199,7 +190,7 @@ async function ensureBridge(): Promise<void> {
     return
   }
   // Both questions to one `ip`, which answers each with a line of JSON.
-  const [addresses, routes] = (await ipAsync(['-j'], 'addr show\nroute show\n')).trim().split('\n').map((line) => JSON.parse(line)) as [
+  const [addresses, routes] = (await runIpAsync(['-j'], 'addr show\nroute show\n')).trim().split('\n').map((line) => JSON.parse(line)) as [
     { ifname: string; addr_info: { family: string; local: string }[] }[],
     { dst: string; dev: string }[],
   ]
@@ -212,11 +203,7 @@ async function ensureBridge(): Promise<void> {
   }
   const clash = routes.find((r) => r.dst !== 'default' && SUBNET.contains(r.dst.split('/')[0]))
   if (clash) throw new UsageError(`${SUBNET.cidr} is already routed on this host (via ${clash.dev}): set CFS_SUBNET to a free range`)
-  await ipAsync([], [
-    `link add ${BRIDGE} type bridge`,
-    `addr add ${SUBNET.gateway}/${SUBNET.prefix} dev ${BRIDGE}`,
-    `link set ${BRIDGE} up`,
-  ].join('\n') + '\n')
+  await ipAsync(`link add ${BRIDGE} type bridge`, `addr add ${SUBNET.gateway}/${SUBNET.prefix} dev ${BRIDGE}`, `link set ${BRIDGE} up`)
 }
 
 // A lock shared by all the project's processes: a directory, since mkdir(2)
@@ -244,7 +231,7 @@ async function withLock<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
-/** A /24 to /30 IPv4 subnet: its gateway (.1) and the addresses containers may take. */
+/** A /16 to /30 IPv4 subnet: its gateway (.1) and the addresses containers may take (at most 1000). */
 export function parseSubnet(cidr: string) {
   const match = /^(\d+)\.(\d+)\.(\d+)\.(\d+)\/(\d+)$/.exec(cidr)
   const prefix = Number(match?.[5])

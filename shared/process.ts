@@ -13,10 +13,6 @@ export const FD_CLOEXEC = 1
 export const O_NONBLOCK = 0o4000
 export const PR_SET_PDEATHSIG = 1
 
-// For `npm run bench` (CFS_TIMING=1): when the child's modules were loaded,
-// and how long it then sat waiting for its parent (not setting anything up).
-const loadedAt = performance.now()
-export const timing = { waitedMs: 0 }
 export const SIGKILL = 9
 
 /** chdir(2) */
@@ -109,10 +105,6 @@ export function containerEnv(hostname: string, extra: string[] = []): string[] {
 export function execCommand(command: string[], env: string[]): never {
   keepStdio()
   const [file, ...args] = command
-  if (process.env.CFS_TIMING) {
-    const setup = (performance.now() - loadedAt - timing.waitedMs).toFixed(1)
-    process.stderr.write(`cfs-timing: child setup ${setup} ms, waited ${timing.waitedMs.toFixed(1)} ms for the parent, child peak RSS ${process.resourceUsage().maxRSS} KiB\n`)
-  }
   // execvpe searches our own PATH: make it the container's, so the command
   // is found where a shell inside would find it.
   process.env.PATH = env.find((pair) => pair.startsWith('PATH='))?.slice(5) ?? DEFAULT_PATH

@@ -1,5 +1,6 @@
 // Where the project keeps things, and the name it gives them on the host.
 
+import { homedir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -17,3 +18,12 @@ export const repoDir = fileURLToPath(new URL('..', import.meta.url))
 export const stateDir = process.env.CFS_HOME || '/var/lib/containers-from-scratch'
 export const imagesDir = join(stateDir, 'images')
 export const containersDir = join(stateDir, 'containers')
+
+/**
+ * Node's compile cache for the steps' children: root's in the state dir, a
+ * user's (step 01 runs as you) in ~/.cache. Never in /tmp, where another
+ * user could plant code for root to run, nor in the checkout.
+ */
+export const compileCacheDir = process.getuid?.() === 0
+  ? join(stateDir, 'node-compile-cache')
+  : join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'containers-from-scratch', 'node-compile-cache')

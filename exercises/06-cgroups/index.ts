@@ -14,15 +14,15 @@
 // Exercise: fill in each TODO, then check with `npm run exercise -- 06`
 // (add --hint for a hint). exercises/README.md explains the loop.
 
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { hostname } from 'node:os'
+import { join } from 'node:path'
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
 import {
   childStarted, Cleanup, newContainerId, reexecChild, STDIO_WITH_SYNC, tellChild, waitForExit, waitForParent,
 } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
-import {
-  createCgroup, DEFAULT_PIDS_LIMIT, joinCgroup, limitsFromOptions, removeCgroup, type Limits,
-} from '../../shared/cgroups.ts'
+import { cgroupFor, DEFAULT_PIDS_LIMIT, limitsFromOptions, rmdirCgroup, type Limits } from '../../shared/cgroups.ts'
 import { mountDev } from '../../shared/devices.ts'
 import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
@@ -74,12 +74,14 @@ async function main(argv: string[]): Promise<void> {
 async function run(container: Container, limits: Limits): Promise<void> {
   const cleanup = new Cleanup()
   try {
-    // TODO: make a control group for this container, named after its id, with
-    // the limits written into it: the kernel enforces them on every process in
-    // it. Remove it when the container ends, however it ends (Ctrl-C, an error).
-    // Then start the child with a sync pipe (fd 3): put it in the cgroup while
-    // it waits there for your word, before it runs anything of its own, then
-    // tell it to go on.
+    // TODO: a control group is a directory, and a limit is a write to one of
+    // its files; the kernel enforces it on every process in it. cgroupFor()
+    // says where this container's go on this host (one directory per
+    // hierarchy) and what to write. Make them, write the limits, and remove
+    // them when the container ends, however it ends (Ctrl-C, an error).
+    // Then start the child with a sync pipe (fd 3). Once its Node has started,
+    // while it waits there for your word, write its PID to cgroup.procs in
+    // each directory, then tell it to go on.
     const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS)
     process.exitCode = await waitForExit(child)
   } finally {

@@ -13,21 +13,21 @@
 // Exercise: fill in each TODO, then check with `npm run exercise -- 07`
 // (add --hint for a hint). exercises/README.md explains the loop.
 
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { hostname } from 'node:os'
+import { join } from 'node:path'
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
 import {
   childStarted, Cleanup, newContainerId, reexecChild, STDIO_WITH_SYNC, tellChild, waitForExit, waitForParent,
 } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
-import {
-  createCgroup, DEFAULT_PIDS_LIMIT, joinCgroup, limitsFromOptions, removeCgroup, type Limits,
-} from '../../shared/cgroups.ts'
+import { cgroupFor, DEFAULT_PIDS_LIMIT, limitsFromOptions, rmdirCgroup, type Limits } from '../../shared/cgroups.ts'
 import { mountDev } from '../../shared/devices.ts'
 import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
 } from '../../shared/mounts.ts'
 import { CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
-import { createContainerDir, keepContainerDir, mountOverlay, removeContainerDir } from '../../shared/overlay.ts'
+import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
 import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { sethostname } from '../../shared/uts.ts'
@@ -78,17 +78,26 @@ async function main(argv: string[]): Promise<void> {
 async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = false): Promise<void> {
   const cleanup = new Cleanup()
   try {
-    const cgroup = createCgroup(container.id, limits)
-    // Also after Ctrl-C, SIGTERM or an error: kill what is left, remove the cgroup.
-    cleanup.defer(() => removeCgroup(cgroup))
+    // A cgroup is a directory in a cgroup filesystem: one in each hierarchy
+    // that holds a controller we use (v2: one tree; v1: one per controller).
+    const cgroup = cgroupFor(container.id, limits)
+    // At the end, however it ends: rmdir, which the kernel allows once no
+    // process is left in it (rmdirCgroup SIGKILLs the rest first).
+    cleanup.defer(async () => {
+      for (const { dir } of cgroup.dirs) await rmdirCgroup(dir)
+    })
+    for (const { dir } of cgroup.dirs) mkdirSync(dir)
+    // A limit is a write to one of its files: pids.max, memory.max, cpu.max…
+    for (const { dir, file, value } of cgroup.writes) writeFileSync(join(dir, file), value)
     const dir = createContainerDir(container.id)
     // The overlay is mounted in the container's mount namespace and goes with it.
     cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
     const child = reexecChild({ ...container, dir }, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS, STDIO_WITH_SYNC)
-    // The child waits on a pipe until we say so: into the cgroup with it
-    // once its Node has started, before it runs anything of its own.
+    // The child waits on a pipe until we say so. Joining is a write too: its
+    // PID to cgroup.procs, once its Node has started (memory is charged where
+    // it is allocated), before it runs anything of its own.
     await childStarted(child)
-    joinCgroup(cgroup, child.pid!)
+    for (const { dir } of cgroup.dirs) writeFileSync(join(dir, 'cgroup.procs'), String(child.pid))
     tellChild(child)
     process.exitCode = await waitForExit(child)
   } finally {

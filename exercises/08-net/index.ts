@@ -14,24 +14,22 @@
 // Exercise: fill in each TODO, then check with `npm run exercise -- 08`
 // (add --hint for a hint). exercises/README.md explains the loop.
 
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { hostname } from 'node:os'
+import { join } from 'node:path'
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
 import {
   childStarted, Cleanup, newContainerId, reexecChild, STDIO_WITH_SYNC, tellChild, waitForExit, waitForParent,
 } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
-import {
-  createCgroup, DEFAULT_PIDS_LIMIT, joinCgroup, limitsFromOptions, removeCgroup, type Limits,
-} from '../../shared/cgroups.ts'
+import { cgroupFor, DEFAULT_PIDS_LIMIT, limitsFromOptions, rmdirCgroup, type Limits } from '../../shared/cgroups.ts'
 import { mountDev } from '../../shared/devices.ts'
 import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
 } from '../../shared/mounts.ts'
 import { CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
-import {
-  allocateNetwork, BRIDGE, configureContainerNetwork, connectContainer, releaseNetwork, type Network,
-} from '../../shared/net.ts'
-import { createContainerDir, keepContainerDir, mountOverlay, removeContainerDir } from '../../shared/overlay.ts'
+import { allocateNetwork, BRIDGE, ip, ipAsync, releaseNetwork, type Network } from '../../shared/net.ts'
+import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
 import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { sethostname } from '../../shared/uts.ts'
@@ -83,9 +81,17 @@ async function main(argv: string[]): Promise<void> {
 async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = false): Promise<void> {
   const cleanup = new Cleanup()
   try {
-    const cgroup = createCgroup(container.id, limits)
-    // Also after Ctrl-C, SIGTERM or an error: kill what is left, remove the cgroup.
-    cleanup.defer(() => removeCgroup(cgroup))
+    // A cgroup is a directory in a cgroup filesystem: one in each hierarchy
+    // that holds a controller we use (v2: one tree; v1: one per controller).
+    const cgroup = cgroupFor(container.id, limits)
+    // At the end, however it ends: rmdir, which the kernel allows once no
+    // process is left in it (rmdirCgroup SIGKILLs the rest first).
+    cleanup.defer(async () => {
+      for (const { dir } of cgroup.dirs) await rmdirCgroup(dir)
+    })
+    for (const { dir } of cgroup.dirs) mkdirSync(dir)
+    // A limit is a write to one of its files: pids.max, memory.max, cpu.max…
+    for (const { dir, file, value } of cgroup.writes) writeFileSync(join(dir, file), value)
     const dir = createContainerDir(container.id)
     // The overlay is mounted in the container's mount namespace and goes with it.
     cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
@@ -95,15 +101,17 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     const child = reexecChild({ ...container, dir }, flags, STDIO_WITH_SYNC)
     // Until the child runs the command, it dies with us: kill it if setting up eth0 fails.
     cleanup.defer(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
-    // The child waits on a pipe until we say so: into the cgroup with it
-    // once its Node has started, before it runs anything of its own.
+    // The child waits on a pipe until we say so. Joining is a write too: its
+    // PID to cgroup.procs, once its Node has started (memory is charged where
+    // it is allocated), before it runs anything of its own.
     await childStarted(child)
-    joinCgroup(cgroup, child.pid!)
+    for (const { dir } of cgroup.dirs) writeFileSync(join(dir, 'cgroup.procs'), String(child.pid))
     // TODO: the child's network namespace exists now, and only it can be reached
     // through the child's PID. Take an address for it (and free it when the
     // container ends), then create a veth pair (two interfaces joined like a
-    // cable) with one end in there as eth0 and the other on the host's bridge.
-    // Then tell the child to go on, and what its address is.
+    // cable) with one end made right in there as eth0 and the other plugged
+    // into the host's bridge: two lines of ip(8). Then tell the child to go
+    // on, and what its address is.
     tellChild(child)
     process.exitCode = await waitForExit(child)
   } finally {
@@ -126,13 +134,18 @@ function child(container: Container): void {
   // Exercises only: stop here, not change the host's interfaces, while the TODO in run() is open.
   refuseHostNamespace('net')
   // TODO: eth0 is here now, with the address the parent gave: inside,
-  // loopback up, the address on eth0, eth0 up, and the default route via the bridge.
+  // loopback up, the address on eth0, eth0 up, and the default route via the
+  // bridge (ip(8) again). Before pivot_root: `ip` is the host's program.
   // The host's / is usually a shared mount (`findmnt -o TARGET,PROPAGATION /`):
   // anything mounted under it would show up on the host too. MS_REC: all of
   // the tree, or mounts such as /dev/pts would still leak.
   mount(null, '/', null, MS_REC | MS_PRIVATE)
-  // The image stays as it is (lowerdir); our writes go to our own upper dir.
-  pivotInto(mountOverlay(container.rootfs, container.dir))
+  // overlayfs: the image, read-only and shared by every container, below
+  // (lowerdir); our writes go to upperdir, workdir is overlayfs's scratch
+  // space (on upperdir's filesystem), and merged shows the two as one tree.
+  const { upper, work, merged } = overlayDirs(container.dir)
+  mount('overlay', merged, 'overlay', 0, `lowerdir=${container.rootfs},upperdir=${upper},workdir=${work}`)
+  pivotInto(merged)
   // A proc filesystem shows the PID namespace of the process that mounts it.
   mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
   mount('sysfs', '/sys', 'sysfs', MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)

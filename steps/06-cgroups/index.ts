@@ -1,25 +1,26 @@
 // Step 06: cgroups
 //
-// Goal: limit what the container may use. The parent creates a control group
-// for it (pids, memory, CPU), wherever this host keeps each controller (cgroup
-// v2, v1, or both), and writes the limits. It puts the child in it while the
-// child waits on a pipe for its word (as runc does), so everything the child
-// does, and the command's first instruction, runs under the limits. A fork
-// bomb stops at --pids-limit; a memory hog is OOM-killed. The parent removes
-// the cgroup when the container ends, however it ends.
+// Goal: limit what the container may use. A control group is a directory in
+// a cgroup filesystem, and a limit is a write to one of its files. The parent
+// makes the container's, wherever this host keeps each controller (cgroup v2,
+// v1, or both), writes the limits (pids, memory, CPU), and writes the child's
+// PID to cgroup.procs while the child waits on a pipe for its word (as runc
+// does), so everything the child then does, and the command, runs under the
+// limits. A fork bomb stops at --pids-limit; a memory hog is OOM-killed. The
+// parent removes the cgroup when the container ends, however it ends.
 //
 // Usage: npx tsx steps/06-cgroups run [--image NAME|DIR] [--pids-limit N|max]
 //          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]
 
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { hostname } from 'node:os'
+import { join } from 'node:path'
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
 import {
   childStarted, Cleanup, newContainerId, reexecChild, STDIO_WITH_SYNC, tellChild, waitForExit, waitForParent,
 } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
-import {
-  createCgroup, DEFAULT_PIDS_LIMIT, joinCgroup, limitsFromOptions, removeCgroup, type Limits,
-} from '../../shared/cgroups.ts'
+import { cgroupFor, DEFAULT_PIDS_LIMIT, limitsFromOptions, rmdirCgroup, type Limits } from '../../shared/cgroups.ts'
 import { mountDev } from '../../shared/devices.ts'
 import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
@@ -71,14 +72,23 @@ async function main(argv: string[]): Promise<void> {
 async function run(container: Container, limits: Limits): Promise<void> {
   const cleanup = new Cleanup()
   try {
-    const cgroup = createCgroup(container.id, limits)
-    // Also after Ctrl-C, SIGTERM or an error: kill what is left, remove the cgroup.
-    cleanup.defer(() => removeCgroup(cgroup))
+    // A cgroup is a directory in a cgroup filesystem: one in each hierarchy
+    // that holds a controller we use (v2: one tree; v1: one per controller).
+    const cgroup = cgroupFor(container.id, limits)
+    // At the end, however it ends: rmdir, which the kernel allows once no
+    // process is left in it (rmdirCgroup SIGKILLs the rest first).
+    cleanup.defer(async () => {
+      for (const { dir } of cgroup.dirs) await rmdirCgroup(dir)
+    })
+    for (const { dir } of cgroup.dirs) mkdirSync(dir)
+    // A limit is a write to one of its files: pids.max, memory.max, cpu.max…
+    for (const { dir, file, value } of cgroup.writes) writeFileSync(join(dir, file), value)
     const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS, STDIO_WITH_SYNC)
-    // The child waits on a pipe until we say so: into the cgroup with it
-    // once its Node has started, before it runs anything of its own.
+    // The child waits on a pipe until we say so. Joining is a write too: its
+    // PID to cgroup.procs, once its Node has started (memory is charged where
+    // it is allocated), before it runs anything of its own.
     await childStarted(child)
-    joinCgroup(cgroup, child.pid!)
+    for (const { dir } of cgroup.dirs) writeFileSync(join(dir, 'cgroup.procs'), String(child.pid))
     tellChild(child)
     process.exitCode = await waitForExit(child)
   } finally {

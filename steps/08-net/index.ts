@@ -11,24 +11,22 @@
 // Usage: npx tsx steps/08-net run [--image NAME|DIR] [--keep] [--pids-limit N|max]
 //          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]
 
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { hostname } from 'node:os'
+import { join } from 'node:path'
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
 import {
   childStarted, Cleanup, newContainerId, reexecChild, STDIO_WITH_SYNC, tellChild, waitForExit, waitForParent,
 } from '../../shared/container.ts'
 import { exitWithError } from '../../shared/errors.ts'
-import {
-  createCgroup, DEFAULT_PIDS_LIMIT, joinCgroup, limitsFromOptions, removeCgroup, type Limits,
-} from '../../shared/cgroups.ts'
+import { cgroupFor, DEFAULT_PIDS_LIMIT, limitsFromOptions, rmdirCgroup, type Limits } from '../../shared/cgroups.ts'
 import { mountDev } from '../../shared/devices.ts'
 import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
 } from '../../shared/mounts.ts'
 import { CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
-import {
-  allocateNetwork, BRIDGE, configureContainerNetwork, connectContainer, releaseNetwork, type Network,
-} from '../../shared/net.ts'
-import { createContainerDir, keepContainerDir, mountOverlay, removeContainerDir } from '../../shared/overlay.ts'
+import { allocateNetwork, BRIDGE, ip, ipAsync, releaseNetwork, type Network } from '../../shared/net.ts'
+import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
 import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { sethostname } from '../../shared/uts.ts'
@@ -79,9 +77,17 @@ async function main(argv: string[]): Promise<void> {
 async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = false): Promise<void> {
   const cleanup = new Cleanup()
   try {
-    const cgroup = createCgroup(container.id, limits)
-    // Also after Ctrl-C, SIGTERM or an error: kill what is left, remove the cgroup.
-    cleanup.defer(() => removeCgroup(cgroup))
+    // A cgroup is a directory in a cgroup filesystem: one in each hierarchy
+    // that holds a controller we use (v2: one tree; v1: one per controller).
+    const cgroup = cgroupFor(container.id, limits)
+    // At the end, however it ends: rmdir, which the kernel allows once no
+    // process is left in it (rmdirCgroup SIGKILLs the rest first).
+    cleanup.defer(async () => {
+      for (const { dir } of cgroup.dirs) await rmdirCgroup(dir)
+    })
+    for (const { dir } of cgroup.dirs) mkdirSync(dir)
+    // A limit is a write to one of its files: pids.max, memory.max, cpu.max…
+    for (const { dir, file, value } of cgroup.writes) writeFileSync(join(dir, file), value)
     const dir = createContainerDir(container.id)
     // The overlay is mounted in the container's mount namespace and goes with it.
     cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
@@ -89,15 +95,21 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     const child = reexecChild({ ...container, dir }, flags, STDIO_WITH_SYNC)
     // Until the child runs the command, it dies with us: kill it if setting up eth0 fails.
     cleanup.defer(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
-    // The child waits on a pipe until we say so: into the cgroup with it
-    // once its Node has started, before it runs anything of its own.
+    // The child waits on a pipe until we say so. Joining is a write too: its
+    // PID to cgroup.procs, once its Node has started (memory is charged where
+    // it is allocated), before it runs anything of its own.
     await childStarted(child)
-    joinCgroup(cgroup, child.pid!)
-    // Its network namespace exists now: an address, and eth0 in there.
+    for (const { dir } of cgroup.dirs) writeFileSync(join(dir, 'cgroup.procs'), String(child.pid))
+    // Its network namespace exists now: a free address, and the bridge up.
     const network = await allocateNetwork(container.id)
     // The veth pair goes with the container's namespace; free the address (and the bridge, if last).
     cleanup.defer(() => releaseNetwork(network))
-    await connectContainer(network, child.pid!)
+    // A veth pair is a virtual cable. One end is made right inside the child's
+    // network namespace (`netns <pid>`), as its eth0; ours plugs into the bridge.
+    await ipAsync(
+      `link add ${network.hostVeth} type veth peer name eth0 netns ${child.pid}`,
+      `link set ${network.hostVeth} master ${BRIDGE} up`,
+    )
     // Go on, with this address.
     tellChild(child, network)
     process.exitCode = await waitForExit(child)
@@ -116,14 +128,20 @@ function child(container: Container): void {
   const network = waitForParent<Network>()
   // Our own UTS namespace: this hostname is seen only in here.
   sethostname(container.id)
-  // eth0 is here now, and the parent told us its address: set it up.
-  configureContainerNetwork(network)
+  // eth0 is here now, and the parent told us its address: loopback and eth0
+  // up, the address on eth0, the default route through the bridge. Before
+  // pivot_root: `ip` is the host's program, not the image's.
+  ip('link set lo up', `addr add ${network.address}/${network.prefix} dev eth0`, 'link set eth0 up', `route add default via ${network.gateway}`)
   // The host's / is usually a shared mount (`findmnt -o TARGET,PROPAGATION /`):
   // anything mounted under it would show up on the host too. MS_REC: all of
   // the tree, or mounts such as /dev/pts would still leak.
   mount(null, '/', null, MS_REC | MS_PRIVATE)
-  // The image stays as it is (lowerdir); our writes go to our own upper dir.
-  pivotInto(mountOverlay(container.rootfs, container.dir))
+  // overlayfs: the image, read-only and shared by every container, below
+  // (lowerdir); our writes go to upperdir, workdir is overlayfs's scratch
+  // space (on upperdir's filesystem), and merged shows the two as one tree.
+  const { upper, work, merged } = overlayDirs(container.dir)
+  mount('overlay', merged, 'overlay', 0, `lowerdir=${container.rootfs},upperdir=${upper},workdir=${work}`)
+  pivotInto(merged)
   // A proc filesystem shows the PID namespace of the process that mounts it.
   mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
   mount('sysfs', '/sys', 'sysfs', MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
