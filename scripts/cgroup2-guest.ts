@@ -27,6 +27,7 @@ import { isRunning } from '../shared/procfs.ts'
 import { waitFor } from './lib/wait.ts'
 import { imageRootfs } from '../shared/rootfs.ts'
 import { imagesDir, repoDir } from '../shared/settings.ts'
+import { readResults, resultsFile, sortResults, type ClaimResult } from './lib/results.ts'
 import { Checks, findStepProcess, killSleeper, runStep, shown, signalStep, tsx, type Sleeper } from './lib/verify.ts'
 
 const step = '06-cgroups'
@@ -170,9 +171,8 @@ c.equal('no cfs-* cgroup is left in /sys/fs/cgroup', readdirSync(root).filter((n
 if (existsSync(join(repoDir, 'steps', step, 'verify.ts'))) {
   console.log(`steps/${step}/verify.ts:`)
   const verify = await runVerify()
-  c.passed += verify.passed
-  c.failed += verify.failed
-  if (verify.exitCode !== 0 && verify.failed === 0) c.ok(`steps/${step}/verify.ts exits 0`, false, { expected: 'exit 0', got: `exit ${verify.exitCode}` })
+  for (const claim of verify.claims) c.add(claim)
+  if (verify.exitCode !== 0 && verify.claims.every((claim) => claim.pass)) c.ok(`steps/${step}/verify.ts exits 0`, false, { expected: 'exit 0', got: `exit ${verify.exitCode}` })
 } else console.log(`steps/${step}/verify.ts: not there yet, skipped`)
 finish()
 
@@ -244,17 +244,16 @@ function watchWrites(file: string | undefined): () => number {
   return () => writes
 }
 
-/** Run step 06's verify.ts as verify.test.ts does, echoing its lines; count its ✔ and ✘. */
-async function runVerify(): Promise<{ passed: number; failed: number; exitCode: number }> {
-  const verify = here`${tsx} ${`steps/${step}/verify.ts`}`
-  let passed = 0
-  let failed = 0
-  for await (const line of createInterface({ input: verify.stdout })) {
-    console.log(line)
-    if (line.startsWith('✔')) passed++
-    if (line.startsWith('✘')) failed++
+/** Run step 06's verify.ts as verify.test.ts does, echoing its lines; its claims, from the results it records. */
+async function runVerify(): Promise<{ claims: ClaimResult[]; exitCode: number }> {
+  const results = resultsFile()
+  try {
+    const verify = here({ env: { ...process.env, CFS_VERIFY_JSON: results.file } })`${tsx} ${`steps/${step}/verify.ts`}`
+    for await (const line of createInterface({ input: verify.stdout })) console.log(line)
+    const result = await verify
+    if (result.stderr.trim()) console.log(`    stderr: ${result.stderr.trim().replace(/\n/g, '\n    ')}`)
+    return { claims: sortResults(readResults(results.file)).claims, exitCode: result.exitCode ?? 1 }
+  } finally {
+    results.remove()
   }
-  const result = await verify
-  if (result.stderr.trim()) console.log(`    stderr: ${result.stderr.trim().replace(/\n/g, '\n    ')}`)
-  return { passed, failed, exitCode: result.exitCode ?? 1 }
 }

@@ -9,13 +9,14 @@ import { join } from 'node:path'
 import type { Exercise } from '../exercises/hints.ts'
 import { repoDir } from '../shared/settings.ts'
 import { handBack, userStateDir } from './lib/owner.ts'
+import { forwardResults, readResults, resultsFile, sortResults } from './lib/results.ts'
 import { stopDescendants, tsx } from './lib/verify.ts'
 
 /** How a run of checks came out. */
 export interface Tally {
   passed: number
   failed: number
-  /** Lines marked ☛: what only a person can judge. */
+  /** What only a person can judge (the lines marked ☛). */
   person: number
   exitCode: number | null
   timedOut: boolean
@@ -23,23 +24,19 @@ export interface Tally {
 
 /**
  * Run a check script (a verify.ts or a homework check.ts) from the repo root
- * with tsx, its output passed through as it comes, and count its ✔, ✘ and ☛
- * lines. Ctrl-C or the time limit stops it and all it started, as Ctrl-C on a
- * step would, so nothing is left behind.
+ * with tsx, its output passed through as it comes, and count its claims and
+ * what it leaves to a person, from the results it records (CFS_VERIFY_JSON,
+ * see lib/results.ts; passed on to this process's own, if set). Ctrl-C or
+ * the time limit stops it and all it started, as Ctrl-C on a step would, so
+ * nothing is left behind.
  */
 export async function runChecks(script: string, env: NodeJS.ProcessEnv, timeoutMs = 10 * 60_000): Promise<Tally> {
   const tally: Tally = { passed: 0, failed: 0, person: 0, exitCode: null, timedOut: false }
+  const results = resultsFile()
   const child = spawn(tsx, [script], {
     cwd: repoDir,
-    stdio: ['ignore', 'pipe', 'inherit'],
-    env: { ...process.env, FORCE_COLOR: process.env.FORCE_COLOR ?? (process.stdout.isTTY ? '1' : '0'), ...env },
-  })
-  let rest = ''
-  child.stdout.on('data', (chunk: Buffer) => {
-    process.stdout.write(chunk)
-    const lines = (rest + chunk.toString()).split('\n')
-    rest = lines.pop() ?? ''
-    for (const line of lines) count(tally, line)
+    stdio: ['ignore', 'inherit', 'inherit'],
+    env: { ...process.env, FORCE_COLOR: process.env.FORCE_COLOR ?? (process.stdout.isTTY ? '1' : '0'), ...env, CFS_VERIFY_JSON: results.file },
   })
   const stop = () => {
     stopDescendants(child.pid!)
@@ -53,18 +50,13 @@ export async function runChecks(script: string, env: NodeJS.ProcessEnv, timeoutM
   process.on('SIGINT', interrupt)
   process.on('SIGTERM', interrupt)
   tally.exitCode = await new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)))
-  count(tally, rest)
   clearTimeout(timer)
   process.off('SIGINT', interrupt)
   process.off('SIGTERM', interrupt)
-  return tally
-}
-
-function count(tally: Tally, line: string): void {
-  const mark = line.replace(/\x1b\[[0-9;]*m/g, '')[0]
-  if (mark === '✔') tally.passed++
-  else if (mark === '✘') tally.failed++
-  else if (mark === '☛') tally.person++
+  const { claims, person } = sortResults(readResults(results.file))
+  forwardResults(results.file)
+  results.remove()
+  return { ...tally, passed: claims.filter((c) => c.pass).length, failed: claims.filter((c) => !c.pass).length, person: person.length }
 }
 
 /** True if the checks prove the work done: some checks, none failed, exit 0. */

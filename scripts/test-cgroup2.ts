@@ -6,7 +6,10 @@
 // (with a tmpfs overlay on top, so it can write), and run
 // scripts/cgroup2-guest.ts in there: npm run doctor, step 06's verify.ts and
 // checks of the v2 files themselves. The guest prints one line per check on
-// the serial console and ends with `CGROUP2-RESULT: pass N fail M`.
+// the serial console and ends with `CGROUP2-RESULT: pass N fail M`; it also
+// records them as data (CFS_VERIFY_JSON, see scripts/lib/results.ts) in a
+// directory of this run's that it mounts over 9p, which this run passes on
+// to its own CFS_VERIFY_JSON, if set.
 //
 // Needs root (the guest reads the host's files as they are), x86_64 and
 // qemu-system-x86_64. Without qemu it skips (exit 0, one line), except in CI
@@ -28,6 +31,7 @@ import { basename, dirname, join } from 'node:path'
 import { exitWithError, UsageError } from '../shared/errors.ts'
 import { requireRoot } from '../shared/cli.ts'
 import { repoDir, stateDir } from '../shared/settings.ts'
+import { forwardResults } from './lib/results.ts'
 
 /** Where shared/settings.ts keeps state when CFS_HOME is not set; the guest uses it, on tmpfs. */
 const defaultStateDir = '/var/lib/containers-from-scratch'
@@ -38,6 +42,9 @@ const vmDir = join(stateDir, 'vm')
 const wantedModules = ['virtio_pci', '9pnet_virtio', '9p', 'overlay']
 /** The whole run, boot included; then qemu is killed. */
 const timeoutMs = Number(process.env.CFS_VM_TIMEOUT_S ?? 480) * 1000
+/** Where the guest mounts the host's results directory, and the file in it its checks record to. */
+const guestResultsDir = '/cfs-vm-results'
+const guestResults = 'results.jsonl'
 /** The guest's memory and CPUs. */
 const memory = '2G'
 const cpus = '2'
@@ -84,9 +91,17 @@ async function main(): Promise<void> {
       writeFileSync(file, buildInitramfs(kernel, accelerator))
       return file
     }
-    let result = accel === 'tcg' ? undefined : await boot(kernel, initramfs('kvm'), 'kvm', accel === 'auto' ? kvmBootMs : undefined)
+    // Where the guest records its results (CFS_VERIFY_JSON), shared with it over 9p.
+    const resultsDir = (accelerator: string) => {
+      const dir = join(work, `results-${accelerator}`)
+      mkdirSync(dir)
+      return dir
+    }
+    let result = accel === 'tcg' ? undefined : await boot(kernel, initramfs('kvm'), resultsDir('kvm'), 'kvm', accel === 'auto' ? kvmBootMs : undefined)
     if (accel === 'auto' && result?.bootMs === undefined) console.log(chalk.dim(`kvm did not boot within ${kvmBootMs / 1000} s: tcg instead`))
-    if (!result || (accel === 'auto' && result.bootMs === undefined)) result = await boot(kernel, initramfs('tcg'), 'tcg')
+    if (!result || (accel === 'auto' && result.bootMs === undefined)) result = await boot(kernel, initramfs('tcg'), resultsDir('tcg'), 'tcg')
+    // The guest's results, for whoever set this run's CFS_VERIFY_JSON (test/cgroup2-vm.test.ts).
+    forwardResults(join(result.resultsDir, guestResults))
     report(result, Date.now() - started)
   } finally {
     rmSync(work, { recursive: true, force: true })
@@ -254,6 +269,8 @@ function initScripts(kernel: Kernel, busybox: string, accelerator: string): { in
     // stepCommand): 2-3 s a container under tcg, against 6-7 s through tsx.
     'CFS_VERIFY_LAUNCHER=node',
     `CFS_WAIT_SCALE=${waitScale(accelerator)}`,
+    // The checks record their results here too, one JSON line each: on the host, in this run's results dir.
+    `CFS_VERIFY_JSON=${guestResultsDir}/${guestResults}`,
   ]
   // Fresh tmpfs where the guest writes most, unless this repository or node
   // lives there (a CI clone in /tmp, say): then the overlay keeps it writable.
@@ -286,6 +303,8 @@ mount -t devpts devpts /newroot/dev/pts
 for dir in ${tmpfs.join(' ')}; do mount -t tmpfs -o mode=1777 tmpfs /newroot$dir; done
 # The state dir (default path, no CFS_HOME) on tmpfs: images and overlays need a local file system, not overlay.
 mkdir -p /newroot${defaultStateDir} && mount -t tmpfs -o mode=0755 tmpfs /newroot${defaultStateDir}
+# The host's directory for the results, writable: the one thing the guest writes to the host.
+mkdir -p /newroot${guestResultsDir} && mount -t 9p -o trans=virtio,version=9p2000.L results /newroot${guestResultsDir} || fail "mount the results directory over 9p"
 cp /stage2 /newroot/cfs-vm-stage2
 echo "CGROUP2-BOOTED: $(cut -d' ' -f1 /proc/uptime) s, $(uname -r), cgroup2 controllers: $(cat /newroot/sys/fs/cgroup/cgroup.controllers)"
 exec switch_root /newroot ${busybox} sh /cfs-vm-stage2
@@ -341,6 +360,7 @@ function isStatic(file: string): boolean {
 // --- The VM -----------------------------------------------------------------
 
 interface BootResult {
+  resultsDir: string // on the host: what the guest recorded
   lines: string[]
   bootMs?: number
   exitCode?: number
@@ -349,7 +369,7 @@ interface BootResult {
 }
 
 /** Boot the guest and stream its console here; resolves when qemu is gone (killed at the timeout). */
-function boot(kernel: Kernel, initramfs: string, accelerator: string, bootTimeoutMs?: number): Promise<BootResult> {
+function boot(kernel: Kernel, initramfs: string, resultsDir: string, accelerator: string, bootTimeoutMs?: number): Promise<BootResult> {
   const args = [
     // tcg,thread=single: one host thread runs both virtual CPUs. With one
     // thread per CPU (qemu's default), node's JIT code in the guest now and
@@ -364,9 +384,12 @@ function boot(kernel: Kernel, initramfs: string, accelerator: string, bootTimeou
     // The host's root, read-only; multidevs=remap: it spans several file systems (/proc, /sys, ...).
     '-fsdev', 'local,id=hostroot,path=/,security_model=passthrough,readonly=on,multidevs=remap',
     '-device', 'virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot',
+    // The results directory, writable: see CFS_VERIFY_JSON in the guest's environment.
+    '-fsdev', `local,id=results,path=${resultsDir},security_model=passthrough`,
+    '-device', 'virtio-9p-pci,fsdev=results,mount_tag=results',
   ]
   const started = Date.now()
-  const result: BootResult = { lines: [], timedOut: false, qemuStatus: '' }
+  const result: BootResult = { resultsDir, lines: [], timedOut: false, qemuStatus: '' }
   // setpriv --pdeathsig: should this process die, even by SIGKILL, the kernel kills qemu too.
   const qemu = spawn('setpriv', ['--pdeathsig', 'KILL', 'qemu-system-x86_64', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
   const timer = setTimeout(() => {

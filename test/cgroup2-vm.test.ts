@@ -1,7 +1,8 @@
 // The cgroup v2 code path on a real v2-only kernel: runs `npm run
 // test:cgroup2` (scripts/test-cgroup2.ts boots Debian's kernel under qemu
-// with cgroup_no_v1=all) and turns each claim the guest prints, ✔ or ✘, into
-// a tap assertion. About 2-2.5 minutes under TCG on 2 cores (3.5 on a busy
+// with cgroup_no_v1=all) and turns each claim the guest records into a tap
+// assertion (CFS_VERIFY_JSON: the guest's results come back over 9p, see
+// scripts/lib/results.ts). About 2-2.5 minutes under TCG on 2 cores (3.5 on a busy
 // host); see notes/cgroup2-vm.md.
 //
 // Skips without root, on a machine that is not x86_64, and when qemu is not
@@ -12,7 +13,7 @@ import t from 'tap'
 import { existsSync } from 'node:fs'
 import { arch } from 'node:os'
 import { join } from 'node:path'
-import { needsRoot, runTool } from './helpers.ts'
+import { detailOf, needsRoot, runWithResults } from './helpers.ts'
 
 const qemuInstalled = (process.env.PATH ?? '').split(':').some((dir) => dir && existsSync(join(dir, 'qemu-system-x86_64')))
 const skip = needsRoot()
@@ -23,18 +24,11 @@ const skip = needsRoot()
 t.test('npm run test:cgroup2: step 06 on a v2-only kernel, in qemu', { skip, timeout: 600_000 }, async (t) => {
   // `env -u NODE_OPTIONS`: without tap's preloads, as verify.test.ts runs the
   // verify scripts: tap's preloads are for test files, not what they run.
-  const result = await runTool('scripts/test-cgroup2.ts')
+  const result = await runWithResults('scripts/test-cgroup2.ts')
+  // A failed claim comes with what ran, what was expected and what came back.
+  for (const claim of result.claims) t.ok(claim.pass, claim.claim, { diagnostic: !claim.pass, detail: detailOf(claim) })
   const lines = result.stdout.split('\n')
-  let claims = 0
-  for (const [i, line] of lines.entries()) {
-    const mark = line[0]
-    if (mark !== '✔' && mark !== '✘') continue
-    claims++
-    // The lines under a failed claim say what ran, what was expected and what came back.
-    const detail = lines.slice(i + 1).filter((_, j, rest) => rest.slice(0, j + 1).every((l) => l.startsWith('    '))).join('\n')
-    t.ok(mark === '✔', line.slice(2), { diagnostic: mark === '✘', detail })
-  }
   const summary = lines.filter((l) => /^(booted in|cgroup2 VM test)/.test(l)).join('; ')
-  t.ok(claims > 0, `the guest printed its checks (${summary || `stdout ends: ${lines.slice(-5).join(' | ')}`}; stderr: ${result.stderr.trim().slice(0, 500)})`)
+  t.ok(result.claims.length > 0, `the guest recorded its checks (${summary || `stdout ends: ${lines.slice(-5).join(' | ')}`}; stderr: ${result.stderr.trim().slice(0, 500)})`)
   t.equal(result.exitCode, 0, `npm run test:cgroup2 exits 0 (${summary})`)
 })

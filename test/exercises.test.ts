@@ -10,7 +10,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { exercises } from '../exercises/hints.ts'
 import { repoDir } from '../shared/settings.ts'
-import { rootOnly, runTool } from './helpers.ts'
+import { rootOnly, runWithResults } from './helpers.ts'
 import { leftoversSince, snapshotLeftovers, watchRun } from './leftovers.ts'
 
 const slugs = readdirSync(join(repoDir, 'exercises')).filter((name) => /^\d\d-/.test(name)).sort()
@@ -40,11 +40,11 @@ for (const slug of slugs) {
     const run = watchRun()
     // As a learner runs it, minus tap's NODE_OPTIONS preloads (see verify.test.ts);
     // fail-fast: one failed check is all this needs, and saves the rest of the runs.
-    const result = await runTool('scripts/exercise.ts', [slug.slice(0, 2)], { CFS_VERIFY_FAIL_FAST: '1' })
+    const result = await runWithResults('scripts/exercise.ts', [slug.slice(0, 2)], { CFS_VERIFY_FAIL_FAST: '1' })
     run.stop()
-    const failed = result.stdout.split('\n').filter((line) => line.startsWith('✘ ') && !line.startsWith(`✘ exercise ${slug}`))
+    const failed = result.claims.filter((claim) => !claim.pass)
     t.not(result.exitCode, 0, `npm run exercise -- ${slug.slice(0, 2)} exits non-zero (stderr: ${result.stderr.trim().slice(0, 300)})`)
-    t.ok(failed.length > 0, `at least one check fails: ${failed[0]?.slice(2) ?? 'none'}`)
+    t.ok(failed.length > 0, `at least one check fails: ${failed[0]?.claim ?? 'none'}`)
     t.match(result.stdout, new RegExp(`✘ exercise ${slug}: \\d+ of \\d+ checks pass`), 'the verdict line says how many checks pass')
     t.match(result.stdout, /Run with --hint for a hint\./, 'and points at --hint')
     t.same(await leftoversSince(before, run), [], 'the run left nothing behind (mounts, cgroups, cfs* interfaces, container dirs)')

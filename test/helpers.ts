@@ -4,6 +4,7 @@
 import type { Test } from 'tap'
 import { spawn } from 'node:child_process'
 import { repoDir } from '../shared/settings.ts'
+import { readResults, resultsFile, sortResults, type ClaimResult } from '../scripts/lib/results.ts'
 import { tsx } from '../scripts/lib/verify.ts'
 
 /** Skip reason for tests that need root, or false; in CI, missing root is an error. */
@@ -48,4 +49,25 @@ export function runTool(script: string, args: string[] = [], env: NodeJS.Process
     child.on('error', reject)
     child.on('close', (exitCode) => resolve({ stdout, stderr, exitCode }))
   })
+}
+
+/**
+ * runTool for a check script (a verify.ts, a homework checker, or a tool that
+ * runs one): what it recorded (CFS_VERIFY_JSON, see scripts/lib/results.ts),
+ * its claims and what it left to a person, besides what it printed.
+ */
+export async function runWithResults(script: string, args: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<ToolResult & { claims: ClaimResult[]; person: string[] }> {
+  const results = resultsFile()
+  try {
+    const result = await runTool(script, args, { ...env, CFS_VERIFY_JSON: results.file })
+    const { claims, person } = sortResults(readResults(results.file))
+    return { ...result, claims, person }
+  } finally {
+    results.remove()
+  }
+}
+
+/** A failed claim's details, for a tap assertion's diagnostics. */
+export function detailOf(claim: ClaimResult): { ran?: string; expected?: unknown; got?: unknown } {
+  return { ran: claim.ran, expected: claim.expected, got: claim.got }
 }

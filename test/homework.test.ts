@@ -7,7 +7,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { homework } from '../exercises/hints.ts'
 import { repoDir } from '../shared/settings.ts'
-import { rootOnly, runTool } from './helpers.ts'
+import { rootOnly, runWithResults } from './helpers.ts'
 import { leftoversSince, snapshotLeftovers, watchRun } from './leftovers.ts'
 
 for (const [key, problem] of Object.entries(homework)) {
@@ -27,20 +27,20 @@ for (const [key, problem] of Object.entries(homework)) {
 
   t.test(`homework ${key} as shipped fails its checker`, { ...rootOnly(), timeout: 180_000 }, async (t) => {
     const { result, left } = await check(key)
-    const failed = result.stdout.split('\n').filter((line) => line.startsWith('✘ ') && !line.startsWith(`✘ homework ${key}`))
+    const failed = result.claims.filter((claim) => !claim.pass)
     t.not(result.exitCode, 0, `npm run homework -- ${key} exits non-zero (stderr: ${result.stderr.trim().slice(0, 300)})`)
-    t.ok(failed.length > 0, `at least one check fails: ${failed[0]?.slice(2) ?? 'none'}`)
+    t.ok(failed.length > 0, `at least one check fails: ${failed[0]?.claim ?? 'none'}`)
     t.match(result.stdout, new RegExp(`✘ homework ${key}: \\d+ of \\d+ checks pass`), 'the verdict says how many pass')
     t.same(left, [], 'the run left nothing behind')
   })
 
   t.test(`homework ${key}: the model solution passes its checker`, { ...rootOnly(), timeout: 180_000 }, async (t) => {
     const { result, left } = await check(key, solution)
-    const failed = result.stdout.split('\n').filter((line) => line.startsWith('✘ '))
+    const failed = result.claims.filter((claim) => !claim.pass).map((claim) => claim.claim)
     t.same(failed, [], `no check fails (stderr: ${result.stderr.trim().slice(0, 300)})`)
     t.equal(result.exitCode, 0, `npm run homework -- ${key} --target ${solution} exits 0`)
     t.match(result.stdout, new RegExp(`✔ homework ${key}: all \\d+ checks pass`), 'the verdict says all pass')
-    if (problem.person) t.match(result.stdout, /☛ for a person to read/, 'and says what a person still has to read')
+    if (problem.person) t.ok(result.person.length > 0, 'and says what a person still has to read')
     t.same(left, [], 'the run left nothing behind')
   })
 }
@@ -49,7 +49,7 @@ for (const [key, problem] of Object.entries(homework)) {
 async function check(key: string, target?: string) {
   const before = snapshotLeftovers()
   const run = watchRun()
-  const result = await runTool('scripts/homework.ts', [key, ...(target ? ['--target', target] : [])])
+  const result = await runWithResults('scripts/homework.ts', [key, ...(target ? ['--target', target] : [])])
   run.stop()
   return { result, left: await leftoversSince(before, run) }
 }

@@ -1,11 +1,11 @@
-// Runs every step's verify.ts as a learner would and turns each printed
-// claim (✔ or ✘) into a tap assertion.
+// Runs every step's verify.ts as a learner would and turns each claim it
+// records (CFS_VERIFY_JSON, see scripts/lib/results.ts) into a tap assertion.
 
 import t from 'tap'
 import { readdirSync, existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { repoDir } from '../shared/settings.ts'
-import { rootOnly, runTool } from './helpers.ts'
+import { detailOf, rootOnly, runWithResults } from './helpers.ts'
 
 const steps = readdirSync(join(repoDir, 'steps')).filter((name) => existsSync(join(repoDir, 'steps', name, 'verify.ts'))).sort()
 
@@ -15,18 +15,10 @@ for (const step of steps) {
     // preloads. tap puts them back on every spawn from Node, and its
     // processinfo would write .tap/ files inside the image when a step's
     // child exits after chroot (a missing command, say).
-    const result = await runTool(`steps/${step}/verify.ts`)
-    const lines = result.stdout.split('\n')
-    let claims = 0
-    for (const [i, line] of lines.entries()) {
-      const mark = line[0]
-      if (mark !== '✔' && mark !== '✘') continue
-      claims++
-      // The lines under a failed claim say what ran, what was expected and what came back.
-      const detail = lines.slice(i + 1).filter((_, j, rest) => rest.slice(0, j + 1).every((l) => l.startsWith('    '))).join('\n')
-      t.ok(mark === '✔', line.slice(2), { diagnostic: mark === '✘', detail })
-    }
-    t.ok(claims > 0, `verify printed its checks (stderr: ${result.stderr.trim().slice(0, 500)})`)
+    const result = await runWithResults(`steps/${step}/verify.ts`)
+    // A failed claim comes with what ran, what was expected and what came back.
+    for (const claim of result.claims) t.ok(claim.pass, claim.claim, { diagnostic: !claim.pass, detail: detailOf(claim) })
+    t.ok(result.claims.length > 0, `verify recorded its checks (stderr: ${result.stderr.trim().slice(0, 500)})`)
     t.equal(result.exitCode, 0, `verify exits 0 (stderr: ${result.stderr.trim().slice(0, 500)})`)
   })
 }

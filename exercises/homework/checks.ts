@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { $, type ProcessPromise } from 'zx'
 import { PREFIX, repoDir } from '../../shared/settings.ts'
+import { recordResult } from '../../scripts/lib/results.ts'
 import { tsx } from '../../scripts/lib/verify.ts'
 
 /**
@@ -46,9 +47,10 @@ export function tempDir(name: string): string {
   return dir
 }
 
-/** A line for what only a person can judge: marked ☛, counted by the checker, never a pass or a failure. */
+/** A line for what only a person can judge: marked ☛, recorded (CFS_VERIFY_JSON) for the checker to count, never a pass or a failure. */
 export function forAPerson(what: string): void {
   console.log(`${chalk.yellow('☛')} for a person to read: ${what}`)
+  recordResult({ person: what })
 }
 
 /** The text under a `## heading` of a markdown answers file, up to the next heading; '' if none. */

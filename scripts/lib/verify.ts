@@ -1,6 +1,7 @@
 // What every step's verify.ts uses: run the step as a learner would, and
 // print one line per claim, a green check or a red cross with what was
-// expected and what came back.
+// expected and what came back; with CFS_VERIFY_JSON set, also record each
+// claim as data (see results.ts).
 
 import chalk from 'chalk'
 import { $, type ProcessPromise } from 'zx'
@@ -10,6 +11,7 @@ import { exitOnClosedPipe } from '../../shared/errors.ts'
 import { isRunning } from '../../shared/procfs.ts'
 import { repoDir } from '../../shared/settings.ts'
 import { descendants, findProcesses, parentPid } from './procfs.ts'
+import { recordResult, type ClaimResult } from './results.ts'
 import { scaled, waitFor } from './wait.ts'
 
 /** The project's own tsx, so verify runs steps as `npx tsx` would, minus npx. */
@@ -88,7 +90,7 @@ export async function killSleeper(s: Sleeper): Promise<void> {
   await s.run
 }
 
-/** Collects claims and reports them; `finish()` sets the exit code. */
+/** Collects claims, prints them and records them (CFS_VERIFY_JSON); `finish()` sets the exit code. */
 export class Checks {
   failed = 0
   passed = 0
@@ -110,9 +112,17 @@ export class Checks {
       if (detail.ran) console.log(`    ran:      ${detail.ran}`)
       if ('expected' in detail) console.log(`    expected: ${show(detail.expected)}`)
       if ('got' in detail) console.log(`    got:      ${show(detail.got)}`)
-      if (process.env.CFS_VERIFY_FAIL_FAST === '1') stopAtFirstFailure()
     }
+    recordResult({ claim, pass, ...detail })
+    if (!pass && process.env.CFS_VERIFY_FAIL_FAST === '1') this.stopAtFirstFailure()
     return pass
+  }
+
+  /** A claim another check script made and printed already (the VM runs step 06's verify): count it and record it. */
+  add(result: ClaimResult): void {
+    if (result.pass) this.passed++
+    else this.failed++
+    recordResult(result)
   }
 
   /** A claim that `got` equals `expected`. */
@@ -124,26 +134,28 @@ export class Checks {
   finish(): void {
     const line = this.failed ? `${this.failed} of ${this.passed + this.failed} checks failed` : `all ${this.passed} checks passed`
     console.log(this.failed ? chalk.red(line) : chalk.green(line))
+    recordResult({ passed: this.passed, failed: this.failed })
     process.exitCode = this.failed ? 1 : 0
+  }
+
+  /**
+   * CFS_VERIFY_FAIL_FAST=1: stop a verify at its first failed claim, with exit
+   * code 1. Used where only "does it fail?" matters (the exercise tests), to
+   * save the time of the remaining runs. Whatever the verify still has running
+   * is stopped first, as Ctrl-C would (see stopDescendants), and the verify's
+   * own `exit` handlers (a hostname to put back, an image to repair) still run.
+   */
+  private stopAtFirstFailure(): never {
+    console.log(chalk.red('stopped at the first failed check (CFS_VERIFY_FAIL_FAST=1)'))
+    recordResult({ passed: this.passed, failed: this.failed })
+    stopDescendants(process.pid)
+    process.exit(1)
   }
 }
 
 function show(value: unknown): string {
   const text = typeof value === 'string' ? value : (JSON.stringify(value) ?? String(value))
   return text.length > 400 ? `${text.slice(0, 400)}…` : text
-}
-
-/**
- * CFS_VERIFY_FAIL_FAST=1: stop a verify at its first failed claim, with exit
- * code 1. Used where only "does it fail?" matters (the exercise tests), to
- * save the time of the remaining runs. Whatever the verify still has running
- * is stopped first, as Ctrl-C would (see stopDescendants), and the verify's
- * own `exit` handlers (a hostname to put back, an image to repair) still run.
- */
-function stopAtFirstFailure(): never {
-  console.log(chalk.red('stopped at the first failed check (CFS_VERIFY_FAIL_FAST=1)'))
-  stopDescendants(process.pid)
-  process.exit(1)
 }
 
 /**
