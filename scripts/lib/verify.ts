@@ -90,6 +90,47 @@ export async function killSleeper(s: Sleeper): Promise<void> {
   await s.run
 }
 
+// The claims every step from 02 on makes in its verify, each as the step's
+// own verify would make it: one helper each, so they read the same everywhere.
+
+/** "exit code 7 comes back" and "a missing command exits 127". */
+export async function checkExitCodes(c: Checks, step: string): Promise<void> {
+  const exit7 = ['sh', '-c', 'exit 7']
+  c.equal('exit code 7 comes back', (await runStep(step, exit7)).exitCode, 7, shown(step, exit7))
+  c.equal('a missing command exits 127', (await runStep(step, ['no-such-command'])).exitCode, 127, shown(step, ['no-such-command']))
+}
+
+/**
+ * Ctrl-C or kill: `signal` to the step ends it, and its container, within
+ * 6 s (it passes the signal on, and SIGKILLs a PID 1 that ignores it after
+ * 2 s). `during` is the run, as the report shows it. What else must be
+ * gone afterwards the caller checks; then it calls killSleeper(s).
+ */
+export async function checkSignalEnds(c: Checks, step: string, s: Sleeper, signal: NodeJS.Signals, during = shown(step, ['sleep', s.marker])): Promise<void> {
+  const stopped = await signalStep(s, signal)
+  c.ok(`${signal} to the step ends it within 6 s`, s.sleep !== undefined && stopped.ms < 6000 && !isRunning(s.sleep), {
+    ran: `kill -${signal.slice(3)} <step>  # during ${during}`,
+    expected: 'the step and its sleep gone in < 6000 ms',
+    got: s.sleep && s.step ? `${stopped.ms < Infinity ? `ended in ${stopped.ms} ms, exit ${stopped.exitCode}` : 'still running after 10 s'}, sleep ${isRunning(s.sleep) ? 'running' : 'gone'}` : 'no sleep or no step process found',
+  })
+}
+
+/**
+ * PR_SET_PDEATHSIG: when the step dies, even by SIGKILL, the kernel kills
+ * `what` it runs (the container; at step 01, the command) within 5 s.
+ */
+export async function checkDeathSignal(c: Checks, step: string, what = 'the container'): Promise<void> {
+  const orphan = await runSleeper(step)
+  if (orphan.step) process.kill(orphan.step, 'SIGKILL')
+  const gone = orphan.sleep && (await waitFor(() => (isRunning(orphan.sleep!) ? undefined : true), 5000))
+  c.ok(`SIGKILL to the step takes ${what} with it (PR_SET_PDEATHSIG)`, orphan.step !== undefined && gone === true, {
+    ran: `kill -KILL <step>  # during ${shown(step, ['sleep', orphan.marker])}`,
+    expected: 'the sleep gone within 5 s',
+    got: orphan.sleep && orphan.step ? `sleep ${orphan.sleep} still running` : 'no sleep or no step process found',
+  })
+  await killSleeper(orphan)
+}
+
 /** Collects claims, prints them and records them (CFS_VERIFY_JSON); `finish()` sets the exit code. */
 export class Checks {
   failed = 0

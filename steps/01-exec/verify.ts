@@ -4,10 +4,8 @@
 //
 // Usage: npx tsx steps/01-exec/verify.ts
 
-import { Checks, killSleeper, runSleeper, runStep, shown, signalStep, stepPath } from '../../scripts/lib/verify.ts'
 import { cmdline, parentPid } from '../../scripts/lib/procfs.ts'
-import { isRunning } from '../../shared/procfs.ts'
-import { waitFor } from '../../scripts/lib/wait.ts'
+import { checkDeathSignal, Checks, killSleeper, runSleeper, runStep, shown, signalStep, stepPath } from '../../scripts/lib/verify.ts'
 
 const step = '01-exec'
 const c = new Checks(`Step ${step}: exec`)
@@ -51,10 +49,6 @@ c.equal('SIGTERM to the step is passed on: the command dies of it, exit 143 (128
 await killSleeper(sleeper)
 
 // PR_SET_PDEATHSIG: if the step dies by SIGKILL, the kernel kills the command too.
-const orphan = await runSleeper(step)
-if (orphan.step) process.kill(orphan.step, 'SIGKILL')
-const gone = await waitFor(() => (orphan.sleep && isRunning(orphan.sleep) ? undefined : true), 5000)
-c.ok('SIGKILL to the step takes the command with it (PR_SET_PDEATHSIG)', gone === true, { ran: `kill -KILL <step>; ps -p <sleep>`, expected: 'no sleep', got: gone ? 'no sleep' : `sleep ${orphan.sleep} still running` })
-await killSleeper(orphan)
+await checkDeathSignal(c, step, 'the command')
 
 c.finish()

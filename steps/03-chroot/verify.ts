@@ -8,11 +8,9 @@
 
 import { readdirSync, readlinkSync, realpathSync } from 'node:fs'
 import { join } from 'node:path'
-import { Checks, killSleeper, runSleeper, runStep, shown, signalStep } from '../../scripts/lib/verify.ts'
-import { isRunning } from '../../shared/procfs.ts'
-import { waitFor } from '../../scripts/lib/wait.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { repoDir } from '../../shared/settings.ts'
+import { checkDeathSignal, checkExitCodes, checkSignalEnds, Checks, killSleeper, runSleeper, runStep, shown } from '../../scripts/lib/verify.ts'
 import { requireRoot } from '../../shared/cli.ts'
 
 const step = '03-chroot'
@@ -52,32 +50,15 @@ await killSleeper(s)
 const which = await runStep(step, ['which', 'ls'])
 c.equal('`which ls` finds the image\'s ls: commands are looked up in the new root', which.stdout.trim(), '/bin/ls', shown(step, ['which', 'ls']))
 
-const exit7 = ['sh', '-c', 'exit 7']
-c.equal('exit code 7 comes back', (await runStep(step, exit7)).exitCode, 7, shown(step, exit7))
-c.equal('a missing command exits 127', (await runStep(step, ['no-such-command'])).exitCode, 127, shown(step, ['no-such-command']))
-
+await checkExitCodes(c, step)
 // Ctrl-C or kill: the step passes the signal on to the container, and sends
 // SIGKILL if it is still there after 2 s.
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   const s = await runSleeper(step)
-  const stopped = await signalStep(s, signal)
-  c.ok(`${signal} to the step ends it within 6 s`, s.sleep !== undefined && stopped.ms < 6000 && !isRunning(s.sleep), {
-    ran: `kill -${signal.slice(3)} <step>  # during ${shown(step, ['sleep', s.marker])}`,
-    expected: 'the step and its sleep gone in < 6000 ms',
-    got: s.sleep && s.step ? `${stopped.ms < Infinity ? `ended in ${stopped.ms} ms, exit ${stopped.exitCode}` : 'still running after 10 s'}, sleep ${isRunning(s.sleep) ? 'running' : 'gone'}` : 'no sleep or no step process found',
-  })
+  await checkSignalEnds(c, step, s, signal)
   await killSleeper(s)
 }
-
 // PR_SET_PDEATHSIG: when the step dies, even by SIGKILL, the kernel kills the container.
-const orphan = await runSleeper(step)
-if (orphan.step) process.kill(orphan.step, 'SIGKILL')
-const gone = orphan.sleep && (await waitFor(() => (isRunning(orphan.sleep!) ? undefined : true), 5000))
-c.ok('SIGKILL to the step kills the container too', orphan.step !== undefined && gone === true, {
-  ran: `kill -KILL <step>  # during ${shown(step, ['sleep', orphan.marker])}`,
-  expected: 'the sleep gone within 5 s',
-  got: orphan.sleep && orphan.step ? `sleep ${orphan.sleep} still running` : 'no sleep or no step process found',
-})
-await killSleeper(orphan)
+await checkDeathSignal(c, step)
 
 c.finish()

@@ -9,12 +9,13 @@
 import { spawn } from 'node:child_process'
 import { realpathSync } from 'node:fs'
 import { join } from 'node:path'
-import { Checks, killSleeper, runSleeper, runStep, shown, signalStep, type Sleeper } from '../../scripts/lib/verify.ts'
 import { readMountInfo, unmountIfMounted } from '../../shared/mounts.ts'
 import { isRunning } from '../../shared/procfs.ts'
-import { nsPids } from '../../scripts/lib/procfs.ts'
-import { waitFor } from '../../scripts/lib/wait.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
+import { nsPids } from '../../scripts/lib/procfs.ts'
+import {
+  checkDeathSignal, checkExitCodes, checkSignalEnds, Checks, killSleeper, runSleeper, runStep, shown, type Sleeper,
+} from '../../scripts/lib/verify.ts'
 import { requireRoot } from '../../shared/cli.ts'
 
 const step = '04-pid-proc'
@@ -47,9 +48,7 @@ c.ok('`kill <host pid>` inside fails: host processes are out of reach', killed.e
 c.ok('…and the host process lives on', isRunning(hostSleep.pid!), { ran: `ps -p ${hostSleep.pid}`, expected: 'running', got: 'gone' })
 hostSleep.kill('SIGKILL')
 
-const exit7 = ['sh', '-c', 'exit 7']
-c.equal('exit code 7 comes back', (await runStep(step, exit7)).exitCode, 7, shown(step, exit7))
-c.equal('a missing command exits 127', (await runStep(step, ['no-such-command'])).exitCode, 127, shown(step, ['no-such-command']))
+await checkExitCodes(c, step)
 
 // The host still sees the container's processes, and its /proc mount.
 const running = await runSleeper(step)
@@ -67,15 +66,7 @@ await checkStop(running, 'SIGTERM')
 await checkStop(await runSleeper(step), 'SIGINT')
 
 // PR_SET_PDEATHSIG: when the step dies, even by SIGKILL, the kernel kills the container.
-const orphan = await runSleeper(step)
-if (orphan.step) process.kill(orphan.step, 'SIGKILL')
-const gone = orphan.sleep && (await waitFor(() => (isRunning(orphan.sleep!) ? undefined : true), 5000))
-c.ok('SIGKILL to the step kills the container too', orphan.step !== undefined && gone === true, {
-  ran: `kill -KILL <step>  # during ${shown(step, ['sleep', orphan.marker])}`,
-  expected: 'the sleep gone within 5 s',
-  got: orphan.sleep && orphan.step ? `sleep ${orphan.sleep} still running` : 'no sleep or no step process found',
-})
-await killSleeper(orphan)
+await checkDeathSignal(c, step)
 // A step killed outright cannot unmount: a known leftover, as after any crash.
 let leftovers = 0
 while (unmountIfMounted(procDir)) leftovers++
@@ -85,12 +76,7 @@ c.finish()
 
 // Signal the step: it must end within 6 s, and unmount the container's /proc.
 async function checkStop(s: Sleeper, signal: NodeJS.Signals): Promise<void> {
-  const stopped = await signalStep(s, signal)
-  c.ok(`${signal} to the step ends it within 6 s`, s.sleep !== undefined && stopped.ms < 6000 && !isRunning(s.sleep), {
-    ran: `kill -${signal.slice(3)} <step>  # during ${shown(step, ['sleep', s.marker])}`,
-    expected: 'the step and its sleep gone in < 6000 ms',
-    got: s.sleep && s.step ? `${stopped.ms < Infinity ? `ended in ${stopped.ms} ms, exit ${stopped.exitCode}` : 'still running after 10 s'}, sleep ${isRunning(s.sleep) ? 'running' : 'gone'}` : 'no sleep or no step process found',
-  })
+  await checkSignalEnds(c, step, s, signal)
   c.equal(`…and after ${signal}, its /proc is no longer mounted on the host`, mounted(), [], grepMounts)
   await killSleeper(s)
   while (unmountIfMounted(procDir)); // if the check failed, mounts may have piled up

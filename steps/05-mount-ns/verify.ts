@@ -11,12 +11,13 @@ import { $ } from 'zx'
 import { DEV_ENTRIES } from '../../shared/devices.ts'
 import { readMountInfo } from '../../shared/mounts.ts'
 import { namespaceOf } from '../../shared/namespaces.ts'
-import { findProcesses } from '../../scripts/lib/procfs.ts'
-import { isRunning } from '../../shared/procfs.ts'
-import { waitFor } from '../../scripts/lib/wait.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { repoDir } from '../../shared/settings.ts'
-import { Checks, findStepProcess, killSleeper, runSleeper, runStep, shown, signalStep, stepPath, tsx, type Sleeper } from '../../scripts/lib/verify.ts'
+import { findProcesses } from '../../scripts/lib/procfs.ts'
+import {
+  checkDeathSignal, checkExitCodes, checkSignalEnds, Checks, findStepProcess, killSleeper, runSleeper, runStep, shown, stepPath, tsx, type Sleeper,
+} from '../../scripts/lib/verify.ts'
+import { waitFor } from '../../scripts/lib/wait.ts'
 import { requireRoot } from '../../shared/cli.ts'
 
 const step = '05-mount-ns'
@@ -137,22 +138,12 @@ c.ok('on a host whose / is shared, the container still starts and its mounts do 
       : `the container did not start: ${sharedRun.stderr.trim() || `exit ${sharedRun.exitCode}`}`,
   })
 
-const exit7 = ['sh', '-c', 'exit 7']
-c.equal('exit code 7 comes back', (await runStep(step, exit7)).exitCode, 7, shown(step, exit7))
-c.equal('a missing command exits 127', (await runStep(step, ['no-such-command'])).exitCode, 127, shown(step, ['no-such-command']))
+await checkExitCodes(c, step)
 
 await checkStop(await runSleeper(step), 'SIGINT')
 
 // PR_SET_PDEATHSIG: when the step dies, even by SIGKILL, the kernel kills the container.
-const orphan = await runSleeper(step)
-if (orphan.step) process.kill(orphan.step, 'SIGKILL')
-const gone = orphan.sleep && (await waitFor(() => (isRunning(orphan.sleep!) ? undefined : true), 5000))
-c.ok('SIGKILL to the step kills the container too', orphan.step !== undefined && gone === true, {
-  ran: `kill -KILL <step>  # during ${shown(step, ['sleep', orphan.marker])}`,
-  expected: 'the sleep gone within 5 s',
-  got: orphan.sleep && orphan.step ? `sleep ${orphan.sleep} still running` : 'no sleep or no step process found',
-})
-await killSleeper(orphan)
+await checkDeathSignal(c, step)
 c.equal('after all these runs, no new mount is left in the image on the host',
   inImage().filter((m) => !imageBefore.includes(m)), [], `grep ${rootfs} /proc/self/mountinfo`)
 
@@ -172,12 +163,7 @@ async function runMounter(step: string, shared = false): Promise<Sleeper & { sho
 
 // Signal the step: it must end within 6 s, with the container.
 async function checkStop(s: Sleeper, signal: NodeJS.Signals, run = shown(step, ['sleep', s.marker])): Promise<void> {
-  const stopped = await signalStep(s, signal)
-  c.ok(`${signal} to the step ends it within 6 s`, s.sleep !== undefined && stopped.ms < 6000 && !isRunning(s.sleep), {
-    ran: `kill -${signal.slice(3)} <step>  # during ${run}`,
-    expected: 'the step and its sleep gone in < 6000 ms',
-    got: s.sleep && s.step ? `${stopped.ms < Infinity ? `ended in ${stopped.ms} ms, exit ${stopped.exitCode}` : 'still running after 10 s'}, sleep ${isRunning(s.sleep) ? 'running' : 'gone'}` : 'no sleep or no step process found',
-  })
+  await checkSignalEnds(c, step, s, signal, run)
   await killSleeper(s)
 }
 

@@ -14,11 +14,10 @@ import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { $ } from 'zx'
 import { readMountInfo } from '../../shared/mounts.ts'
-import { isRunning } from '../../shared/procfs.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { containersDir, repoDir, stateDir } from '../../shared/settings.ts'
 import { readText } from '../../scripts/lib/files.ts'
-import { Checks, killSleeper, runSleeper, runStep, shown, signalStep, tsx, type Sleeper } from '../../scripts/lib/verify.ts'
+import { checkExitCodes, checkSignalEnds, Checks, killSleeper, runSleeper, runStep, shown, tsx, type Sleeper } from '../../scripts/lib/verify.ts'
 import { waitFor } from '../../scripts/lib/wait.ts'
 import { requireRoot } from '../../shared/cli.ts'
 
@@ -134,19 +133,12 @@ const changed = [...new Set([...before.keys(), ...after.keys()])]
 c.equal('the image is unchanged: the same files, modes and contents as before these runs', changed, [],
   `find ${image} -exec sha256sum …  # before and after, ignoring mount points and steps 05-06's .old-root-*`)
 
-const exit7 = ['sh', '-c', 'exit 7']
-c.equal('exit code 7 comes back', (await runStep(step, exit7)).exitCode, 7, shown(step, exit7))
-c.equal('a missing command exits 127', (await runStep(step, ['no-such-command'])).exitCode, 127, shown(step, ['no-such-command']))
+await checkExitCodes(c, step)
 
 // Ctrl-C or kill: the step passes the signal on, SIGKILLs after 2 s, and removes the directory.
 const s = await runSleeper(step)
 const sleeperDir = s.step ? containerDirOf(s.step) : undefined
-const stopped = await signalStep(s, 'SIGTERM')
-c.ok('SIGTERM to the step ends it within 6 s', s.sleep !== undefined && stopped.ms < 6000 && !isRunning(s.sleep), {
-  ran: `kill -TERM <step>  # during ${shown(step, ['sleep', s.marker])}`,
-  expected: 'the step and its sleep gone in < 6000 ms',
-  got: s.sleep && s.step ? `${stopped.ms < Infinity ? `ended in ${stopped.ms} ms, exit ${stopped.exitCode}` : 'still running after 10 s'}` : 'no sleep or no step process found',
-})
+await checkSignalEnds(c, step, s, 'SIGTERM')
 c.ok('…and removes the container\'s directory', sleeperDir !== undefined && !existsSync(sleeperDir), {
   ran: `ls ${sleeperDir ?? `${containersDir}/<id>`}`,
   expected: 'there while it ran, gone after',
