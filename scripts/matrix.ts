@@ -10,7 +10,8 @@ import chalk from 'chalk'
 import { parseArgs } from 'node:util'
 import { exitOnClosedPipe, exitWithError, UsageError } from '../shared/errors.ts'
 import { requireRoot } from '../shared/cli.ts'
-import { allSteps, PROBES, runMatrix } from './matrix/probes.ts'
+import { PROBES } from './matrix/probes.ts'
+import { allSteps, runMatrix } from './matrix/runner.ts'
 import { readExpected, renderTerminal, word, writeExpected } from './matrix/table.ts'
 
 exitOnClosedPipe()

@@ -8,7 +8,7 @@
 //   probe fork N                fork up to N children; print how many it got
 //   probe alloc MB              allocate and touch MB MiB; print how many it got
 //
-// Output is KEY=VALUE lines. Built with `gcc -static` by scripts/matrix/probes.ts.
+// Output is KEY=VALUE lines. Built with `gcc -static` by scripts/matrix/host.ts.
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,28 +1,10 @@
-// The isolation matrix: what a process inside each step's container can
-// still do to, or see of, the host. One container run per step executes every
-// probe (a shell script plus a static C helper, probe.c); the host prepares
-// the targets before the run and judges most results itself, from outside.
-//
-// Everything the matrix makes on the host is under one directory,
-// /tmp/cfs-matrix-<pid>, or carries the name cfsm-*-<pid>/cfs-matrix-<pid>-*,
-// and is removed in a `finally`: a private copy of the image (so chroot steps
-// write nothing into the shared one), the helper, a secret file, a tmpfs only
-// the host has mounted, two `sleep`s, TCP listeners on 127.0.0.1 and on all
-// addresses, and per run
-// a throwaway cgroup that bounds the PID and memory probes before step 06.
+// The isolation matrix's rows: what a process inside each step's container
+// tries to do to, or see of, the host (one probe a row), the shell script
+// that tries all of them in one container run (with probe.c, a static C
+// helper), and how each row is judged, from what the run printed and what
+// the host saw meanwhile. The targets are host.ts's; the runs, runner.ts's.
 
-import { spawn, spawnSync } from 'node:child_process'
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { createServer, type AddressInfo, type Server } from 'node:net'
-import { hostname } from 'node:os'
-import { join } from 'node:path'
-import { cgroupProcs, createCgroup, removeCgroup, type Cgroup } from '../../shared/cgroups.ts'
-import { mount, readMountInfo } from '../../shared/mounts.ts'
-import { ensureImage } from '../../shared/rootfs.ts'
-import { repoDir } from '../../shared/settings.ts'
-import { sethostname } from '../../shared/uts.ts'
-import { tsx } from '../lib/verify.ts'
-import { copyImage, removeTree } from '../lib/private-image.ts'
+import type { Host } from './host.ts'
 
 /** A cell of the matrix: the probe could not do it, it could, or the probe itself failed (why). */
 export type Cell = 'isolated' | 'leaks' | { error: string }
@@ -55,14 +37,8 @@ export interface Probe {
 /** The container-level limits the exhaustion probes ask for (steps 06+), and what they try to use. */
 export const LIMITS = { pids: 50, memoryMiB: 50, forks: 100, allocMiB: 200 }
 
-/** Limits of the throwaway cgroup that bounds each run, the step's own Node processes included. */
-const THROWAWAY = { pids: 400, memory: 1024 ** 3 }
-
 /** What the host exports to every step (as a cloud token would be): the container must not see it. */
-const ENV_SECRET = `cfsm-env-secret-${process.pid}`
-
-/** How long one container run may take before the watchdog kills it. */
-const RUN_TIMEOUT_MS = 60_000
+export const ENV_SECRET = `cfsm-env-secret-${process.pid}`
 
 const value = (run: StepRun, key: string): string | undefined => run.out[key]
 const missing = (run: StepRun, key: string): Cell => ({
@@ -163,258 +139,13 @@ export const PROBES: Probe[] = [
   },
 ]
 
-/** The targets the host prepares once for all runs. */
-export interface Host {
-  dir: string // /tmp/cfs-matrix-<pid>
-  rootfs: string // the private copy of the image
-  helper: string // the compiled probe.c, in the image as /cfs-probe
-  secret: string // what the secret file holds
-  secretFile: string
-  hostMount: string // a tmpfs only the host has, source cfsm-host-<pid>
-  hostMountSource: string
-  seeMarker: string // `sleep <marker>` runs on the host
-  see: ReturnType<typeof spawn>
-  disk: string // a real disk of the host, e.g. vda
-  loop: { device: string; major: number; minor: number; token: string } // a loop device over a file that holds `token`
-  mac: string // of the host's default-route interface
-  listener: Server // on 127.0.0.1
-  port: number
-  anyListener: Server // on 0.0.0.0, as many services listen
-  anyPort: number
-  tokens: Set<string> // what the listeners received
-  hostname: string // the host's hostname before any run
-}
-
-/** All step directories, in order. */
-export function allSteps(): string[] {
-  return readdirSync(join(repoDir, 'steps')).filter((name) => /^\d\d-/.test(name)).sort()
-}
-
 /**
- * Run every probe at each step and return the cells, probes down, steps
- * across. `signal` (Ctrl-C in npm run matrix) stops the run in progress and
- * skips the rest; the host is cleaned up either way.
+ * The probes, as the container runs them. $B is the script's directory as the
+ * container sees it: `/` from step 03 on, the private image's host path before.
+ * Values that must not show in any process's argv (the marker of the host's
+ * sleep) are only in this file, never on a command line.
  */
-export async function runMatrix(
-  steps = allSteps(),
-  log: (line: string) => void = () => {},
-  signal?: AbortSignal,
-): Promise<{ cells: Record<string, Record<string, Cell>>; runs: StepRun[] }> {
-  const host = await prepareHost()
-  const runs: StepRun[] = []
-  try {
-    const options = await Promise.all(steps.map(stepOptions))
-    for (const [i, step] of steps.entries()) {
-      if (signal?.aborted) break
-      const started = Date.now()
-      runs.push(await probeStep(host, step, options[i], signal))
-      log(`${step}: probed in ${((Date.now() - started) / 1000).toFixed(1)} s`)
-    }
-  } finally {
-    await disposeHost(host)
-  }
-  const cells: Record<string, Record<string, Cell>> = {}
-  for (const probe of PROBES) cells[probe.id] = Object.fromEntries(runs.map((run) => [run.step, probe.judge(run, host)]))
-  return { cells, runs }
-}
-
-/** Build probe.c with `gcc -static` (static: it must run inside any image). */
-export function buildHelper(out: string): void {
-  const result = spawnSync('gcc', ['-static', '-O1', '-o', out, join(repoDir, 'scripts/matrix/probe.c')], { encoding: 'utf8' })
-  if (result.error || result.status !== 0) {
-    throw new Error(`gcc -static scripts/matrix/probe.c failed: ${result.error?.message ?? result.stderr.trim()} (apt-get install gcc libc6-dev)`)
-  }
-}
-
-// Everything the runs aim at, made before the first one.
-async function prepareHost(): Promise<Host> {
-  const dir = `/tmp/cfs-matrix-${process.pid}`
-  rmSync(dir, { recursive: true, force: true })
-  mkdirSync(dir, { mode: 0o700 })
-  const host = { dir, tokens: new Set<string>(), hostname: hostname() } as Host
-  try {
-    host.rootfs = join(dir, 'image', 'rootfs')
-    copyImage(await ensureImage(), host.rootfs)
-    host.helper = join(host.rootfs, 'cfs-probe')
-    buildHelper(host.helper)
-    host.secret = `cfsm-secret-${process.pid}-${Math.random().toString(36).slice(2)}`
-    host.secretFile = join(dir, 'secret')
-    writeFileSync(host.secretFile, `${host.secret}\n`)
-    host.hostMount = join(dir, 'host-mount')
-    host.hostMountSource = `cfsm-host-${process.pid}`
-    mkdirSync(host.hostMount)
-    mount(host.hostMountSource, host.hostMount, 'tmpfs', 0, 'size=64k')
-    host.seeMarker = `300.${process.pid}0731`
-    host.see = spawn('sleep', [host.seeMarker], { stdio: 'ignore' })
-    host.disk = findDisk()
-    host.loop = attachLoop(join(dir, 'loop.img'))
-    host.mac = findMac()
-    host.listener = await listen(host.tokens, '127.0.0.1')
-    host.port = (host.listener.address() as AddressInfo).port
-    host.anyListener = await listen(host.tokens, '0.0.0.0')
-    host.anyPort = (host.anyListener.address() as AddressInfo).port
-    return host
-  } catch (err) {
-    await disposeHost(host)
-    throw err
-  }
-}
-
-// Undo prepareHost and whatever a run left under its directory.
-async function disposeHost(host: Partial<Host> & { dir: string }): Promise<void> {
-  host.see?.kill('SIGKILL')
-  if (host.loop) spawnSync('losetup', ['--detach', host.loop.device])
-  for (const server of [host.listener, host.anyListener]) {
-    await new Promise<void>((resolve) => (server?.listening ? server.close(() => resolve()) : resolve()))
-  }
-  restoreHostname(host as Host)
-  removeTree(host.dir)
-}
-
-// The host's hostname back, if a run changed it (only to one of ours: never undo someone else's).
-function restoreHostname(host: Host): void {
-  if (host.hostname && hostname().startsWith(`cfsm-h-${process.pid}-`)) sethostname(host.hostname)
-}
-
-// A TCP listener that notes the tokens containers send it.
-async function listen(tokens: Set<string>, address: string): Promise<Server> {
-  const server = createServer((socket) => {
-    let data = ''
-    socket.on('data', (chunk) => {
-      data += chunk
-      for (const token of data.match(/cfsm-(tcp|any)-[\w-]+/g) ?? []) tokens.add(token)
-      socket.end()
-    })
-    socket.on('error', () => {})
-  })
-  await new Promise<void>((resolve) => server.listen(0, address, resolve))
-  return server
-}
-
-// A real disk of the host (not loop, ram, zram), as /sys/block names it.
-function findDisk(): string {
-  const disk = readdirSync('/sys/block').sort().find((name) =>
-    !/^(loop|ram|zram|nbd|dm-|md|sr)/.test(name) && Number(readFileSync(`/sys/block/${name}/size`, 'utf8')) > 0)
-  if (!disk) throw new Error('no disk in /sys/block (only loop, ram or zram devices): the disk probe needs one')
-  return disk
-}
-
-// A block device the host itself can read (some hosts refuse even root a
-// read of their own disk): a read-only loop device over a file holding a token.
-function attachLoop(file: string): Host['loop'] {
-  const token = `cfsm-loop-${process.pid}`
-  writeFileSync(file, `${token}\n`.padEnd(4096, '\0'))
-  const result = spawnSync('losetup', ['--find', '--show', '--read-only', file], { encoding: 'utf8' })
-  if (result.status !== 0) throw new Error(`losetup --find --show ${file}: ${result.error?.message ?? result.stderr.trim()}`)
-  const device = result.stdout.trim()
-  const [major, minor] = readFileSync(`/sys/block/${device.slice('/dev/'.length)}/dev`, 'utf8').trim().split(':').map(Number)
-  return { device, major, minor, token }
-}
-
-// The MAC address of the interface the default route uses (/proc/net/route: destination 00000000).
-function findMac(): string {
-  const route = readFileSync('/proc/net/route', 'utf8').split('\n').slice(1).map((line) => line.split('\t'))
-  const name = route.find((fields) => fields[1] === '00000000')?.[0]
-    ?? readdirSync('/sys/class/net').find((n) => n !== 'lo' && !n.startsWith('cfs'))
-  if (!name) throw new Error('the host has no network interface but lo: the interface probe needs one')
-  return readFileSync(`/sys/class/net/${name}/address`, 'utf8').trim().toLowerCase()
-}
-
-/** Which options a step takes, from its --help: the limits (06+) and --image (03+). */
-async function stepOptions(step: string): Promise<{ limits: boolean; image: boolean }> {
-  const help = await collect(spawn('env', ['-u', 'NODE_OPTIONS', tsx, `steps/${step}`, '--help'], { cwd: repoDir, env: stepEnv() }))
-  return { limits: help.stdout.includes('--pids-limit') && help.stdout.includes('--memory'), image: help.stdout.includes('--image') }
-}
-
-/**
- * The environment a step runs in: as a learner's, without a test runner's
- * NODE_OPTIONS preloads (tap adds them back to every spawn from Node, so
- * commands also go through `env -u NODE_OPTIONS` or `unset NODE_OPTIONS`).
- */
-export function stepEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env, FORCE_COLOR: '0', ...extra }
-  delete env.NODE_OPTIONS
-  return env
-}
-
-// One container run at `step` that executes every probe.
-async function probeStep(host: Host, step: string, options: { limits: boolean; image: boolean }, signal?: AbortSignal): Promise<StepRun> {
-  const u = `${process.pid}-${step.slice(0, 2)}`
-  const run: StepRun = {
-    step, u, out: {}, stdout: '', stderr: '', exitCode: null, timedOut: false, ready: false,
-    hostnameLeaked: false, mountLeaked: false, killedHostSleep: false, reachedListener: false, reachedAnyListener: false,
-    limited: options.limits,
-  }
-  // A sleep only this run may kill; SIGTERM is what the probe sends.
-  const target = spawn('sleep', [`301.${process.pid}${step.slice(0, 2)}`], { stdio: 'ignore' })
-  const targetEnded = new Promise<NodeJS.Signals | null>((resolve) => target.on('exit', (_, signal) => resolve(signal)))
-  const script = `cfs-probe-${step.slice(0, 2)}.sh`
-  writeFileSync(join(host.rootfs, script), probeScript(host, u, target.pid!))
-  // From 03 on the image is `/`; before, the script is found by its host path.
-  const command = `[ -f /${script} ] && exec sh /${script} / || exec sh ${host.rootfs}/${script} ${host.rootfs}`
-  const args = [
-    ...(options.image ? ['--image', host.rootfs] : []),
-    ...(options.limits ? ['--pids-limit', String(LIMITS.pids), '--memory', `${LIMITS.memoryMiB}M`] : []),
-    'sh', '-c', command,
-  ]
-  let throwaway: Cgroup | undefined
-  try {
-    throwaway = createCgroup(`matrix-${u}`, { pids: THROWAWAY.pids, memory: THROWAWAY.memory })
-    // The wrapper joins the throwaway cgroup, then becomes the step: all of
-    // the step's processes, and the container before step 06, are bounded by it.
-    const join = throwaway.dirs.map((d) => `echo $$ > ${d.dir}/cgroup.procs`).join(' && ')
-    const child = spawn('sh', ['-c', `${join} && unset NODE_OPTIONS && exec "$@"`, 'sh', tsx, `steps/${step}`, 'run', ...args], {
-      cwd: repoDir, env: stepEnv({ CFS_MATRIX_SECRET: ENV_SECRET, MATRIX_TOKEN: ENV_SECRET }), detached: true, stdio: ['pipe', 'pipe', 'pipe'],
-    })
-    const stop = () => {
-      try {
-        process.kill(-child.pid!, 'SIGKILL')
-      } catch {}
-      // Before step 06 the container's processes are in the throwaway cgroup, maybe in a group of their own.
-      for (const d of throwaway!.dirs) for (const pid of cgroupProcs(d.dir)) process.kill(pid, 'SIGKILL')
-    }
-    const watchdog = setTimeout(() => {
-      run.timedOut = true
-      stop()
-    }, RUN_TIMEOUT_MS)
-    signal?.addEventListener('abort', stop)
-    child.stderr!.on('data', (chunk) => (run.stderr += chunk))
-    child.stdout!.on('data', (chunk) => {
-      run.stdout += chunk
-      if (!run.ready && run.stdout.includes('CFS_MATRIX_READY\n')) {
-        run.ready = true
-        // Judged while the container still runs: its hostname and its mount.
-        run.hostnameLeaked = hostname() === `cfsm-h-${u}`
-        if (run.hostnameLeaked) restoreHostname(host)
-        run.mountLeaked = readMountInfo().some((m) => m.source === `cfsm-in-${u}`)
-        child.stdin!.write('go on\n')
-      }
-    })
-    child.stdin!.on('error', () => {})
-    const ended = await collect(child)
-    clearTimeout(watchdog)
-    signal?.removeEventListener('abort', stop)
-    run.exitCode = ended.exitCode
-  } finally {
-    restoreHostname(host)
-    if (throwaway) await removeCgroup(throwaway)
-    if (target.exitCode === null && target.signalCode === null) target.kill('SIGKILL')
-  }
-  run.killedHostSleep = (await targetEnded) === 'SIGTERM'
-  run.reachedListener = host.tokens.has(`cfsm-tcp-${u}`)
-  run.reachedAnyListener = host.tokens.has(`cfsm-any-${u}`)
-  for (const line of run.stdout.split('\n')) {
-    const match = /^([a-z_]+)=(.*)$/.exec(line)
-    if (match) run.out[match[1]] = match[2]
-  }
-  return run
-}
-
-// The probes, as the container runs them. $B is the script's directory as the
-// container sees it: `/` from step 03 on, the private image's host path before.
-// Values that must not show in any process's argv (the marker of the host's
-// sleep) are only in this file, never on a command line.
-function probeScript(host: Host, u: string, targetPid: number): string {
+export function probeScript(host: Host, u: string, targetPid: number): string {
   const { disk, loop } = host
   return `# The isolation matrix's probes (scripts/matrix/probes.ts), run ${u}.
 B=$1
@@ -458,16 +189,4 @@ $B/cfs-probe fork ${LIMITS.forks}
 $B/cfs-probe alloc ${LIMITS.allocMiB}; echo alloc_rc=$?
 echo done=1
 `
-}
-
-// Wait for a process to end; its output and exit code.
-function collect(child: ReturnType<typeof spawn>): Promise<{ stdout: string; stderr: string; exitCode: number | null }> {
-  let stdout = ''
-  let stderr = ''
-  child.stdout?.on('data', (chunk) => (stdout += chunk))
-  child.stderr?.on('data', (chunk) => (stderr += chunk))
-  return new Promise((resolve) => {
-    child.on('error', (err) => resolve({ stdout, stderr: `${stderr}${err.message}`, exitCode: null }))
-    child.on('close', (code) => resolve({ stdout, stderr, exitCode: code }))
-  })
 }

@@ -1,0 +1,156 @@
+// Running the isolation matrix: one container run per step that executes
+// every probe, bounded by a throwaway cgroup (the PID and memory probes,
+// before step 06 has limits of its own) and a watchdog, then every cell
+// judged. The rows are probes.ts's; the targets, host.ts's.
+
+import { spawn } from 'node:child_process'
+import { readdirSync, writeFileSync } from 'node:fs'
+import { hostname } from 'node:os'
+import { join } from 'node:path'
+import { cgroupProcs, createCgroup, removeCgroup, type Cgroup } from '../../shared/cgroups.ts'
+import { readMountInfo } from '../../shared/mounts.ts'
+import { repoDir } from '../../shared/settings.ts'
+import { tsx } from '../lib/verify.ts'
+import { disposeHost, prepareHost, restoreHostname, type Host } from './host.ts'
+import { ENV_SECRET, LIMITS, PROBES, probeScript, type Cell, type StepRun } from './probes.ts'
+
+/** Limits of the throwaway cgroup that bounds each run, the step's own Node processes included. */
+const THROWAWAY = { pids: 400, memory: 1024 ** 3 }
+
+/** How long one container run may take before the watchdog kills it. */
+const RUN_TIMEOUT_MS = 60_000
+
+/** All step directories, in order. */
+export function allSteps(): string[] {
+  return readdirSync(join(repoDir, 'steps')).filter((name) => /^\d\d-/.test(name)).sort()
+}
+
+/**
+ * Run every probe at each step and return the cells, probes down, steps
+ * across. `signal` (Ctrl-C in npm run matrix) stops the run in progress and
+ * skips the rest; the host is cleaned up either way.
+ */
+export async function runMatrix(
+  steps = allSteps(),
+  log: (line: string) => void = () => {},
+  signal?: AbortSignal,
+): Promise<{ cells: Record<string, Record<string, Cell>>; runs: StepRun[] }> {
+  const host = await prepareHost()
+  const runs: StepRun[] = []
+  try {
+    const options = await Promise.all(steps.map(stepOptions))
+    for (const [i, step] of steps.entries()) {
+      if (signal?.aborted) break
+      const started = Date.now()
+      runs.push(await probeStep(host, step, options[i], signal))
+      log(`${step}: probed in ${((Date.now() - started) / 1000).toFixed(1)} s`)
+    }
+  } finally {
+    await disposeHost(host)
+  }
+  const cells: Record<string, Record<string, Cell>> = {}
+  for (const probe of PROBES) cells[probe.id] = Object.fromEntries(runs.map((run) => [run.step, probe.judge(run, host)]))
+  return { cells, runs }
+}
+
+/** Which options a step takes, from its --help: the limits (06+) and --image (03+). */
+async function stepOptions(step: string): Promise<{ limits: boolean; image: boolean }> {
+  const help = await collect(spawn('env', ['-u', 'NODE_OPTIONS', tsx, `steps/${step}`, '--help'], { cwd: repoDir, env: stepEnv() }))
+  return { limits: help.stdout.includes('--pids-limit') && help.stdout.includes('--memory'), image: help.stdout.includes('--image') }
+}
+
+/**
+ * The environment a step runs in: as a learner's, without a test runner's
+ * NODE_OPTIONS preloads (tap adds them back to every spawn from Node, so
+ * commands also go through `env -u NODE_OPTIONS` or `unset NODE_OPTIONS`).
+ */
+export function stepEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, FORCE_COLOR: '0', ...extra }
+  delete env.NODE_OPTIONS
+  return env
+}
+
+// One container run at `step` that executes every probe.
+async function probeStep(host: Host, step: string, options: { limits: boolean; image: boolean }, signal?: AbortSignal): Promise<StepRun> {
+  const u = `${process.pid}-${step.slice(0, 2)}`
+  const run: StepRun = {
+    step, u, out: {}, stdout: '', stderr: '', exitCode: null, timedOut: false, ready: false,
+    hostnameLeaked: false, mountLeaked: false, killedHostSleep: false, reachedListener: false, reachedAnyListener: false,
+    limited: options.limits,
+  }
+  // A sleep only this run may kill; SIGTERM is what the probe sends.
+  const target = spawn('sleep', [`301.${process.pid}${step.slice(0, 2)}`], { stdio: 'ignore' })
+  const targetEnded = new Promise<NodeJS.Signals | null>((resolve) => target.on('exit', (_, signal) => resolve(signal)))
+  const script = `cfs-probe-${step.slice(0, 2)}.sh`
+  writeFileSync(join(host.rootfs, script), probeScript(host, u, target.pid!))
+  // From 03 on the image is `/`; before, the script is found by its host path.
+  const command = `[ -f /${script} ] && exec sh /${script} / || exec sh ${host.rootfs}/${script} ${host.rootfs}`
+  const args = [
+    ...(options.image ? ['--image', host.rootfs] : []),
+    ...(options.limits ? ['--pids-limit', String(LIMITS.pids), '--memory', `${LIMITS.memoryMiB}M`] : []),
+    'sh', '-c', command,
+  ]
+  let throwaway: Cgroup | undefined
+  try {
+    throwaway = createCgroup(`matrix-${u}`, { pids: THROWAWAY.pids, memory: THROWAWAY.memory })
+    // The wrapper joins the throwaway cgroup, then becomes the step: all of
+    // the step's processes, and the container before step 06, are bounded by it.
+    const join = throwaway.dirs.map((d) => `echo $$ > ${d.dir}/cgroup.procs`).join(' && ')
+    const child = spawn('sh', ['-c', `${join} && unset NODE_OPTIONS && exec "$@"`, 'sh', tsx, `steps/${step}`, 'run', ...args], {
+      cwd: repoDir, env: stepEnv({ CFS_MATRIX_SECRET: ENV_SECRET, MATRIX_TOKEN: ENV_SECRET }), detached: true, stdio: ['pipe', 'pipe', 'pipe'],
+    })
+    const stop = () => {
+      try {
+        process.kill(-child.pid!, 'SIGKILL')
+      } catch {}
+      // Before step 06 the container's processes are in the throwaway cgroup, maybe in a group of their own.
+      for (const d of throwaway!.dirs) for (const pid of cgroupProcs(d.dir)) process.kill(pid, 'SIGKILL')
+    }
+    const watchdog = setTimeout(() => {
+      run.timedOut = true
+      stop()
+    }, RUN_TIMEOUT_MS)
+    signal?.addEventListener('abort', stop)
+    child.stderr!.on('data', (chunk) => (run.stderr += chunk))
+    child.stdout!.on('data', (chunk) => {
+      run.stdout += chunk
+      if (!run.ready && run.stdout.includes('CFS_MATRIX_READY\n')) {
+        run.ready = true
+        // Judged while the container still runs: its hostname and its mount.
+        run.hostnameLeaked = hostname() === `cfsm-h-${u}`
+        if (run.hostnameLeaked) restoreHostname(host)
+        run.mountLeaked = readMountInfo().some((m) => m.source === `cfsm-in-${u}`)
+        child.stdin!.write('go on\n')
+      }
+    })
+    child.stdin!.on('error', () => {})
+    const ended = await collect(child)
+    clearTimeout(watchdog)
+    signal?.removeEventListener('abort', stop)
+    run.exitCode = ended.exitCode
+  } finally {
+    restoreHostname(host)
+    if (throwaway) await removeCgroup(throwaway)
+    if (target.exitCode === null && target.signalCode === null) target.kill('SIGKILL')
+  }
+  run.killedHostSleep = (await targetEnded) === 'SIGTERM'
+  run.reachedListener = host.tokens.has(`cfsm-tcp-${u}`)
+  run.reachedAnyListener = host.tokens.has(`cfsm-any-${u}`)
+  for (const line of run.stdout.split('\n')) {
+    const match = /^([a-z_]+)=(.*)$/.exec(line)
+    if (match) run.out[match[1]] = match[2]
+  }
+  return run
+}
+
+// Wait for a process to end; its output and exit code.
+function collect(child: ReturnType<typeof spawn>): Promise<{ stdout: string; stderr: string; exitCode: number | null }> {
+  let stdout = ''
+  let stderr = ''
+  child.stdout?.on('data', (chunk) => (stdout += chunk))
+  child.stderr?.on('data', (chunk) => (stderr += chunk))
+  return new Promise((resolve) => {
+    child.on('error', (err) => resolve({ stdout, stderr: `${stderr}${err.message}`, exitCode: null }))
+    child.on('close', (code) => resolve({ stdout, stderr, exitCode: code }))
+  })
+}
