@@ -10,12 +10,11 @@
 // installs qemu, so a skip there would hide the test.
 
 import t from 'tap'
-import { existsSync } from 'node:fs'
 import { arch } from 'node:os'
-import { join } from 'node:path'
+import { onPath } from '../scripts/lib/files.ts'
 import { detailOf, needsRoot, runWithResults } from './helpers.ts'
 
-const qemuInstalled = (process.env.PATH ?? '').split(':').some((dir) => dir && existsSync(join(dir, 'qemu-system-x86_64')))
+const qemuInstalled = onPath('qemu-system-x86_64')
 const skip = needsRoot()
   || (arch() !== 'x64' && `the VM is x86_64 and this machine is ${arch()}`)
   // In CI the script itself fails on a missing qemu: run it, so that shows.
