@@ -13,8 +13,7 @@
 // (add --hint for a hint). The problem is in README.md, next to this file.
 
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, rmdirSync } from 'node:fs'
-import { basename, join } from 'node:path'
+import { join } from 'node:path'
 import { constants } from 'node:os'
 import { parseArgs } from 'node:util'
 import { $ } from 'zx'
@@ -92,11 +91,12 @@ function child(container: Container): void {
 // Make `rootfs` the root of this mount namespace, with no way back to the host's.
 function pivotInto(rootfs: string): void {
   // TODO: the root can only be swapped at a mount point: bind-mount the
-  // container's directory onto itself.
-  // TODO: swap the roots, the old one onto an empty directory inside the new
-  // one, and move the current directory into the new root.
+  // container's directory onto itself (only it: what the host has mounted
+  // inside it stays out).
+  // TODO: from inside the new root, swap the roots: with "." for both, the
+  // old root ends up stacked on top of the new one, and needs no directory.
   // TODO: so that no umount (nor anything else) can bring the host's files
-  // back, detach the old root from the tree and remove its directory.
+  // back, detach the old root from the tree, then go to the new /.
 }
 
 // PID 1: the prompt, an interactive shell as a child (fork and exec), its exit status passed on.

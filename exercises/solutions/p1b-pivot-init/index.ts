@@ -10,8 +10,7 @@
 // Usage: npx tsx exercises/homework/p1b-pivot-init run [--image NAME|DIR] [--prompt TEXT]
 
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, rmdirSync } from 'node:fs'
-import { basename, join } from 'node:path'
+import { join } from 'node:path'
 import { constants } from 'node:os'
 import { parseArgs } from 'node:util'
 import { $ } from 'zx'
@@ -87,13 +86,15 @@ function child(container: Container): void {
 // Make `rootfs` the root of this mount namespace, with no way back to the host's.
 function pivotInto(rootfs: string): void {
   // pivot_root needs the new root to be a mount point: bind the copy onto itself.
-  mount(rootfs, rootfs, null, MS_BIND | MS_REC)
-  const oldRoot = mkdtempSync(join(rootfs, '.old-root-'))
-  pivot_root(rootfs, oldRoot)
-  chdir('/')
+  // Not MS_REC: whatever the host has mounted inside it stays out.
+  mount(rootfs, rootfs, null, MS_BIND)
+  chdir(rootfs)
+  // "." for both: the old root ends up stacked on top of the new one, at /,
+  // and needs no directory in the copy (see pivot_root(2), NOTES).
+  pivot_root('.', '.')
   // Unmounting the old root (it is busy: lazily) is what chroot cannot do.
-  umount2(`/${basename(oldRoot)}`, MNT_DETACH)
-  rmdirSync(`/${basename(oldRoot)}`)
+  umount2('.', MNT_DETACH)
+  chdir('/')
 }
 
 // PID 1: the prompt, an interactive shell as a child (fork and exec), its exit status passed on.

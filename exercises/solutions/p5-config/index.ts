@@ -10,9 +10,9 @@
 // Usage: npx tsx exercises/homework/p5-config run [--image NAME|DIR] [--memory SIZE]
 //          [--cpu-percent N] [--mount HOST_DIR:DIR[,HOST_DIR:DIR…]] <command> [args...]
 
-import { mkdirSync, mkdtempSync, rmdirSync, statSync } from 'node:fs'
+import { mkdirSync, statSync } from 'node:fs'
 import { availableParallelism, hostname } from 'node:os'
-import { basename, isAbsolute, join, normalize } from 'node:path'
+import { isAbsolute, join, normalize } from 'node:path'
 import { parseRunArgs, requireRoot } from '../../../shared/cli.ts'
 import {
   createCgroup, DEFAULT_PIDS_LIMIT, joinCgroup, parseSize, removeCgroup, type Cgroup, type Limits,
@@ -148,12 +148,18 @@ function mountExtra(root: string, mounts: Config['mounts']): void {
 
 // Make `rootfs` the root of this mount namespace, with no way back to the host's.
 function pivotInto(rootfs: string): void {
+  // pivot_root needs the new root to be a mount point: bind it onto itself.
+  // MS_REC, unlike step 05: the --mount binds that mountExtra() made in it
+  // must come along. Nothing of the host's is in it: it is this mount
+  // namespace's own overlay, mounted a moment ago.
   mount(rootfs, rootfs, null, MS_BIND | MS_REC)
-  const oldRoot = mkdtempSync(join(rootfs, '.old-root-'))
-  pivot_root(rootfs, oldRoot)
+  chdir(rootfs)
+  // "." for both: the old root ends up stacked on top of the new one, at /,
+  // and needs no directory in the image (see pivot_root(2), NOTES).
+  pivot_root('.', '.')
+  // Detach the host's tree from ours; after this there is no path back to it.
+  umount2('.', MNT_DETACH)
   chdir('/')
-  umount2(`/${basename(oldRoot)}`, MNT_DETACH)
-  rmdirSync(`/${basename(oldRoot)}`)
 }
 
 main(process.argv.slice(2)).catch((err) => exitWithError(err))
