@@ -29,13 +29,13 @@ const rootfs = realpathSync(await ensureImage())
 const inImage = (pid: number | 'self' = 'self') =>
   readMountInfo(pid).filter((m) => m.mountPoint === rootfs || m.mountPoint.startsWith(`${rootfs}/`)).map((m) => `${m.fstype} on ${m.mountPoint}`)
 const hostTable = () => readFileSync('/proc/self/mountinfo', 'utf8')
-// What the step mounts inside: nothing else of the host's may be there, except
-// host mounts already in the image (a step 04 run has its /proc there while it
-// runs): the recursive bind of the image carries them in, under the container's.
+// What the step mounts inside, and nothing else of the host's: not even host
+// mounts already in the image (a step 04 run has its /proc there while it
+// runs), which the bind of the image onto itself, not recursive, leaves out.
 const containerMounts = (...extra: string[]) => {
-  const carried = inImage().map((m) => m.slice(m.indexOf(' on ') + 4 + rootfs.length)).filter(Boolean)
-  if (carried.length) console.log(`  note: the host has mounts in the image, which come along under the container's: ${carried.join(' ')}`)
-  return ['/', '/dev', '/dev/pts', '/dev/shm', '/proc', '/sys', ...carried, ...extra].sort()
+  const hosts = inImage().map((m) => m.slice(m.indexOf(' on ') + 4 + rootfs.length)).filter(Boolean)
+  if (hosts.length) console.log(`  note: the host has mounts in the image, which must stay out of the container: ${hosts.join(' ')}`)
+  return ['/', '/dev', '/dev/pts', '/dev/shm', '/proc', '/sys', ...extra].sort()
 }
 
 const hostRoot = readMountInfo().find((m) => m.mountPoint === '/')

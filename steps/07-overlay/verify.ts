@@ -131,7 +131,7 @@ const mountPoints = [...before.keys(), ...after.keys()].filter((path) => before.
 const changed = [...new Set([...before.keys(), ...after.keys()])]
   .filter((path) => before.get(path) !== after.get(path) && !mountPoints.some((m) => path === m || path.startsWith(`${m}/`)))
 c.equal('the image is unchanged: the same files, modes and contents as before these runs', changed, [],
-  `find ${image} -exec sha256sum …  # before and after, ignoring mount points and steps 05-06's .old-root-*`)
+  `find ${image} -exec sha256sum …  # before and after, ignoring mount points`)
 
 await checkExitCodes(c, step)
 
@@ -182,15 +182,13 @@ async function stepGone(s: Sleeper): Promise<void> {
 
 // Each path in the image with its type, mode, owner and content (symlink
 // target, SHA-256 of a file). Mount points are only marked as such (a step
-// 04 run mounts its /proc in the image), and the .old-root-* directories
-// steps 05-06 make in the image's top level for an instant are left out.
+// 04 run mounts its /proc in the image).
 function fingerprint(root: string): Map<string, string> {
   const found = new Map<string, string>()
   const dev = lstatSync(root).dev
   const walk = (rel: string) => {
     for (const name of readdirSync(join(root, rel)).sort()) {
       const path = `${rel}/${name}`
-      if (rel === '' && name.startsWith('.old-root-')) continue
       const st = lstatSync(join(root, path), { throwIfNoEntry: false })
       if (!st) continue
       if (st.dev !== dev) {
