@@ -1,19 +1,21 @@
 // npm run bench [-- --runs N]
 //
-// What a container start costs, side by side in one run, as medians:
+// What a container start costs, side by side in one run, as medians, all
+// timed from outside (the steps carry no timing hooks):
 //   - `tsx steps/NN run /bin/true` for every step, against the floor: the
 //     same launcher running an empty .ts file, then one bare `node -e 0`
 //     (a parent started by tsx plus a child), and against util-linux
 //     `unshare … chroot IMAGE /bin/true`, runc and crun where they run;
-//   - the kernel-side setup inside the child (modules loaded → exec);
+//   - where the time goes, if strace is installed: from the execve(2)s it
+//     sees, the parent until it starts the child, and the child until it
+//     execs the command;
 //   - overlay start and per-container disk, small image vs a 200 MB one,
-//     against copying the image per container;
-//   - peak memory (RSS) of the parent and of the child.
+//     against copying the image per container.
 // Prints a table and writes bench/results.json.
 
 import chalk from 'chalk'
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus, release, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
@@ -23,7 +25,7 @@ import { exitOnClosedPipe, exitWithError, UsageError } from '../shared/errors.ts
 import { handBack } from '../scripts/lib/owner.ts'
 import { ensureImage } from '../shared/rootfs.ts'
 import { containersDir, repoDir } from '../shared/settings.ts'
-import { findStepProcess, tsx } from '../shared/verify.ts'
+import { findStepProcess, tsx } from '../scripts/lib/verify.ts'
 
 exitOnClosedPipe()
 
@@ -40,6 +42,7 @@ const runs = (() => {
 })()
 const steps = readdirSync(join(repoDir, 'steps')).filter((name) => /^\d\d-/.test(name)).sort()
 const image = await ensureImage()
+const strace = spawnSync('strace', ['-V']).status === 0
 
 /** Run a command `runs` times; the median wall time in ms and the stderr of the last run. */
 function time(command: string, args: string[], options: { env?: NodeJS.ProcessEnv; before?: () => void } = {}) {
@@ -75,20 +78,19 @@ interface Subject {
  * that whatever else the machine is doing meanwhile weighs on all of them
  * alike; per subject, the median wall time and every run's stderr.
  */
-function measure(subjects: Subject[]): Map<string, { ms: number; stderrs: string[]; ok: boolean }> {
-  const results = new Map(subjects.map((s) => [s.name, { samples: [] as number[], stderrs: [] as string[], ok: true }]))
-  for (const s of subjects) spawnSync(s.command, s.args, { cwd: repoDir, env: { ...process.env, ...s.env } }) // warm: image, compiled child, caches
+function measure(subjects: Subject[]): Map<string, { ms: number; ok: boolean }> {
+  const results = new Map(subjects.map((s) => [s.name, { samples: [] as number[], ok: true }]))
+  for (const s of subjects) spawnSync(s.command, s.args, { cwd: repoDir, env: { ...process.env, ...s.env } }) // warm: image, compile caches
   for (let i = 0; i < runs; i++) {
     for (const s of subjects) {
       const started = performance.now()
       const result = spawnSync(s.command, s.args, { cwd: repoDir, encoding: 'utf8', env: { ...process.env, ...s.env } })
       const r = results.get(s.name)!
       r.samples.push(performance.now() - started)
-      r.stderrs.push(result.stderr)
       r.ok &&= result.status === 0
     }
   }
-  return new Map([...results].map(([name, r]) => [name, { ms: median(r.samples), stderrs: r.stderrs, ok: r.ok }]))
+  return new Map([...results].map(([name, r]) => [name, { ms: median(r.samples), ok: r.ok }]))
 }
 
 // The floor: tsx running an empty file, then a bare Node, as one unit.
@@ -99,15 +101,15 @@ const floorSubjects: Subject[] = [
   { name: 'node', command: 'node', args: ['-e', '0'] },
   { name: 'tsx', command: tsx, args: [empty] },
 ]
-const stepSubject = (step: string): Subject => ({ name: step, command: tsx, args: [`steps/${step}`, 'run', '/bin/true'], env: { CFS_TIMING: '1' } })
+const stepSubject = (step: string): Subject => ({ name: step, command: tsx, args: [`steps/${step}`, 'run', '/bin/true'] })
 
-// Every step, plus the kernel set-up: the child's own (modules loaded → exec,
-// less any wait for the parent), and the parent's while the child's Node
-// starts (steps 06-08: the cgroup move, at 08 the address, bridge and veth).
+// Every step, against the floor, timed from outside: the steps carry no
+// timing hooks.
 const main = measure([...floorSubjects, ...steps.map(stepSubject)])
 const floor = main.get('floor')!.ms
 const bareNode = main.get('node')!.ms
 const tsxEmpty = main.get('tsx')!.ms
+const phases = strace ? tracePhases(steps) : new Map<string, Phases>()
 const stepRows = steps.map((step) => stepRow(step, main.get(step)!, floor))
 
 // Step 08 once more with the bridge kept up by another container, as in a
@@ -120,19 +122,36 @@ await holder.stop()
 const bridgeUpRow = { ...stepRow('08-net', bridgeUp.get('08-net')!, bridgeUp.get('floor')!.ms), step: '08-net, bridge up' }
 rmSync(join(empty, '..'), { recursive: true })
 
-function stepRow(step: string, result: { ms: number; stderrs: string[]; ok: boolean }, floorMs: number) {
-  const number = (pattern: RegExp) => median(result.stderrs.map((stderr) => Number(pattern.exec(stderr)?.[1] ?? NaN)))
-  return {
-    step,
-    ms: result.ms,
-    ratio: result.ms / floorMs,
-    setupMs: number(/child setup ([\d.]+) ms/),
-    waitedMs: number(/waited ([\d.]+) ms for the parent/),
-    parentSetupMs: number(/parent setup while the child starts ([\d.]+) ms/) || 0,
-    childRssMiB: number(/child peak RSS (\d+) KiB/) / 1024,
-    parentRssMiB: number(/parent peak RSS (\d+) KiB/) / 1024,
-    ok: result.ok,
+function stepRow(step: string, result: { ms: number; ok: boolean }, floorMs: number) {
+  return { step, ms: result.ms, ratio: result.ms / floorMs, ...phases.get(step), ok: result.ok }
+}
+
+/** Where a start's time goes, from the execve(2)s strace sees: the parent until it starts the child, the child until it execs the command. */
+interface Phases {
+  parentMs: number // the step's own node process: its exec → the child's exec
+  childMs: number // the child: its exec (node … child) → the command's exec
+}
+
+// Each step `runs` times under `strace -f --seccomp-bpf -e trace=execve`: only
+// execve stops the traced processes, so the timings barely move.
+function tracePhases(names: string[]): Map<string, Phases> {
+  const samples = new Map(names.map((step) => [step, { parentMs: [] as number[], childMs: [] as number[] }]))
+  const log = join(tmpdir(), `cfs-bench-strace-${process.pid}`)
+  for (let i = 0; i < runs; i++) {
+    for (const step of names) {
+      spawnSync('strace', ['-f', '-qq', '-ttt', '--seccomp-bpf', '-e', 'trace=execve', '-o', log, tsx, `steps/${step}`, 'run', '/bin/true'], { cwd: repoDir })
+      const execs = readFileSync(log, 'utf8').split('\n').filter((line) => / execve\(.* = 0$/.test(line)).map((line) => ({ t: Number(line.split(/\s+/)[1]) * 1000, line }))
+      const parent = execs.find((e) => e.line.includes(`"steps/${step}", "run"`) && !e.line.includes('/tsx"'))
+      const child = execs.find((e) => e.line.includes('"child", "{'))
+      const command = execs.find((e) => /execve\("[^"]*\/true"/.test(e.line))
+      if (parent && child && command) {
+        samples.get(step)!.parentMs.push(child.t - parent.t)
+        samples.get(step)!.childMs.push(command.t - child.t)
+      }
+    }
   }
+  rmSync(log, { force: true })
+  return new Map([...samples].map(([step, s]) => [step, { parentMs: median(s.parentMs), childMs: median(s.childMs) }]))
 }
 
 // A step-08 container that sleeps until told to stop (SIGTERM, which its PID 1 traps).
@@ -206,14 +225,15 @@ rmSync(join(large, '..'), { recursive: true, force: true })
 const f = (ms: number) => `${ms.toFixed(0)} ms`
 console.log(chalk.bold(`\nContainer start, median of ${runs} runs, taken in rounds (${cpus().length} × ${cpus()[0]?.model.trim()}, Linux ${release()}, cgroups ${cgroupLayout()})\n`))
 console.log(`floor: tsx empty.ts + node -e 0 = ${f(floor)}   (tsx empty.ts ${f(tsxEmpty)}, node -e 0 ${f(bareNode)})\n`)
-console.log('step                 total   ×floor  child setup  parent, overlapped  parent RSS  child RSS')
+console.log(`step                 total   ×floor${strace ? '  parent → child  child → command' : ''}`)
 for (const r of [...stepRows, bridgeUpRow]) {
   const ratio = r.ratio <= 1.3 ? chalk.green(`${r.ratio.toFixed(2)}×`) : chalk.red(`${r.ratio.toFixed(2)}×`)
-  const setup = r.setupMs <= 15 ? chalk.green(`${r.setupMs.toFixed(1)} ms`) : chalk.red(`${r.setupMs.toFixed(1)} ms`)
-  const parent = r.parentSetupMs ? `${r.parentSetupMs.toFixed(1)} ms` : '-'
-  console.log(`${r.step.padEnd(19)} ${f(r.ms).padStart(7)}   ${ratio.padEnd(14)} ${setup.padEnd(19)} ${parent.padStart(10)}          ${`${r.parentRssMiB.toFixed(0)} MiB`.padStart(8)}  ${`${r.childRssMiB.toFixed(0)} MiB`.padStart(8)}${r.ok ? '' : chalk.red('  (failed)')}`)
+  const traced = r.childMs === undefined ? '' : `${f(r.parentMs!).padStart(14)}  ${f(r.childMs).padStart(15)}`
+  console.log(`${r.step.padEnd(19)} ${f(r.ms).padStart(7)}   ${ratio.padEnd(14)}${traced}${r.ok ? '' : chalk.red('  (failed)')}`)
 }
-console.log(chalk.dim('child setup: modules loaded → exec, less its wait for the parent; parent, overlapped: from starting the child to telling it to go on, while the child\'s Node starts'))
+console.log(strace
+  ? chalk.dim(`from strace's execve times: the step's node process until it execs the child, and the child (its own Node start, ${f(bareNode)} for node -e 0, then its set-up and its wait for the parent) until it execs the command`)
+  : chalk.dim('install strace for where the time goes: the parent until it starts the child, the child until it execs the command'))
 console.log('\nothers')
 for (const o of others) console.log(`  ${o.tool}: ${o.ms !== undefined ? f(o.ms) : chalk.dim(`skipped (${o.skipped})`)}`)
 console.log('\noverlay vs copy (step 07)')

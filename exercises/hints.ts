@@ -155,7 +155,7 @@ export const homework: Record<string, Homework & { slug: string }> = {
     hints: [
       'parseConfig() turns the options into a Config, or throws UsageError; the Config travels to the child inside the JSON, like every other field.',
       'CPU percent of one CPU is a quota per period: 25% is 25 ms of CPU per 100 ms, the same as Limits.cpus = 0.25.',
-      'The bind mount has to be made before pivot_root, while the host\'s path can still be named: mkdir the target inside merged/ (it lands in upper/, not in the image), then mount(source, target, null, MS_BIND).',
+      'The bind mount has to be made before pivot_root, while the host\'s path can still be named: mkdir the target inside merged/ (it lands in upper/, not in the image), then mount(source, target, null, MS_BIND | MS_REC): recursive, so what is mounted under the source comes along.',
     ],
     person: '',
   },
