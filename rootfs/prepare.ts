@@ -4,6 +4,7 @@
 // rootfs/README.md for the sources and where images live.
 
 import { parseArgs } from 'node:util'
+import { requireRoot } from '../shared/cli.ts'
 import { exitWithError, UsageError } from '../shared/errors.ts'
 import { prepareImage } from '../shared/rootfs.ts'
 import { imagesDir } from '../shared/settings.ts'
@@ -38,6 +39,7 @@ try {
   if (values.source && values.source !== 'alpine' && values.source !== 'busybox') {
     throw new UsageError(`--source must be alpine or busybox, not \`${values.source}\``)
   }
+  requireRoot() // images keep device nodes and owners: root writes them (re-runs under sudo)
   const rootfs = await prepareImage({
     source: values.source as 'alpine' | 'busybox' | undefined,
     fromTar: values['from-tar'],

@@ -6,12 +6,14 @@ import chalk from 'chalk'
 import { spawnSync } from 'node:child_process'
 import { readdirSync } from 'node:fs'
 import { join } from 'node:path'
+import { checkNodeVersion } from '../shared/cli.ts'
 import { exitOnClosedPipe, exitWithError, UsageError } from '../shared/errors.ts'
 import { repoDir } from '../shared/settings.ts'
 
 exitOnClosedPipe()
 
 try {
+  checkNodeVersion()
   const steps = readdirSync(join(repoDir, 'steps')).filter((name) => /^\d\d-/.test(name)).sort()
   const find = (n: string) => {
     const step = steps.find((name) => name.startsWith(n.padStart(2, '0')) || name === n)

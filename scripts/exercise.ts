@@ -12,7 +12,7 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { exercises } from '../exercises/hints.ts'
 import { exitOnClosedPipe, exitWithError, UsageError } from '../shared/errors.ts'
-import { requireRoot } from '../shared/cli.ts'
+import { checkNodeVersion, requireRoot } from '../shared/cli.ts'
 import { repoDir } from '../shared/settings.ts'
 import { printNextHint, printVerdict, runChecks } from './checker.ts'
 
@@ -25,6 +25,7 @@ const usage = `Usage: npm run exercise [-- NN [--hint]]
   NN --hint   show the next hint for exercise NN`
 
 try {
+  checkNodeVersion()
   const { values, positionals } = parseArgs({ allowPositionals: true, options: { hint: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } })
   const slugs = readdirSync(join(repoDir, 'exercises')).filter((name) => /^\d\d-/.test(name)).sort()
   if (values.help) {

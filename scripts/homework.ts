@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { homework } from '../exercises/hints.ts'
 import { exitOnClosedPipe, exitWithError, UsageError } from '../shared/errors.ts'
-import { requireRoot } from '../shared/cli.ts'
+import { checkNodeVersion, requireRoot } from '../shared/cli.ts'
 import { repoDir } from '../shared/settings.ts'
 import { printNextHint, printVerdict, runChecks } from './checker.ts'
 
@@ -26,6 +26,7 @@ const usage = `Usage: npm run homework [-- NAME [--hint | --show] [--target DIR]
   --target DIR   check DIR instead (same file names), e.g. exercises/solutions/p1a-proc`
 
 try {
+  checkNodeVersion()
   const { values, positionals } = parseArgs({
     allowPositionals: true,
     options: { hint: { type: 'boolean' }, show: { type: 'boolean' }, target: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
