@@ -1,0 +1,173 @@
+// User namespaces (user_namespaces(7)): who root is. The id maps a parent
+// writes for a child's namespace, the calls that set a process's
+// credentials, starting Node in a new user namespace (Node, multithreaded,
+// cannot make one for itself), and what changes around it: /dev from bind
+// mounts, and an image whose owners are the mapped ids.
+
+import { execFileSync, spawn, type ChildProcess, type StdioOptions } from 'node:child_process'
+import {
+  chmodSync, existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync,
+  symlinkSync, writeFileSync,
+} from 'node:fs'
+import { basename, dirname, join, resolve } from 'node:path'
+import { DEVICES } from './devices.ts'
+import { UsageError } from './errors.ts'
+import { check, raw } from './libc.ts'
+import { mount, MS_BIND, MS_NOEXEC, MS_NOSUID } from './mounts.ts'
+import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS } from './namespaces.ts'
+import { compileCacheDir, imagesDir } from './settings.ts'
+
+/** One line of /proc/PID/uid_map (and gid_map): `count` ids from `inside` are `outside`… on the host. */
+export interface IdMap {
+  inside: number
+  outside: number
+  count: number
+}
+
+/** As root: container root is host uid 100000, with 65536 ids, the range /etc/subuid gives a first user. */
+export const ROOT_MAP: IdMap = { inside: 0, outside: 100000, count: 65536 }
+
+/** The map for whoever runs the step: ROOT_MAP as root; rootless, the user's own uid as root (`0 <uid> 1`), all the kernel lets a user map. */
+export function idMapFor(uid = process.getuid!()): IdMap {
+  return uid === 0 ? ROOT_MAP : { inside: 0, outside: uid, count: 1 }
+}
+
+// The options of unshare(1) for each CLONE_NEW* flag.
+const unshareOptions: [flag: number, option: string][] = [
+  [CLONE_NEWUSER, '--user'], [CLONE_NEWUTS, '--uts'], [CLONE_NEWIPC, '--ipc'],
+  [CLONE_NEWPID, '--pid'], [CLONE_NEWNS, '--mount'], [CLONE_NEWNET, '--net'],
+]
+
+/**
+ * The launcher: the command line that starts `command` in new namespaces,
+ * the user namespace among them, made by one unshare(2) in a process with
+ * one thread. runc has the same problem in Go and solves it with nsexec, C
+ * code that runs before the Go runtime starts its threads; here it is
+ * util-linux's unshare(1), a small C program every Linux has:
+ *   setpriv --pdeathsig KILL  unshare dies with us (then --kill-child kills the child)
+ *   unshare --user --uts …    one unshare(2): the user namespace first, the
+ *                             others owned by it, then fork (--fork: the new
+ *                             PID namespace is for children) and exec
+ *   --keep-caps               capabilities survive that exec as ambient ones:
+ *                             until the parent writes the maps our uid is
+ *                             unmapped, and an exec by an unmapped uid drops them all
+ */
+export function launcher(flags: number, command: string[]): string[] {
+  const options = unshareOptions.filter(([flag]) => flags & flag).map(([, option]) => option)
+  return ['setpriv', '--pdeathsig', 'KILL', 'unshare', ...options, '--keep-caps', '--fork', '--kill-child', '--', ...command]
+}
+
+/**
+ * As reexecChild (shared/container.ts), through the launcher: `<step> child
+ * <config>` in new namespaces, created by unshare(1) with the user namespace.
+ * The returned process is unshare, which stays in the host's PID namespace;
+ * the container's PID 1 is its child (containerPid).
+ */
+export function reexecChildInUserNamespace(config: object, flags: number, stdio: StdioOptions): ChildProcess {
+  const env = { ...process.env, NODE_COMPILE_CACHE: compileCacheDir }
+  const script = statSync(resolve(process.argv[1])).isDirectory() ? join(resolve(process.argv[1]), 'index.ts') : resolve(process.argv[1])
+  const [file, ...args] = launcher(flags, [process.execPath, script, 'child', JSON.stringify(config)])
+  return spawn(file, args, { stdio, env })
+}
+
+/** The host PID of the container's PID 1: the launcher's only child (proc(5), /proc/PID/task/TID/children). */
+export function containerPid(launcherPid: number): number {
+  const pid = Number(readFileSync(`/proc/${launcherPid}/task/${launcherPid}/children`, 'utf8').trim().split(' ')[0])
+  if (!pid) throw new UsageError('the launcher (unshare) has no child: the container\'s process did not start')
+  return pid
+}
+
+/**
+ * Write the user namespace's maps for process `pid`, from its parent
+ * namespace (user_namespaces(7), "User and group ID mappings"). Rootless,
+ * setgroups must be denied first: otherwise the user could drop a group
+ * that a file's permissions deny them, and gain access.
+ */
+export function writeIdMaps(pid: number, map: IdMap): void {
+  const line = `${map.inside} ${map.outside} ${map.count}\n`
+  if (process.getuid?.() !== 0) writeFileSync(`/proc/${pid}/setgroups`, 'deny')
+  writeFileSync(`/proc/${pid}/uid_map`, line)
+  writeFileSync(`/proc/${pid}/gid_map`, line)
+}
+
+/** The kernel's answer to "may this user make a user namespace?": undefined if yes, else the setting that says no and how to change it. */
+export function usernsForbidden(): string | undefined {
+  const settings = [
+    ['/proc/sys/kernel/unprivileged_userns_clone', '0', 'kernel.unprivileged_userns_clone=1'],
+    ['/proc/sys/kernel/apparmor_restrict_unprivileged_userns', '1', 'kernel.apparmor_restrict_unprivileged_userns=0'],
+    ['/proc/sys/user/max_user_namespaces', '0', 'user.max_user_namespaces=15000'],
+  ]
+  for (const [file, no, yes] of settings) {
+    if (existsSync(file) && readFileSync(file, 'utf8').trim() === no) {
+      return `this host forbids unprivileged user namespaces (${file.slice(10).replaceAll('/', '.')} = ${no}): allow them with \`sudo sysctl ${yes}\`, or run as root`
+    }
+  }
+  return undefined
+}
+
+/** setgroups(2): the supplementary groups; [] drops them all. */
+export function setgroups(groups: number[]): void {
+  check('setgroups', raw.setgroups(groups.length, groups.length ? groups : null), undefined, {
+    EPERM: 'rootless, /proc/self/setgroups is "deny": the groups cannot be dropped',
+  })
+}
+
+/** setresgid(2): real, effective and saved group id. */
+export function setresgid(rgid: number, egid: number, sgid: number): void {
+  check('setresgid', raw.setresgid(rgid, egid, sgid), undefined, { EINVAL: 'the gid is not mapped in this user namespace' })
+}
+
+/** setresuid(2): real, effective and saved user id. */
+export function setresuid(ruid: number, euid: number, suid: number): void {
+  check('setresuid', raw.setresuid(ruid, euid, suid), undefined, { EINVAL: 'the uid is not mapped in this user namespace' })
+}
+
+/**
+ * A minimal /dev at `dev` for a process in a user namespace, where mknod(2)
+ * of a device is refused: each node of DEVICES is the host's own, bind-mounted
+ * onto an empty file (rootless Podman does the same). The rest is as
+ * mountDev's (shared/devices.ts). Call it while the host's /dev is visible.
+ */
+export function mountDevFromHost(dev: string): void {
+  mount('tmpfs', dev, 'tmpfs', MS_NOSUID | MS_NOEXEC, 'mode=755,size=64k')
+  for (const [name] of DEVICES) {
+    writeFileSync(join(dev, name), '')
+    mount(`/dev/${name}`, join(dev, name), null, MS_BIND)
+  }
+  mkdirSync(join(dev, 'pts'))
+  mount('devpts', join(dev, 'pts'), 'devpts', MS_NOSUID | MS_NOEXEC, 'newinstance,ptmxmode=0666,mode=0620')
+  symlinkSync('pts/ptmx', join(dev, 'ptmx'))
+  mkdirSync(join(dev, 'shm'))
+  mount('shm', join(dev, 'shm'), 'tmpfs', MS_NOSUID | MS_NOEXEC, 'mode=1777,size=64m')
+  symlinkSync('/proc/self/fd', join(dev, 'fd'))
+  for (const [i, name] of ['stdin', 'stdout', 'stderr'].entries()) symlinkSync(`/proc/self/fd/${i}`, join(dev, name))
+}
+
+/**
+ * The image with every owner moved by `map.outside`, so that root-owned
+ * files belong to the container's root: made once per image and mapping, as
+ * `<images>/<name>@<outside>/rootfs`, and kept. Root only; a rootless image
+ * is the user's own already.
+ */
+export function shiftedImage(rootfs: string, map: IdMap): string {
+  const shifted = join(imagesDir, `${basename(dirname(rootfs))}@${map.outside}`, 'rootfs')
+  if (existsSync(shifted)) return shifted
+  mkdirSync(dirname(shifted), { recursive: true })
+  const making = `${shifted}.${process.pid}`
+  execFileSync('cp', ['-a', rootfs, making])
+  shiftOwners(making, map.outside)
+  try {
+    renameSync(making, shifted)
+  } catch {
+    rmSync(making, { recursive: true, force: true }) // another run made it first
+  }
+  return shifted
+}
+
+// lchown every entry by `by`; chown clears set-user-ID bits, so put the mode back.
+function shiftOwners(path: string, by: number): void {
+  const stat = lstatSync(path)
+  lchownSync(path, stat.uid + by, stat.gid + by)
+  if (!stat.isSymbolicLink()) chmodSync(path, stat.mode & 0o7777)
+  if (stat.isDirectory()) for (const name of readdirSync(path)) shiftOwners(join(path, name), by)
+}
