@@ -94,6 +94,15 @@ export const exercises: Record<string, Exercise> = {
       'In child(): const network = waitForParent<Network>(), then ip(\'link set lo up\', `addr add ${network.address}/${network.prefix} dev eth0`, \'link set eth0 up\', `route add default via ${network.gateway}`). The order matters: eth0 does not exist before the parent says so, and `ip` is gone after pivot_root.',
     ],
   },
+  '09-userns': {
+    title: 'user namespace: container root is not host root',
+    man: ['user_namespaces(7)', 'unshare(1)', 'setgroups(2)', 'setresuid(2)', 'capabilities(7)'],
+    hints: [
+      'Three TODOs: a flag in run(), the maps in run() once the child has started, the credentials in child() once the parent has had its say. The launcher (reexecChildInUserNamespace, shared/userns.ts) turns each CLONE_NEW* flag into an option of unshare(1); the maps are files in /proc/<pid>/ of the launcher, which is in the new user namespace already.',
+      'The flag is CLONE_NEWUSER (shared/namespaces.ts). shared/userns.ts has writeIdMaps(pid, map), which writes setgroups (rootless), uid_map and gid_map; the map is idMapFor(), already in `map`, and the pid is child.pid!.',
+      'In child(), after waitForParent(): if (!container.rootless) setgroups([]), then setresgid(0, 0, 0) and setresuid(0, 0, 0), group first, as runtimes do: a process that has dropped to a uid without privilege can no longer change its group.',
+    ],
+  },
 
 }
 

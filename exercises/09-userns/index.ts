@@ -1,0 +1,206 @@
+// Step 09: user namespace
+//
+// Goal: container root is not host root. In a new user namespace
+// (CLONE_NEWUSER) uid 0 is whichever host uid the parent maps it to: as root
+// 100000, rootless (no sudo) your own uid. Node has threads and cannot make
+// one for itself (EINVAL), so a one-threaded launcher, util-linux's unshare,
+// makes it together with the other namespaces, which it then owns (runc's
+// nsexec is C that runs before Go starts its threads, for the same reason).
+// The child waits on the pipe until the parent has written its uid_map and
+// gid_map, then becomes root inside and sets itself up as before.
+//
+// Usage: npx tsx exercises/09-userns run [--image NAME|DIR] [--keep] [--pids-limit N|max]
+//          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]
+//
+// Exercise: fill in each TODO, then check with `npm run exercise -- 09`
+// (add --hint for a hint). exercises/README.md explains the loop.
+
+import './rootless.ts' // first: rootless, the state goes where you can write it
+import { chmodSync, chownSync, existsSync, mkdirSync, writeFileSync } from 'node:fs'
+import { hostname } from 'node:os'
+import { join } from 'node:path'
+import { parseRunArgs } from '../../shared/cli.ts'
+import {
+  childStarted, Cleanup, newContainerId, STDIO_WITH_SYNC, tellChild, waitForExit, waitForParent,
+} from '../../shared/container.ts'
+import { exitWithError, UsageError } from '../../shared/errors.ts'
+import { cgroupFor, DEFAULT_PIDS_LIMIT, limitsFromOptions, rmdirCgroup, type Limits } from '../../shared/cgroups.ts'
+import {
+  mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
+} from '../../shared/mounts.ts'
+import { CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS } from '../../shared/namespaces.ts'
+import { allocateNetwork, BRIDGE, ip, ipAsync, releaseNetwork, type Network } from '../../shared/net.ts'
+import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
+import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { ensureImage } from '../../shared/rootfs.ts'
+import {
+  containerPid, idMapFor, mountDevFromHost, reexecChildInUserNamespace, setgroups, setresgid, setresuid, shiftedImage,
+  usernsForbidden, writeIdMaps,
+} from '../../shared/userns.ts'
+import { sethostname } from '../../shared/uts.ts'
+
+const usage = `
+Usage: npx tsx exercises/09-userns run [options] <command> [args...]
+
+Run <command> as PID 1 of new UTS, PID, mount and network namespaces, on a
+copy-on-write overlay of an image (pivot_root), with /proc, /sys and a
+minimal /dev, in its own cgroup, with eth0 on the host's ${BRIDGE} bridge,
+as root of a new user namespace: host uid 100000, or yours without sudo
+(rootless: no limits, and lo but no eth0).
+
+Options:
+  --image NAME|DIR    image name (see npm run rootfs) or a root filesystem directory
+  --keep              keep the container's directory (its changes) after it ends
+  --pids-limit N|max  most processes at once (default: ${DEFAULT_PIDS_LIMIT}; max: no limit)
+  -m, --memory SIZE   memory limit, e.g. 100M or 1G; beyond it the OOM killer acts
+  --cpus N            CPU time, in CPUs, e.g. 0.5
+  -c, --cpu-shares N  CPU weight relative to others (default 1024)
+  -e KEY[=VALUE]      set a variable for the command (KEY alone: the host's value)
+`
+
+/** What the parent hands to the child. */
+interface Container {
+  id: string
+  rootfs: string
+  command: string[]
+  env: string[] // -e KEY=VALUE
+  dir: string // <state dir>/containers/<id>: upper/, work/, merged/
+  rootless: boolean // run by a user, without sudo
+}
+
+async function main(argv: string[]): Promise<void> {
+  if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
+  const { options, command, env } = parseRunArgs(argv, {
+    image: { type: 'string' },
+    keep: { type: 'boolean' },
+    'pids-limit': { type: 'string' },
+    memory: { type: 'string', short: 'm' },
+    cpus: { type: 'string' },
+    'cpu-shares': { type: 'string', short: 'c' },
+  }, usage)
+  const limits = limitsFromOptions(options)
+  // No sudo: run by a user, the step is rootless, if the host lets users make user namespaces.
+  const rootless = process.getuid?.() !== 0
+  if (rootless && usernsForbidden()) throw new UsageError(usernsForbidden()!)
+  // Root-owned files would be nobody's inside: as root, a copy owned by the mapped ids.
+  const image = await ensureImage(options.image)
+  const rootfs = rootless ? image : shiftedImage(image, idMapFor())
+  await run({ id: newContainerId(), rootfs, command, env, rootless }, limits, options.keep)
+}
+
+// Parent: start the child, wait for it, exit with its exit code.
+async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = false): Promise<void> {
+  const cleanup = new Cleanup()
+  try {
+    // A cgroup is a directory in a cgroup filesystem: one in each hierarchy
+    // that holds a controller we use (v2: one tree; v1: one per controller).
+    const cgroup = container.rootless ? { dirs: [], writes: [] } : cgroupFor(container.id, limits)
+    if (container.rootless) process.stderr.write('cfs: rootless: the cgroups are root\'s, so limits are off\n')
+    // At the end, however it ends: rmdir, which the kernel allows once no
+    // process is left in it (rmdirCgroup SIGKILLs the rest first).
+    cleanup.defer(async () => {
+      for (const { dir } of cgroup.dirs) await rmdirCgroup(dir)
+    })
+    for (const { dir } of cgroup.dirs) mkdirSync(dir)
+    // A limit is a write to one of its files: pids.max, memory.max, cpu.max…
+    for (const { dir, file, value } of cgroup.writes) writeFileSync(join(dir, file), value)
+    const dir = createContainerDir(container.id)
+    // The overlay is mounted in the container's mount namespace and goes with it.
+    cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
+    // overlayfs leaves work/work with mode 000, which stops a user's rm (not root's).
+    if (container.rootless) cleanup.defer(() => existsSync(join(dir, 'work/work')) && chmodSync(join(dir, 'work/work'), 0o700))
+    // Container root is map.outside on the host: it writes the overlay's upper and work dirs.
+    const map = idMapFor()
+    for (const sub of Object.values(overlayDirs(dir))) chownSync(sub, map.outside, map.outside)
+    // TODO: the child needs a user namespace of its own, made by the launcher in
+    // the same unshare(2) as the others, so that it owns them.
+    const flags = CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET
+    const child = reexecChildInUserNamespace({ ...container, dir }, flags, STDIO_WITH_SYNC)
+    // Until the child runs the command, it dies with us: kill it if setting up eth0 fails.
+    cleanup.defer(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
+    // The child waits on a pipe until we say so. Joining is a write too: its
+    // PID to cgroup.procs, once its Node has started (memory is charged where
+    // it is allocated), before it runs anything of its own.
+    await childStarted(child)
+    // TODO: its user namespace exists, with no ids in it yet: from out here,
+    // write its uid and gid maps (rootless: deny setgroups first), so that
+    // root inside is map.outside on the host (`/proc/<pid>/uid_map`).
+    // child is unshare, in the host's PID namespace; the container is its child.
+    const pid = containerPid(child.pid!)
+    for (const { dir } of cgroup.dirs) writeFileSync(join(dir, 'cgroup.procs'), String(pid))
+    // Its network namespace exists now: a free address, and the bridge up.
+    // Rootless: only root may plug a veth pair into the host; the container gets lo alone.
+    const network = container.rootless ? undefined : await allocateNetwork(container.id)
+    // The veth pair goes with the container's namespace; free the address (and the bridge, if last).
+    if (network) cleanup.defer(() => releaseNetwork(network))
+    // A veth pair is a virtual cable. One end is made right inside the child's
+    // network namespace (`netns <pid>`), as its eth0; ours plugs into the bridge.
+    if (network) {
+      await ipAsync(
+        `link add ${network.hostVeth} type veth peer name eth0 netns ${pid}`,
+        `link set ${network.hostVeth} master ${BRIDGE} up`,
+      )
+    }
+    // Go on, with this address.
+    tellChild(child, network)
+    process.exitCode = await waitForExit(child)
+  } finally {
+    await cleanup.run()
+  }
+  process.exit()
+}
+
+// Child: set up the container from the inside, then become the command.
+function child(container: Container): void {
+  // Wait until the parent has put us in our cgroup and eth0 in our network
+  // namespace: from here on, everything we do, and the command, is limited.
+  const network = waitForParent<Network>()
+  // TODO: our maps are written, but we are still the host's uid and groups:
+  // drop the supplementary groups (not rootless: the kernel denies it there),
+  // then become group 0 and user 0 in here, real, effective and saved.
+  // If the parent dies (even by SIGKILL), the kernel kills us too. After
+  // the credentials: changing them clears it; until then the pipe stops us.
+  prctl(PR_SET_PDEATHSIG, SIGKILL)
+  // Our own UTS namespace: this hostname is seen only in here.
+  sethostname(container.id)
+  // eth0 is here now, and the parent told us its address: loopback and eth0
+  // up, the address on eth0, the default route through the bridge. Before
+  // pivot_root: `ip` is the host's program, not the image's.
+  if (container.rootless) ip('link set lo up')
+  else ip('link set lo up', `addr add ${network.address}/${network.prefix} dev eth0`, 'link set eth0 up', `route add default via ${network.gateway}`)
+  // The host's / is usually a shared mount (`findmnt -o TARGET,PROPAGATION /`):
+  // anything mounted under it would show up on the host too. MS_REC: all of
+  // the tree, or mounts such as /dev/pts would still leak.
+  mount(null, '/', null, MS_REC | MS_PRIVATE)
+  // overlayfs: the image, read-only and shared by every container, below
+  // (lowerdir); our writes go to upperdir, workdir is overlayfs's scratch
+  // space (on upperdir's filesystem), and merged shows the two as one tree.
+  const { upper, work, merged } = overlayDirs(container.dir)
+  // userxattr: in a user namespace overlayfs keeps its notes in user.* xattrs (trusted.* are host root's).
+  mount('overlay', merged, 'overlay', 0, `lowerdir=${container.rootfs},upperdir=${upper},workdir=${work},userxattr`)
+  // In a user namespace, proc and sysfs mount only while the host's are in
+  // view, so before pivot_root, as runc does; mknod is refused: /dev is bind mounts.
+  // A proc filesystem shows the PID namespace of the process that mounts it.
+  mount('proc', join(merged, 'proc'), 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  mount('sysfs', join(merged, 'sys'), 'sysfs', MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  mountDevFromHost(join(merged, 'dev'))
+  pivotInto(merged)
+  // The command's environment is only what exec hands it: nothing of the host's.
+  execCommand(container.command, containerEnv(hostname(), container.env))
+}
+
+// Make `rootfs` the root of this mount namespace, with no way back to the host's.
+function pivotInto(rootfs: string): void {
+  // pivot_root needs the new root to be a mount point: bind it onto itself.
+  // MS_REC: /proc, /sys and /dev come along; the overlay is ours, so nothing of the host's is under it.
+  mount(rootfs, rootfs, null, MS_BIND | MS_REC)
+  chdir(rootfs)
+  // "." for both: the old root ends up stacked on top of the new one, at /,
+  // and needs no directory in the image (see pivot_root(2), NOTES).
+  pivot_root('.', '.')
+  // Detach the host's tree from ours; after this there is no path back to it.
+  umount2('.', MNT_DETACH)
+  chdir('/')
+}
+
+main(process.argv.slice(2)).catch((err) => exitWithError(err))
