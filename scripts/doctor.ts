@@ -13,6 +13,7 @@ import { CONTROLLERS, cgroupLayout, findControllers, findHierarchies } from '../
 import { readMountInfo } from '../shared/mounts.ts'
 import { DEFAULT_IMAGES, imageRootfs } from '../shared/rootfs.ts'
 import { imagesDir, stateDir } from '../shared/settings.ts'
+import { usernsForbidden } from '../shared/userns.ts'
 
 exitOnClosedPipe()
 
@@ -69,6 +70,17 @@ try {
   ipVersion = execFileSync('ip', ['-V'], { encoding: 'utf8' }).trim()
 } catch {}
 check(!!ipVersion, `ip (iproute2)${ipVersion ? `: ${ipVersion.replace(/^ip utility, /, '')}` : ''}`, 'apt-get install iproute2 (step 08)')
+
+// Step 09: util-linux's unshare(1) and setpriv(1) start the child in its user
+// namespace; rootless, the kernel must also let a user make one.
+let unshareVersion = ''
+try {
+  unshareVersion = execFileSync('unshare', ['--version'], { encoding: 'utf8' }).trim() && execFileSync('setpriv', ['--version'], { encoding: 'utf8' }).trim()
+} catch {}
+check(!!unshareVersion, `unshare and setpriv${unshareVersion ? `: ${unshareVersion}` : ''}`, 'apt-get install util-linux (step 09)')
+const userns = usernsForbidden()
+if (userns) note(`step 09 rootless: ${userns}`)
+else check(true, 'users may make user namespaces (step 09 rootless)')
 
 const busybox = ['/bin/busybox', '/usr/bin/busybox'].find((p) => existsSync(p))
 check(!!busybox, `busybox for the offline image${busybox ? `: ${busybox}` : ''}`, 'apt-get install busybox-static')

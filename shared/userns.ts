@@ -145,12 +145,15 @@ export function mountDevFromHost(dev: string): void {
 
 /**
  * The image with every owner moved by `map.outside`, so that root-owned
- * files belong to the container's root: made once per image and mapping, as
- * `<images>/<name>@<outside>/rootfs`, and kept. Root only; a rootless image
- * is the user's own already.
+ * files belong to the container's root. For an image of the store, made
+ * once per mapping as `<images>/<name>@<outside>/rootfs` and kept; for any
+ * other directory, made in the container's directory and removed with it
+ * (such a directory may change, and its own may be closed to uid 100000).
+ * Root only: a rootless image is the user's own already.
  */
-export function shiftedImage(rootfs: string, map: IdMap): string {
-  const shifted = join(imagesDir, `${basename(dirname(rootfs))}@${map.outside}`, 'rootfs')
+export function shiftedImage(rootfs: string, map: IdMap, containerDir: string): string {
+  const inStore = resolve(rootfs).startsWith(`${imagesDir}/`)
+  const shifted = inStore ? join(imagesDir, `${basename(dirname(rootfs))}@${map.outside}`, 'rootfs') : join(containerDir, 'image')
   if (existsSync(shifted)) return shifted
   mkdirSync(dirname(shifted), { recursive: true })
   const making = `${shifted}.${process.pid}`

@@ -82,9 +82,7 @@ async function main(argv: string[]): Promise<void> {
   // No sudo: run by a user, the step is rootless, if the host lets users make user namespaces.
   const rootless = process.getuid?.() !== 0
   if (rootless && usernsForbidden()) throw new UsageError(usernsForbidden()!)
-  // Root-owned files would be nobody's inside: as root, a copy owned by the mapped ids.
-  const image = await ensureImage(options.image)
-  const rootfs = rootless ? image : shiftedImage(image, idMapFor())
+  const rootfs = await ensureImage(options.image)
   await run({ id: newContainerId(), rootfs, command, env, rootless }, limits, options.keep)
 }
 
@@ -112,10 +110,12 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     // Container root is map.outside on the host: it writes the overlay's upper and work dirs.
     const map = idMapFor()
     for (const sub of Object.values(overlayDirs(dir))) chownSync(sub, map.outside, map.outside)
+    // Root-owned files would be nobody's inside: as root, a copy of the image owned by the mapped ids.
+    const rootfs = container.rootless ? container.rootfs : shiftedImage(container.rootfs, map, dir)
     // TODO: the child needs a user namespace of its own, made by the launcher in
     // the same unshare(2) as the others, so that it owns them.
     const flags = CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET
-    const child = reexecChildInUserNamespace({ ...container, dir }, flags, STDIO_WITH_SYNC)
+    const child = reexecChildInUserNamespace({ ...container, rootfs, dir }, flags, STDIO_WITH_SYNC)
     // Until the child runs the command, it dies with us: kill it if setting up eth0 fails.
     cleanup.defer(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
     // The child waits on a pipe until we say so. Joining is a write too: its
