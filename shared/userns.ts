@@ -78,6 +78,21 @@ export function containerPid(launcherPid: number): number {
 }
 
 /**
+ * Send what is meant for the container (child.kill, as waitForExit and the
+ * clean-up use it) to its PID 1, `pid`, past the launcher: unshare(1) blocks
+ * SIGINT and SIGTERM while it waits for its child, and passes nothing on.
+ */
+export function signalContainer(child: ChildProcess, pid: number): void {
+  child.kill = (signal?: NodeJS.Signals | number) => {
+    try {
+      return process.kill(pid, signal)
+    } catch {
+      return false // gone already
+    }
+  }
+}
+
+/**
  * Write the user namespace's maps for process `pid`, from its parent
  * namespace (user_namespaces(7), "User and group ID mappings"). Rootless,
  * setgroups must be denied first: otherwise the user could drop a group

@@ -35,7 +35,7 @@ import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } fr
 import { ensureImage } from '../../shared/rootfs.ts'
 import {
   containerPid, idMapFor, mountDevFromHost, reexecChildInUserNamespace, setgroups, setresgid, setresuid, shiftedImage,
-  usernsForbidden, writeIdMaps,
+  signalContainer, usernsForbidden, writeIdMaps,
 } from '../../shared/userns.ts'
 import { sethostname } from '../../shared/uts.ts'
 
@@ -125,8 +125,10 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     // TODO: its user namespace exists, with no ids in it yet: from out here,
     // write its uid and gid maps (rootless: deny setgroups first), so that
     // root inside is map.outside on the host (`/proc/<pid>/uid_map`).
-    // child is unshare, in the host's PID namespace; the container is its child.
+    // child is unshare, in the host's PID namespace; the container is its
+    // child: that one goes in the cgroup, and gets our signals (see signalContainer).
     const pid = containerPid(child.pid!)
+    signalContainer(child, pid)
     for (const { dir } of cgroup.dirs) writeFileSync(join(dir, 'cgroup.procs'), String(pid))
     // Its network namespace exists now: a free address, and the bridge up.
     // Rootless: only root may plug a veth pair into the host; the container gets lo alone.
