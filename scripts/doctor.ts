@@ -32,13 +32,15 @@ function note(what: string): void {
 }
 
 const linux = process.platform === 'linux'
-check(linux, `Linux (${process.platform})`, 'containers need a Linux kernel: use the VM in vagrant/ (see README.md)')
-if (!linux) process.exit(1)
 const [nodeMajor, nodeMinor] = process.versions.node.split('.').map(Number)
 const nodeOk = nodeMajor > MIN_NODE[0] || (nodeMajor === MIN_NODE[0] && nodeMinor >= MIN_NODE[1])
+// Root first, before anything is printed, so that nothing shows twice: the
+// checks below read what only root may read (re-runs under sudo).
+if (linux && nodeOk) requireRoot()
+check(linux, `Linux (${process.platform})`, 'containers need a Linux kernel: use the VM in vagrant/ (see README.md)')
+if (!linux) process.exit(1)
 check(nodeOk, `Node ${process.versions.node} (${process.execPath})`, `install Node ${MIN_NODE.join('.')} or newer: it runs the steps' TypeScript itself`)
 if (!nodeOk) process.exit(1)
-requireRoot() // the checks below read what only root may read; re-runs under sudo
 check(process.getuid?.() === 0, 'running as root (through sudo when started as a user)')
 
 const [major, minor] = release().split('.').map(Number)

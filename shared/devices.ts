@@ -4,10 +4,10 @@
 // (disks included, as one learner's Go container found); a container gets a tmpfs with only
 // the nodes programs expect, as runc and Docker do.
 
-import { mkdirSync, symlinkSync } from 'node:fs'
+import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { check, raw } from './libc.ts'
-import { mount, MS_NOEXEC, MS_NOSUID } from './mounts.ts'
+import { mount, MS_BIND, MS_NOEXEC, MS_NOSUID } from './mounts.ts'
 
 export const S_IFCHR = 0o020000
 
@@ -38,11 +38,20 @@ export const DEV_ENTRIES = [...DEVICES.map(([name]) => name), 'pts', 'ptmx', 'sh
  * Build a minimal /dev at `dev`: a tmpfs with the DEVICES nodes, a private
  * devpts (so the container's terminals are its own), /dev/shm, and the
  * fd/stdin/stdout/stderr links into /proc/self/fd.
+ *
+ * `bindHostNodes`: in a user namespace, where mknod(2) of a device is
+ * refused, each node is the host's own, bind-mounted onto an empty file (as
+ * rootless Podman does); call it then while the host's /dev is in view.
  */
-export function mountDev(dev: string): void {
+export function mountDev(dev: string, { bindHostNodes = false } = {}): void {
   mount('tmpfs', dev, 'tmpfs', MS_NOSUID | MS_NOEXEC, 'mode=755,size=64k')
   for (const [name, major, minor] of DEVICES) {
-    mknod(join(dev, name), S_IFCHR | 0o666, makedev(major, minor))
+    if (!bindHostNodes) {
+      mknod(join(dev, name), S_IFCHR | 0o666, makedev(major, minor))
+      continue
+    }
+    writeFileSync(join(dev, name), '')
+    mount(`/dev/${name}`, join(dev, name), null, MS_BIND)
   }
   mkdirSync(join(dev, 'pts'))
   // newinstance: a devpts of its own, not the host's list of terminals.

@@ -13,9 +13,12 @@ export const repoDir = fileURLToPath(new URL('..', import.meta.url))
 /**
  * Images and container state live outside the repository by default: a repo
  * on a Vagrant or 9p shared folder cannot hold device nodes or overlay dirs.
- * CFS_HOME moves them.
+ * Root's are in /var/lib; a user's, for the rootless step 09, in
+ * ~/.local/share (XDG_DATA_HOME). CFS_HOME moves them.
  */
-export const stateDir = process.env.CFS_HOME || '/var/lib/containers-from-scratch'
+export const stateDir = process.env.CFS_HOME || (process.getuid?.() === 0
+  ? '/var/lib/containers-from-scratch'
+  : join(process.env.XDG_DATA_HOME || join(homedir(), '.local', 'share'), 'containers-from-scratch'))
 export const imagesDir = join(stateDir, 'images')
 export const containersDir = join(stateDir, 'containers')
 

@@ -1,19 +1,15 @@
 // User namespaces (user_namespaces(7)): who root is. The id maps a parent
 // writes for a child's namespace, the calls that set a process's
 // credentials, starting Node in a new user namespace (Node, multithreaded,
-// cannot make one for itself), and what changes around it: /dev from bind
-// mounts, and an image whose owners are the mapped ids.
+// cannot make one for itself), and an image whose owners are the mapped ids.
 
 import { execFileSync, spawn, type ChildProcess, type StdioOptions } from 'node:child_process'
 import {
-  chmodSync, existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync,
-  symlinkSync, writeFileSync,
+  chmodSync, existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync,
 } from 'node:fs'
 import { basename, dirname, join, resolve } from 'node:path'
-import { DEVICES } from './devices.ts'
 import { UsageError } from './errors.ts'
 import { check, raw } from './libc.ts'
-import { mount, MS_BIND, MS_NOEXEC, MS_NOSUID } from './mounts.ts'
 import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS } from './namespaces.ts'
 import { compileCacheDir, imagesDir } from './settings.ts'
 
@@ -81,11 +77,17 @@ export function containerPid(launcherPid: number): number {
  * Send what is meant for the container (child.kill, as waitForExit and the
  * clean-up use it) to its PID 1, `pid`, past the launcher: unshare(1) blocks
  * SIGINT and SIGTERM while it waits for its child, and passes nothing on.
+ * A SIGKILL also goes to unshare itself: util-linux before 2.40 reports a
+ * child that died of SIGKILL as exit 1 (it cannot re-raise SIGKILL), and a
+ * launcher killed by SIGKILL is 137, as Docker says.
  */
 export function signalContainer(child: ChildProcess, pid: number): void {
+  const launcher = child.pid!
   child.kill = (signal?: NodeJS.Signals | number) => {
     try {
-      return process.kill(pid, signal)
+      process.kill(pid, signal)
+      if (signal === 'SIGKILL' || signal === 9) process.kill(launcher, 'SIGKILL')
+      return true
     } catch {
       return false // gone already
     }
@@ -135,27 +137,6 @@ export function setresgid(rgid: number, egid: number, sgid: number): void {
 /** setresuid(2): real, effective and saved user id. */
 export function setresuid(ruid: number, euid: number, suid: number): void {
   check('setresuid', raw.setresuid(ruid, euid, suid), undefined, { EINVAL: 'the uid is not mapped in this user namespace' })
-}
-
-/**
- * A minimal /dev at `dev` for a process in a user namespace, where mknod(2)
- * of a device is refused: each node of DEVICES is the host's own, bind-mounted
- * onto an empty file (rootless Podman does the same). The rest is as
- * mountDev's (shared/devices.ts). Call it while the host's /dev is visible.
- */
-export function mountDevFromHost(dev: string): void {
-  mount('tmpfs', dev, 'tmpfs', MS_NOSUID | MS_NOEXEC, 'mode=755,size=64k')
-  for (const [name] of DEVICES) {
-    writeFileSync(join(dev, name), '')
-    mount(`/dev/${name}`, join(dev, name), null, MS_BIND)
-  }
-  mkdirSync(join(dev, 'pts'))
-  mount('devpts', join(dev, 'pts'), 'devpts', MS_NOSUID | MS_NOEXEC, 'newinstance,ptmxmode=0666,mode=0620')
-  symlinkSync('pts/ptmx', join(dev, 'ptmx'))
-  mkdirSync(join(dev, 'shm'))
-  mount('shm', join(dev, 'shm'), 'tmpfs', MS_NOSUID | MS_NOEXEC, 'mode=1777,size=64m')
-  symlinkSync('/proc/self/fd', join(dev, 'fd'))
-  for (const [i, name] of ['stdin', 'stdout', 'stderr'].entries()) symlinkSync(`/proc/self/fd/${i}`, join(dev, name))
 }
 
 /**

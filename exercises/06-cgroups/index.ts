@@ -106,7 +106,10 @@ function child(container: Container): void {
   pivotInto(container.rootfs)
   // A proc filesystem shows the PID namespace of the process that mounts it.
   mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  // sysfs read-only: the container may read the kernel's view of devices and settings, not change it.
   mount('sysfs', '/sys', 'sysfs', MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  // A /dev of its own: a tmpfs with the few devices programs expect (null, zero,
+  // random, tty…) and a devpts of its own, none of the host's disks.
   mountDev('/dev')
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))

@@ -99,7 +99,7 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     // addresses and routes, with only `lo` in it at first, down.
     const flags = CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS
     const child = reexecChild({ ...container, dir }, flags, STDIO_WITH_SYNC)
-    // Until the child runs the command, it dies with us: kill it if setting up eth0 fails.
+    // If setting up fails here, the child, still waiting on the pipe, must not outlive us.
     cleanup.defer(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
     // The child waits on a pipe until we say so. Joining is a write too: its
     // PID to cgroup.procs, once its Node has started (memory is charged where
@@ -148,7 +148,10 @@ function child(container: Container): void {
   pivotInto(merged)
   // A proc filesystem shows the PID namespace of the process that mounts it.
   mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  // sysfs read-only: the container may read the kernel's view of devices and settings, not change it.
   mount('sysfs', '/sys', 'sysfs', MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  // A /dev of its own: a tmpfs with the few devices programs expect (null, zero,
+  // random, tty…) and a devpts of its own, none of the host's disks.
   mountDev('/dev')
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))

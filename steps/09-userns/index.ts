@@ -12,7 +12,6 @@
 // Usage: npx tsx steps/09-userns run [--image NAME|DIR] [--keep] [--pids-limit N|max]
 //          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]
 
-import './rootless.ts' // first: rootless, the state goes where you can write it
 import { chmodSync, chownSync, existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
@@ -22,6 +21,7 @@ import {
 } from '../../shared/container.ts'
 import { exitWithError, UsageError } from '../../shared/errors.ts'
 import { cgroupFor, DEFAULT_PIDS_LIMIT, limitsFromOptions, rmdirCgroup, type Limits } from '../../shared/cgroups.ts'
+import { mountDev } from '../../shared/devices.ts'
 import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
 } from '../../shared/mounts.ts'
@@ -31,7 +31,7 @@ import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir }
 import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import {
-  containerPid, idMapFor, mountDevFromHost, reexecChildInUserNamespace, setgroups, setresgid, setresuid, shiftedImage,
+  containerPid, idMapFor, reexecChildInUserNamespace, setgroups, setresgid, setresuid, shiftedImage,
   signalContainer, usernsForbidden, writeIdMaps,
 } from '../../shared/userns.ts'
 import { sethostname } from '../../shared/uts.ts'
@@ -111,7 +111,7 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     const rootfs = container.rootless ? container.rootfs : shiftedImage(container.rootfs, map, dir)
     const flags = CLONE_NEWUSER | CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET
     const child = reexecChildInUserNamespace({ ...container, rootfs, dir }, flags, STDIO_WITH_SYNC)
-    // Until the child runs the command, it dies with us: kill it if setting up eth0 fails.
+    // If setting up fails here, the child, still waiting on the pipe, must not outlive us.
     cleanup.defer(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
     // The child waits on a pipe until we say so. Joining is a write too: its
     // PID to cgroup.procs, once its Node has started (memory is charged where
@@ -181,8 +181,11 @@ function child(container: Container): void {
   // view, so before pivot_root, as runc does; mknod is refused: /dev is bind mounts.
   // A proc filesystem shows the PID namespace of the process that mounts it.
   mount('proc', join(merged, 'proc'), 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  // sysfs read-only: the container may read the kernel's view of devices and settings, not change it.
   mount('sysfs', join(merged, 'sys'), 'sysfs', MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-  mountDevFromHost(join(merged, 'dev'))
+  // A /dev of its own: a tmpfs with the few devices programs expect (null, zero,
+  // random, tty…) and a devpts of its own, none of the host's disks.
+  mountDev(join(merged, 'dev'), { bindHostNodes: true })
   pivotInto(merged)
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))
