@@ -14,7 +14,7 @@ import { setTimeout as delay } from 'node:timers/promises'
 import { UsageError } from './errors.ts'
 import { readMountInfo } from './mounts.ts'
 import { kill, SIGKILL } from './process.ts'
-import { PREFIX } from './settings.ts'
+import { PREFIX, rootless } from './settings.ts'
 
 export type Controller = 'pids' | 'memory' | 'cpu'
 export const CONTROLLERS: Controller[] = ['pids', 'memory', 'cpu']
@@ -89,9 +89,15 @@ export function cgroupName(id: string): string {
  * Where the container's cgroup goes on this host and what to write to set
  * `limits`: the data only (a step makes the directories and writes the
  * files itself). The pids controller always, since the cgroup also tells
- * who is alive; memory and cpu when limited.
+ * who is alive; memory and cpu when limited. Rootless (step 09): none, and
+ * one line that says the limits are off.
  */
 export function cgroupFor(id: string, limits: Limits, hierarchies = findHierarchies()): Cgroup {
+  // Rootless: the cgroup tree is root's (unless the host delegates a subtree), so no cgroup.
+  if (rootless) {
+    process.stderr.write('cfs: rootless: the cgroups are root\'s, so limits are off\n')
+    return { name: cgroupName(id), dirs: [], writes: [] }
+  }
   const wanted = new Set<Controller>(['pids'])
   if (limits.memory !== undefined) wanted.add('memory')
   if (limits.cpus !== undefined || limits.cpuShares !== undefined) wanted.add('cpu')

@@ -117,9 +117,11 @@ export async function allocateNetwork(id: string): Promise<Network> {
  * the kernel deletes the pair anyway, in the background, with the
  * container's network namespace once its last process is gone: so wait for
  * that, and delete the pair only if it outlives the wait (the container is
- * still running because setting it up failed).
+ * still running because setting it up failed). Nothing to do for none
+ * (rootless, step 09: no veth pair).
  */
-export async function releaseNetwork(network: Network): Promise<void> {
+export async function releaseNetwork(network: Network | undefined): Promise<void> {
+  if (!network) return // rootless: none was allocated
   await withLock(async () => {
     rmSync(join(leasesDir, network.address), { force: true })
     if (liveLeases().length === 0) await deleteInterface(BRIDGE)

@@ -6,7 +6,7 @@
 //   work/    overlayfs's scratch space (same filesystem as upper/)
 //   merged/  the mount point where image + changes appear as one tree
 
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { mount } from './mounts.ts'
 import { containersDir } from './settings.ts'
@@ -30,6 +30,8 @@ export function createContainerDir(id: string): string {
 
 /** Remove a container's directory (nothing may be mounted in it any more). */
 export function removeContainerDir(dir: string): void {
+  // overlayfs leaves work/work with mode 000: root's rm goes in anyway, a user's (rootless) must open it first.
+  if (existsSync(join(dir, 'work/work'))) chmodSync(join(dir, 'work/work'), 0o700)
   if (existsSync(dir)) rmSync(dir, { recursive: true, force: true })
 }
 

@@ -11,6 +11,13 @@ export const PREFIX = 'cfs'
 export const repoDir = fileURLToPath(new URL('..', import.meta.url))
 
 /**
+ * Run by a user, without sudo: step 09 runs rootless (notes/09-userns.md).
+ * Read once, at start: a container's child, whose uid is unmapped until its
+ * parent writes the maps, is told by its parent instead.
+ */
+export const rootless = process.getuid?.() !== 0
+
+/**
  * Images and container state live outside the repository by default: a repo
  * on a Vagrant or 9p shared folder cannot hold device nodes or overlay dirs.
  * Root's are in /var/lib; a user's, for the rootless step 09, in

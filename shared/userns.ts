@@ -11,7 +11,7 @@ import { basename, dirname, join, resolve } from 'node:path'
 import { UsageError } from './errors.ts'
 import { check, raw } from './libc.ts'
 import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS } from './namespaces.ts'
-import { compileCacheDir, imagesDir } from './settings.ts'
+import { compileCacheDir, imagesDir, rootless } from './settings.ts'
 
 /** One line of /proc/PID/uid_map (and gid_map): `count` ids from `inside` are `outside`… on the host. */
 export interface IdMap {
@@ -102,9 +102,15 @@ export function signalContainer(child: ChildProcess, pid: number): void {
  */
 export function writeIdMaps(pid: number, map: IdMap): void {
   const line = `${map.inside} ${map.outside} ${map.count}\n`
-  if (process.getuid?.() !== 0) writeFileSync(`/proc/${pid}/setgroups`, 'deny')
+  if (rootless) writeFileSync(`/proc/${pid}/setgroups`, 'deny')
   writeFileSync(`/proc/${pid}/uid_map`, line)
   writeFileSync(`/proc/${pid}/gid_map`, line)
+}
+
+/** Rootless, stop with usernsForbidden's sentence if the host forbids users to make user namespaces; as root, nothing to check. */
+export function requireUserns(): void {
+  const forbidden = rootless ? usernsForbidden() : undefined
+  if (forbidden) throw new UsageError(forbidden)
 }
 
 /** The kernel's answer to "may this user make a user namespace?": undefined if yes, else the setting that says no and how to change it. */
@@ -145,9 +151,10 @@ export function setresuid(ruid: number, euid: number, suid: number): void {
  * once per mapping as `<images>/<name>@<outside>/rootfs` and kept; for any
  * other directory, made in the container's directory and removed with it
  * (such a directory may change, and its own may be closed to uid 100000).
- * Root only: a rootless image is the user's own already.
+ * Rootless (a one-id map), `rootfs` itself: the user's files are root's inside already.
  */
 export function shiftedImage(rootfs: string, map: IdMap, containerDir: string): string {
+  if (map.count === 1) return rootfs
   const inStore = resolve(rootfs).startsWith(`${imagesDir}/`)
   const shifted = inStore ? join(imagesDir, `${basename(dirname(rootfs))}@${map.outside}`, 'rootfs') : join(containerDir, 'image')
   if (existsSync(shifted)) return shifted

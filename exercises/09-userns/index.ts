@@ -15,14 +15,14 @@
 // Exercise: fill in each TODO, then check with `npm run exercise -- 09`
 // (add --hint for a hint). exercises/README.md explains the loop.
 
-import { chmodSync, chownSync, existsSync, mkdirSync, writeFileSync } from 'node:fs'
+import { chownSync, mkdirSync, writeFileSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { parseRunArgs } from '../../shared/cli.ts'
 import {
   childStarted, Cleanup, newContainerId, STDIO_WITH_SYNC, tellChild, waitForExit, waitForParent,
 } from '../../shared/container.ts'
-import { exitWithError, UsageError } from '../../shared/errors.ts'
+import { exitWithError } from '../../shared/errors.ts'
 import { cgroupFor, DEFAULT_PIDS_LIMIT, limitsFromOptions, rmdirCgroup, type Limits } from '../../shared/cgroups.ts'
 import { mountDev } from '../../shared/devices.ts'
 import {
@@ -33,9 +33,10 @@ import { allocateNetwork, BRIDGE, ip, ipAsync, releaseNetwork, type Network } fr
 import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
 import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
+import { rootless } from '../../shared/settings.ts'
 import {
-  containerPid, idMapFor, reexecChildInUserNamespace, setgroups, setresgid, setresuid, shiftedImage,
-  signalContainer, usernsForbidden, writeIdMaps,
+  containerPid, idMapFor, reexecChildInUserNamespace, requireUserns, setgroups, setresgid, setresuid, shiftedImage,
+  signalContainer, writeIdMaps,
 } from '../../shared/userns.ts'
 import { sethostname } from '../../shared/uts.ts'
 
@@ -80,8 +81,7 @@ async function main(argv: string[]): Promise<void> {
   }, usage)
   const limits = limitsFromOptions(options)
   // No sudo: run by a user, the step is rootless, if the host lets users make user namespaces.
-  const rootless = process.getuid?.() !== 0
-  if (rootless && usernsForbidden()) throw new UsageError(usernsForbidden()!)
+  requireUserns()
   const rootfs = await ensureImage(options.image)
   await run({ id: newContainerId(), rootfs, command, env, rootless }, limits, options.keep)
 }
@@ -92,8 +92,8 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
   try {
     // A cgroup is a directory in a cgroup filesystem: one in each hierarchy
     // that holds a controller we use (v2: one tree; v1: one per controller).
-    const cgroup = container.rootless ? { dirs: [], writes: [] } : cgroupFor(container.id, limits)
-    if (container.rootless) process.stderr.write('cfs: rootless: the cgroups are root\'s, so limits are off\n')
+    // Rootless, cgroupFor plans none and says the limits are off: the cgroup tree is root's.
+    const cgroup = cgroupFor(container.id, limits)
     // At the end, however it ends: rmdir, which the kernel allows once no
     // process is left in it (rmdirCgroup SIGKILLs the rest first).
     cleanup.defer(async () => {
@@ -105,13 +105,11 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     const dir = createContainerDir(container.id)
     // The overlay is mounted in the container's mount namespace and goes with it.
     cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
-    // overlayfs leaves work/work with mode 000, which stops a user's rm (not root's).
-    if (container.rootless) cleanup.defer(() => existsSync(join(dir, 'work/work')) && chmodSync(join(dir, 'work/work'), 0o700))
     // Container root is map.outside on the host: it writes the overlay's upper and work dirs.
     const map = idMapFor()
     for (const sub of Object.values(overlayDirs(dir))) chownSync(sub, map.outside, map.outside)
     // Root-owned files would be nobody's inside: as root, a copy of the image owned by the mapped ids.
-    const rootfs = container.rootless ? container.rootfs : shiftedImage(container.rootfs, map, dir)
+    const rootfs = shiftedImage(container.rootfs, map, dir)
     // TODO: the child needs a user namespace of its own, made by the launcher in
     // the same unshare(2) as the others, so that it owns them.
     const flags = CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET
@@ -134,15 +132,14 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     // Rootless: only root may plug a veth pair into the host; the container gets lo alone.
     const network = container.rootless ? undefined : await allocateNetwork(container.id)
     // The veth pair goes with the container's namespace; free the address (and the bridge, if last).
-    if (network) cleanup.defer(() => releaseNetwork(network))
+    cleanup.defer(() => releaseNetwork(network))
     // A veth pair is a virtual cable. One end is made right inside the child's
     // network namespace (`netns <pid>`), as its eth0; ours plugs into the bridge.
-    if (network) {
-      await ipAsync(
-        `link add ${network.hostVeth} type veth peer name eth0 netns ${pid}`,
-        `link set ${network.hostVeth} master ${BRIDGE} up`,
-      )
-    }
+    // child.pid will do: unshare made the namespaces and is in them itself.
+    if (network) await ipAsync(
+      `link add ${network.hostVeth} type veth peer name eth0 netns ${child.pid}`,
+      `link set ${network.hostVeth} master ${BRIDGE} up`,
+    )
     // Go on, with this address.
     tellChild(child, network)
     process.exitCode = await waitForExit(child)

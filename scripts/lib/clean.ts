@@ -12,6 +12,7 @@ import { join } from 'node:path'
 import { cgroupProcs, findHierarchies, removeCgroup } from '../../shared/cgroups.ts'
 import { MNT_DETACH, readMountInfo, umount2 } from '../../shared/mounts.ts'
 import { BRIDGE, deleteInterface, liveLeases } from '../../shared/net.ts'
+import { removeContainerDir } from '../../shared/overlay.ts'
 import { isRunning } from '../../shared/procfs.ts'
 import { containersDir, PREFIX, stateDir } from '../../shared/settings.ts'
 import { listDir, readText } from './files.ts'
@@ -179,7 +180,7 @@ function containerDirs(): Leftover[] {
       kind: 'container dir' as const,
       name: dir,
       inUse: existsSync(join(dir, 'kept')) ? 'kept with --keep (--all removes it)' : alive ? `its parent ${parent} is running` : false,
-      remove: () => rmSync(dir, { recursive: true, force: true }),
+      remove: () => removeContainerDir(dir),
       id: idIn(id),
     }
   })
