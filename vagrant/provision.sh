@@ -150,6 +150,21 @@ as_owner() {
   fi
 }
 
+# Step 09 runs rootless: a user makes a user namespace. Ubuntu 23.10 and
+# newer let AppArmor refuse that to unconfined programs
+# (kernel.apparmor_restrict_unprivileged_userns = 1, the default in 24.04);
+# some Debian kernels have kernel.unprivileged_userns_clone. In the
+# workshop's VM, allow it, in a file of our own that says why.
+allow_user_namespaces() {
+  local conf=/etc/sysctl.d/60-cfs-userns.conf lines=''
+  [ -e /proc/sys/kernel/apparmor_restrict_unprivileged_userns ] && lines+=$'kernel.apparmor_restrict_unprivileged_userns = 0\n'
+  [ -e /proc/sys/kernel/unprivileged_userns_clone ] && lines+=$'kernel.unprivileged_userns_clone = 1\n'
+  [ -n "$lines" ] || return 0
+  log "user namespaces for users (step 09 rootless): $conf"
+  printf '# containers-from-scratch: step 09 runs rootless, in a user namespace a user makes.\n%s' "$lines" >"$conf"
+  sysctl -q -p "$conf"
+}
+
 main() {
   local started=$SECONDS
   [ "$(id -u)" -eq 0 ] || die "run me as root: sudo bash $0"
@@ -172,10 +187,11 @@ main() {
     install_node
   fi
 
+  allow_user_namespaces
+
   log "npm ci in $REPO (as $(stat -c %U "$REPO"))"
-  # npm ci would remove node_modules itself, but as the owner it cannot
-  # remove what root put there: steps, which run as root, compile into
-  # node_modules/.cache (shared/compile.ts).
+  # Start clean: an older checkout's steps, run as root, compiled into
+  # node_modules/.cache, which the owner cannot remove.
   rm -rf "$REPO/node_modules"
   # node_modules exactly as package-lock.json says, for this machine's
   # platform (koffi's, esbuild's and tsc's Linux binaries).
