@@ -15,6 +15,7 @@ import { BRIDGE, deleteInterface, liveLeases } from '../../shared/net.ts'
 import { removeContainerDir } from '../../shared/overlay.ts'
 import { isRunning } from '../../shared/procfs.ts'
 import { containersDir, PREFIX, stateDir } from '../../shared/settings.ts'
+import { invokingUser } from './owner.ts'
 import { listDir, readText } from './files.ts'
 import { cmdline, findProcesses } from './procfs.ts'
 
@@ -171,9 +172,12 @@ function netns(): Leftover[] {
 }
 
 // <state dir>/containers/<id>: in use while its parent lives; kept on purpose with --keep.
+// Under sudo, also the invoking user's, where the rootless step 09 keeps them.
 function containerDirs(): Leftover[] {
-  return listDir(containersDir).map((id) => {
-    const dir = join(containersDir, id)
+  const user = invokingUser()
+  const dirs = [containersDir, ...(user ? [join(user.home, '.local', 'share', 'containers-from-scratch', 'containers')] : [])]
+  return [...new Set(dirs)].flatMap((parentDir) => listDir(parentDir).map((id) => {
+    const dir = join(parentDir, id)
     const parent = Number(readText(join(dir, 'parent.pid')))
     const alive = parent > 0 && isRunning(parent) && existsSync(join(dir, 'merged')) && !existsSync(join(dir, 'kept'))
     return {
@@ -183,7 +187,7 @@ function containerDirs(): Leftover[] {
       remove: () => removeContainerDir(dir),
       id: idIn(id),
     }
-  })
+  }))
 }
 
 // Address leases whose parent is gone, and a lock left by a crash.
