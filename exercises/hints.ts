@@ -132,6 +132,18 @@ export const homework: Record<string, Homework & { slug: string }> = {
     ],
     person: 'answers.md: (i), and the reasoning of (iv) (a keyword check only sees that it says twice the image)',
   },
+  'p1b-userns': {
+    slug: 'p1b-userns',
+    title: 'a user namespace for P1B\'s container: uid and gid maps by the parent, setgroups',
+    file: 'index.ts',
+    man: ['user_namespaces(7)', 'unshare(1)', 'setgroups(2)', 'setresuid(2)', 'proc(5)'],
+    hints: [
+      'Three TODOs: a flag in run(), the maps in run() once the child has started, the credentials in child() once the parent has had its say. reexecChildInUserNamespace (shared/userns.ts) turns each CLONE_NEW* flag into an option of unshare(1); the maps are files in /proc/<pid>/ of the launcher, child.pid, which is in the new user namespace already.',
+      'The flag is CLONE_NEWUSER (shared/namespaces.ts). shared/userns.ts has writeIdMaps(pid, map): rootless it writes `deny` to setgroups first, then uid_map and gid_map; the map is idMapFor(), already in `map`.',
+      'In child(), after waitForParent(): if (!container.rootless) setgroups([]), then setresgid(0, 0, 0) and setresuid(0, 0, 0), the group first, as runtimes do.',
+    ],
+    person: '',
+  },
   p2: {
     slug: 'p2-propagation',
     title: 'the mount propagation puzzle',
@@ -148,7 +160,7 @@ export const homework: Record<string, Homework & { slug: string }> = {
     slug: 'p4-lsns',
     title: 'a small lsns for one PID',
     file: 'index.ts',
-    man: ['lsns(8)', 'namespaces(7)', 'readlink(2)', 'proc(5)'],
+    man: ['lsns(8)', 'namespaces(7)', 'readlink(2)', 'proc(5)', 'unshare(1)'],
     hints: [
       'Each namespace of a process is a symbolic link in /proc/PID/ns; its target reads like `uts:[4026531838]`, and the number is the namespace\'s inode.',
       'readdirSync(`/proc/${pid}/ns`), readlinkSync of each; leave out pid_for_children and time_for_children (they are the children\'s).',

@@ -20,7 +20,7 @@ exitOnClosedPipe()
 const usage = `Usage: npm run homework [-- NAME [--hint | --show] [--target DIR]]
 
   (nothing)      list the problems, and what a person has to judge in each
-  NAME           check exercises/homework/<problem> (needs root: re-runs itself under sudo); NAME is p1a, p1b, p2, p4, p5, p6a, p6b or p6c
+  NAME           check exercises/homework/<problem> (needs root: re-runs itself under sudo); NAME is p1a, p1b, p1b-userns, p2, p4, p5, p6a, p6b or p6c
   NAME --hint    show the next hint
   NAME --show    (p2) also print what the kernel did
   --target DIR   check DIR instead (same file names), e.g. exercises/solutions/p1a-proc`
@@ -65,9 +65,10 @@ async function check(key: string, targetDir: string | undefined, show: boolean):
 }
 
 function list(): void {
+  const width = Math.max(...Object.keys(homework).map((key) => key.length))
   for (const [key, problem] of Object.entries(homework)) {
     const who = problem.person ? chalk.yellow(`machine + a person (${problem.person.split(':')[0]})`) : chalk.green('machine')
-    console.log(`${key.padEnd(4)} ${problem.title.padEnd(80)} ${who}`)
+    console.log(`${key.padEnd(width)} ${problem.title.padEnd(80)} ${who}`)
   }
   console.log(chalk.dim('\nnpm run homework -- NAME checks one; --hint shows a hint. See exercises/homework/README.md.'))
 }
