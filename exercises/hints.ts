@@ -60,11 +60,11 @@ export const exercises: Record<string, Exercise> = {
   },
   '05-mount-ns': {
     title: 'mount namespace, pivot_root and a minimal /dev',
-    man: ['mount_namespaces(7)', 'pivot_root(2)', 'mount(2)', 'umount(2)', 'sysfs(5)'],
+    man: ['mount_namespaces(7)', 'pivot_root(2)', 'mount(2)', 'umount(2)', 'sysfs(5)', 'ipc_namespaces(7)', 'mq_overview(7)'],
     hints: [
-      'Start in run(): add CLONE_NEWNS. Then child(): propagation, then pivotInto(), then /sys and /dev. The guards tell you which part is still missing.',
+      'Start in run(): add CLONE_NEWNS and CLONE_NEWIPC. Then child(): propagation, then pivotInto(), then /sys and /dev. The guards tell you which part is still missing.',
       'Propagation: mount(null, \'/\', null, MS_REC | MS_PRIVATE). pivot_root(new_root, put_old) needs new_root to be a mount point: a bind mount of rootfs onto itself (MS_BIND) makes one.',
-      'chdir(rootfs), then pivot_root(\'.\', \'.\'): the old root is now stacked on /. umount2(\'.\', MNT_DETACH) detaches it; chdir(\'/\'). /sys: sysfs with MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC; /dev: mountDev(\'/dev\').',
+      'chdir(rootfs), then pivot_root(\'.\', \'.\'): the old root is now stacked on /. umount2(\'.\', MNT_DETACH) detaches it; chdir(\'/\'). /sys: sysfs with MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC; /dev: mountDev(\'/dev\'). /dev/mqueue: mkdirSync it, then mount(\'mqueue\', \'/dev/mqueue\', \'mqueue\', MS_NOSUID | MS_NODEV | MS_NOEXEC).',
     ],
   },
   '06-cgroups': {

@@ -5,13 +5,15 @@
 // mounts propagates to the host. It then swaps the root for the image with
 // pivot_root, which, unlike chroot, leaves no way back: the old root is
 // unmounted and gone. Last, it mounts /proc, a read-only /sys, and a /dev
-// with only the devices a container needs.
+// with only the devices a container needs. An IPC namespace (CLONE_NEWIPC)
+// comes along: its message queues show in a mount, /dev/mqueue.
 //
 // Usage: npx tsx exercises/05-mount-ns run [--image NAME|DIR] <command> [args...]
 //
 // Exercise: fill in each TODO, then check with `npm run exercise -- 05`
 // (add --hint for a hint). exercises/README.md explains the loop.
 
+import { mkdirSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
 import { Cleanup, newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
@@ -20,7 +22,7 @@ import { mountDev } from '../../shared/devices.ts'
 import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
 } from '../../shared/mounts.ts'
-import { CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
+import { CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
 import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { sethostname } from '../../shared/uts.ts'
@@ -29,7 +31,7 @@ import { refuseHostNamespace, refuseHostRoot } from '../guard.ts'
 const usage = `
 Usage: npx tsx exercises/05-mount-ns run [options] <command> [args...]
 
-Run <command> as PID 1 of new UTS, PID and mount namespaces, with an image
+Run <command> as PID 1 of new UTS, PID, mount and IPC namespaces, with an image
 as its root (pivot_root), /proc, /sys and a minimal /dev.
 
 Options:
@@ -58,7 +60,8 @@ async function run(container: Container): Promise<void> {
   const cleanup = new Cleanup()
   try {
     // TODO: the child needs a mount table of its own: a new mount namespace,
-    // a copy of the host's in which mounts and unmounts stay its own business.
+    // a copy of the host's in which mounts and unmounts stay its own business;
+    // and with it IPC objects of its own (System V IPC, POSIX message queues).
     const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID)
     process.exitCode = await waitForExit(child)
   } finally {
@@ -87,6 +90,7 @@ function child(container: Container): void {
   // TODO: mount a sysfs on /sys, read-only: the container may look, not tune the host's kernel.
   // TODO: a /dev with only the devices a container needs, none of the host's disks
   // (shared/devices.ts knows which).
+  // TODO: and /dev/mqueue, where the container's own POSIX message queues show.
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))
 }

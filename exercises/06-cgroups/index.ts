@@ -27,7 +27,7 @@ import { mountDev } from '../../shared/devices.ts'
 import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
 } from '../../shared/mounts.ts'
-import { CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
+import { CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
 import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { sethostname } from '../../shared/uts.ts'
@@ -35,7 +35,7 @@ import { sethostname } from '../../shared/uts.ts'
 const usage = `
 Usage: npx tsx exercises/06-cgroups run [options] <command> [args...]
 
-Run <command> as PID 1 of new UTS, PID and mount namespaces, with an image
+Run <command> as PID 1 of new UTS, PID, mount and IPC namespaces, with an image
 as its root (pivot_root), /proc, /sys and a minimal /dev, in its own cgroup.
 
 Options:
@@ -82,7 +82,10 @@ async function run(container: Container, limits: Limits): Promise<void> {
     // Then start the child with a sync pipe (fd 3). Once its Node has started,
     // while it waits there for your word, write its PID to cgroup.procs in
     // each directory, then tell it to go on.
-    const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS)
+    // A new IPC namespace too (CLONE_NEWIPC): System V IPC objects and POSIX
+    // message queues of its own. It comes with the mount namespace: queues show
+    // as files in an mqueue mount, as POSIX shared memory does in /dev/shm.
+    const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC)
     process.exitCode = await waitForExit(child)
   } finally {
     await cleanup.run()
@@ -111,6 +114,10 @@ function child(container: Container): void {
   // A /dev of its own: a tmpfs with the few devices programs expect (null, zero,
   // random, tty…) and a devpts of its own, none of the host's disks.
   mountDev('/dev')
+  // POSIX message queues: an mqueue filesystem, like proc, shows the IPC
+  // namespace of whoever mounts it, so the container sees only its own.
+  mkdirSync('/dev/mqueue')
+  mount('mqueue', '/dev/mqueue', 'mqueue', MS_NOSUID | MS_NODEV | MS_NOEXEC)
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))
 }

@@ -5,10 +5,12 @@
 // mounts propagates to the host. It then swaps the root for the image with
 // pivot_root, which, unlike chroot, leaves no way back: the old root is
 // unmounted and gone. Last, it mounts /proc, a read-only /sys, and a /dev
-// with only the devices a container needs.
+// with only the devices a container needs. An IPC namespace (CLONE_NEWIPC)
+// comes along: its message queues show in a mount, /dev/mqueue.
 //
 // Usage: npx tsx steps/05-mount-ns run [--image NAME|DIR] <command> [args...]
 
+import { mkdirSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
 import { Cleanup, newContainerId, reexecChild, waitForExit } from '../../shared/container.ts'
@@ -17,7 +19,7 @@ import { mountDev } from '../../shared/devices.ts'
 import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
 } from '../../shared/mounts.ts'
-import { CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
+import { CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
 import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { sethostname } from '../../shared/uts.ts'
@@ -25,7 +27,7 @@ import { sethostname } from '../../shared/uts.ts'
 const usage = `
 Usage: npx tsx steps/05-mount-ns run [options] <command> [args...]
 
-Run <command> as PID 1 of new UTS, PID and mount namespaces, with an image
+Run <command> as PID 1 of new UTS, PID, mount and IPC namespaces, with an image
 as its root (pivot_root), /proc, /sys and a minimal /dev.
 
 Options:
@@ -53,7 +55,10 @@ async function main(argv: string[]): Promise<void> {
 async function run(container: Container): Promise<void> {
   const cleanup = new Cleanup()
   try {
-    const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS)
+    // A new IPC namespace too (CLONE_NEWIPC): System V IPC objects and POSIX
+    // message queues of its own. It comes with the mount namespace: queues show
+    // as files in an mqueue mount, as POSIX shared memory does in /dev/shm.
+    const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC)
     process.exitCode = await waitForExit(child)
   } finally {
     await cleanup.run()
@@ -79,6 +84,10 @@ function child(container: Container): void {
   // A /dev of its own: a tmpfs with the few devices programs expect (null, zero,
   // random, tty…) and a devpts of its own, none of the host's disks.
   mountDev('/dev')
+  // POSIX message queues: an mqueue filesystem, like proc, shows the IPC
+  // namespace of whoever mounts it, so the container sees only its own.
+  mkdirSync('/dev/mqueue')
+  mount('mqueue', '/dev/mqueue', 'mqueue', MS_NOSUID | MS_NODEV | MS_NOEXEC)
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))
 }

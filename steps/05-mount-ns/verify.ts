@@ -35,7 +35,7 @@ const hostTable = () => readFileSync('/proc/self/mountinfo', 'utf8')
 const containerMounts = (...extra: string[]) => {
   const hosts = inImage().map((m) => m.slice(m.indexOf(' on ') + 4 + rootfs.length)).filter(Boolean)
   if (hosts.length) console.log(`  note: the host has mounts in the image, which must stay out of the container: ${hosts.join(' ')}`)
-  return ['/', '/dev', '/dev/pts', '/dev/shm', '/proc', '/sys', ...extra].sort()
+  return ['/', '/dev', '/dev/mqueue', '/dev/pts', '/dev/shm', '/proc', '/sys', ...extra].sort()
 }
 
 const hostRoot = readMountInfo().find((m) => m.mountPoint === '/')
@@ -50,9 +50,19 @@ c.ok('the mount namespace inside is a new one', inside.startsWith('mnt:[') && in
   got: inside,
 })
 
+// The IPC namespace comes with the mount namespace: System V IPC objects and
+// POSIX message queues of its own, the queues in an mqueue mount.
+const readIpc = ['readlink', '/proc/self/ns/ipc']
+const ipc = (await runStep(step, readIpc)).stdout.trim()
+c.ok('the IPC namespace inside is a new one', ipc.startsWith('ipc:[') && ipc !== namespaceOf('self', 'ipc'), {
+  ran: `${shown(step, readIpc)}  # vs readlink /proc/self/ns/ipc on the host`,
+  expected: `ipc:[…] other than the host's ${namespaceOf('self', 'ipc')}`,
+  got: ipc,
+})
+
 const catMounts = ['cat', '/proc/self/mountinfo']
 const table = parseMountInfo((await runStep(step, catMounts)).stdout)
-c.equal('the container\'s mount table holds only its own mounts: /, /proc, /sys, /dev, /dev/pts, /dev/shm',
+c.equal('the container\'s mount table holds only its own mounts: /, /proc, /sys, /dev, /dev/pts, /dev/shm, /dev/mqueue',
   table.map((m) => m.mountPoint).sort(), containerMounts(), shown(step, catMounts))
 const shared = table.filter((m) => m.propagation.includes('shared:'))
 c.ok('…and none is shared with the host: / inside is private', table.length > 0 && shared.length === 0, {
@@ -60,6 +70,8 @@ c.ok('…and none is shared with the host: / inside is private', table.length > 
   expected: 'no shared:N field',
   got: shared.map((m) => `${m.mountPoint} ${m.propagation}`).join(', ') || 'no mount table',
 })
+const mqueue = table.find((m) => m.mountPoint === '/dev/mqueue')
+c.equal('/dev/mqueue is an mqueue filesystem: the message queues of the container\'s IPC namespace', mqueue?.fstype, 'mqueue', shown(step, catMounts))
 const sys = table.find((m) => m.mountPoint === '/sys')
 const touch = await runStep(step, ['touch', '/sys/cfs-probe'])
 c.ok('/sys is read-only inside', sys?.options.split(',')[0] === 'ro' && /read-only/i.test(touch.stderr), {
@@ -70,7 +82,7 @@ c.ok('/sys is read-only inside', sys?.options.split(',')[0] === 'ro' && /read-on
 
 const lsDev = ['ls', '-a', '/dev']
 const dev = (await runStep(step, lsDev)).stdout.trim().split('\n').sort()
-c.equal('`ls -a /dev` lists exactly the minimal set', dev, ['.', '..', ...DEV_ENTRIES].sort(), shown(step, lsDev))
+c.equal('`ls -a /dev` lists exactly the minimal set, and mqueue', dev, ['.', '..', ...DEV_ENTRIES, 'mqueue'].sort(), shown(step, lsDev))
 const disks = dev.filter((name) => /^(sd|vd|hd|xvd|nvme|mmcblk|loop|dm-|mapper|disk|mem$|kmsg$)/.test(name))
 c.ok('…with none of the host\'s disks (as devtmpfs would have)', dev.length > 2 && disks.length === 0, {
   ran: shown(step, lsDev),
@@ -169,10 +181,10 @@ async function checkStop(s: Sleeper, signal: NodeJS.Signals, run = shown(step, [
 
 // Mount points, options and propagation fields of mountinfo text (proc(5)):
 // `id parent major:minor root mount-point options [optional fields…] - type source super-options`.
-function parseMountInfo(text: string): { mountPoint: string; options: string; propagation: string }[] {
+function parseMountInfo(text: string): { mountPoint: string; options: string; propagation: string; fstype: string }[] {
   return text.split('\n').filter((line) => line.includes(' - ')).map((line) => {
     const fields = line.split(' - ')[0].split(' ')
-    return { mountPoint: fields[4], options: fields[5], propagation: fields.slice(6).join(' ') }
+    return { mountPoint: fields[4], options: fields[5], propagation: fields.slice(6).join(' '), fstype: line.split(' - ')[1].split(' ')[0] }
   })
 }
 

@@ -23,7 +23,7 @@ import { mountDev } from '../../shared/devices.ts'
 import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
 } from '../../shared/mounts.ts'
-import { CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
+import { CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
 import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
 import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
@@ -32,7 +32,7 @@ import { sethostname } from '../../shared/uts.ts'
 const usage = `
 Usage: npx tsx steps/07-overlay run [options] <command> [args...]
 
-Run <command> as PID 1 of new UTS, PID and mount namespaces, on a
+Run <command> as PID 1 of new UTS, PID, mount and IPC namespaces, on a
 copy-on-write overlay of an image (pivot_root), with /proc, /sys and a
 minimal /dev, in its own cgroup.
 
@@ -89,7 +89,10 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     const dir = createContainerDir(container.id)
     // The overlay is mounted in the container's mount namespace and goes with it.
     cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
-    const child = reexecChild({ ...container, dir }, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS, STDIO_WITH_SYNC)
+    // A new IPC namespace too (CLONE_NEWIPC): System V IPC objects and POSIX
+    // message queues of its own. It comes with the mount namespace: queues show
+    // as files in an mqueue mount, as POSIX shared memory does in /dev/shm.
+    const child = reexecChild({ ...container, dir }, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC, STDIO_WITH_SYNC)
     // The child waits on a pipe until we say so. Joining is a write too: its
     // PID to cgroup.procs, once its Node has started (memory is charged where
     // it is allocated), before it runs anything of its own.
@@ -129,6 +132,10 @@ function child(container: Container): void {
   // A /dev of its own: a tmpfs with the few devices programs expect (null, zero,
   // random, tty…) and a devpts of its own, none of the host's disks.
   mountDev('/dev')
+  // POSIX message queues: an mqueue filesystem, like proc, shows the IPC
+  // namespace of whoever mounts it, so the container sees only its own.
+  mkdirSync('/dev/mqueue')
+  mount('mqueue', '/dev/mqueue', 'mqueue', MS_NOSUID | MS_NODEV | MS_NOEXEC)
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))
 }

@@ -24,7 +24,7 @@ import { mountDev } from '../../shared/devices.ts'
 import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
 } from '../../shared/mounts.ts'
-import { CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
+import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
 import { allocateNetwork, BRIDGE, ip, ipAsync, releaseNetwork, type Network } from '../../shared/net.ts'
 import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
 import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
@@ -34,7 +34,7 @@ import { sethostname } from '../../shared/uts.ts'
 const usage = `
 Usage: npx tsx steps/08-net run [options] <command> [args...]
 
-Run <command> as PID 1 of new UTS, PID, mount and network namespaces, on a
+Run <command> as PID 1 of new UTS, PID, mount, IPC and network namespaces, on a
 copy-on-write overlay of an image (pivot_root), with /proc, /sys and a
 minimal /dev, in its own cgroup, with eth0 on the host's ${BRIDGE} bridge.
 
@@ -91,7 +91,10 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     const dir = createContainerDir(container.id)
     // The overlay is mounted in the container's mount namespace and goes with it.
     cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
-    const flags = CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET
+    // A new IPC namespace too (CLONE_NEWIPC): System V IPC objects and POSIX
+    // message queues of its own. It comes with the mount namespace: queues show
+    // as files in an mqueue mount, as POSIX shared memory does in /dev/shm.
+    const flags = CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET
     const child = reexecChild({ ...container, dir }, flags, STDIO_WITH_SYNC)
     // If setting up fails here, the child, still waiting on the pipe, must not outlive us.
     cleanup.defer(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
@@ -149,6 +152,10 @@ function child(container: Container): void {
   // A /dev of its own: a tmpfs with the few devices programs expect (null, zero,
   // random, tty…) and a devpts of its own, none of the host's disks.
   mountDev('/dev')
+  // POSIX message queues: an mqueue filesystem, like proc, shows the IPC
+  // namespace of whoever mounts it, so the container sees only its own.
+  mkdirSync('/dev/mqueue')
+  mount('mqueue', '/dev/mqueue', 'mqueue', MS_NOSUID | MS_NODEV | MS_NOEXEC)
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))
 }

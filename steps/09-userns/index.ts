@@ -25,7 +25,7 @@ import { mountDev } from '../../shared/devices.ts'
 import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
 } from '../../shared/mounts.ts'
-import { CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS } from '../../shared/namespaces.ts'
+import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS } from '../../shared/namespaces.ts'
 import { allocateNetwork, BRIDGE, ip, ipAsync, releaseNetwork, type Network } from '../../shared/net.ts'
 import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
 import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
@@ -40,7 +40,7 @@ import { sethostname } from '../../shared/uts.ts'
 const usage = `
 Usage: npx tsx steps/09-userns run [options] <command> [args...]
 
-Run <command> as PID 1 of new UTS, PID, mount and network namespaces, on a
+Run <command> as PID 1 of new UTS, PID, mount, IPC and network namespaces, on a
 copy-on-write overlay of an image (pivot_root), with /proc, /sys and a
 minimal /dev, in its own cgroup, with eth0 on the host's ${BRIDGE} bridge,
 as root of a new user namespace: host uid 100000, or yours without sudo
@@ -107,7 +107,10 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     for (const sub of Object.values(overlayDirs(dir))) chownSync(sub, map.outside, map.outside)
     // Root-owned files would be nobody's inside: as root, a copy of the image owned by the mapped ids.
     const rootfs = shiftedImage(container.rootfs, map, dir)
-    const flags = CLONE_NEWUSER | CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET
+    // A new IPC namespace too (CLONE_NEWIPC): System V IPC objects and POSIX
+    // message queues of its own. It comes with the mount namespace: queues show
+    // as files in an mqueue mount, as POSIX shared memory does in /dev/shm.
+    const flags = CLONE_NEWUSER | CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET
     const child = reexecChildInUserNamespace({ ...container, rootfs, dir }, flags, STDIO_WITH_SYNC)
     // If setting up fails here, the child, still waiting on the pipe, must not outlive us.
     cleanup.defer(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
@@ -183,6 +186,10 @@ function child(container: Container): void {
   // A /dev of its own: a tmpfs with the few devices programs expect (null, zero,
   // random, tty…) and a devpts of its own, none of the host's disks.
   mountDev(join(merged, 'dev'), { bindHostNodes: true })
+  // POSIX message queues: an mqueue filesystem, like proc, shows the IPC
+  // namespace of whoever mounts it, so the container sees only its own.
+  mkdirSync(join(merged, 'dev/mqueue'))
+  mount('mqueue', join(merged, 'dev/mqueue'), 'mqueue', MS_NOSUID | MS_NODEV | MS_NOEXEC)
   pivotInto(merged)
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))
