@@ -8,7 +8,9 @@ import { exitWithError, UsageError } from './errors.ts'
 import { DEFAULT_PATH, execvp, keepStdio } from './process.ts'
 
 type OptionSpec = NonNullable<ParseArgsConfig['options']>
-type OptionValues<T extends OptionSpec> = { [K in keyof T]?: T[K]['type'] extends 'boolean' ? boolean : string }
+type OptionValues<T extends OptionSpec> = {
+  [K in keyof T]?: T[K]['type'] extends 'boolean' ? boolean : T[K] extends { multiple: true } ? string[] : string
+}
 
 /**
  * Parse `run [options] <command> [args...]`. Options stop at the first word
@@ -42,6 +44,22 @@ export function parseRunArgs<const T extends OptionSpec>(argv: string[], options
     return []
   }), '--', ...command]
   return { options: values as OptionValues<T>, command, env }
+}
+
+/**
+ * Docker's --security-opt values the workshop knows (step 10):
+ * `seccomp=unconfined` and `no-new-privileges[=true|false]`, with `=` or
+ * Docker's older `:`. Anything else is a UsageError.
+ */
+export function securityOptions(opts: string[] = []): { seccomp: boolean; noNewPrivileges: boolean } {
+  const result = { seccomp: true, noNewPrivileges: true }
+  for (const opt of opts) {
+    const [key, value = 'true'] = opt.split(/[=:]/, 2)
+    if (key === 'seccomp' && value === 'unconfined') result.seccomp = false
+    else if (key === 'no-new-privileges' && /^(true|false)$/.test(value)) result.noNewPrivileges = value === 'true'
+    else throw new UsageError(`--security-opt ${opt}: expected seccomp=unconfined or no-new-privileges[=true|false] (see --help)`)
+  }
+  return result
 }
 
 /** The options every step takes besides its own. */

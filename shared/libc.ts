@@ -30,14 +30,20 @@ function bind(lib: LibraryHandle) {
     setgroups: lib.func('int setgroups(size_t size, const uint32_t *list)'),
     setresuid: lib.func('int setresuid(uint32_t ruid, uint32_t euid, uint32_t suid)'),
     setresgid: lib.func('int setresgid(uint32_t rgid, uint32_t egid, uint32_t sgid)'),
+    capset: lib.func('int capset(void *hdrp, void *datap)'),
     getpgrp: lib.func('int getpgrp(void)'),
     tcgetpgrp: lib.func('int tcgetpgrp(int fd)'),
     tcsetpgrp: lib.func('int tcsetpgrp(int fd, int pgrp)'),
     pthread_sigmask: lib.func('int pthread_sigmask(int how, const uint8_t *set, _Out_ uint8_t *oldset)'),
-    // syscall(2): for calls glibc has no wrapper for (pivot_root).
+    // syscall(2): for calls glibc has no wrapper for (pivot_root, seccomp).
     syscall: lib.func('long syscall(long number, ...)'),
     strerror: lib.func('const char *strerror(int errnum)'),
   }
+}
+
+/** The address of a buffer's memory, for a C struct that points to another (seccomp's sock_fprog). */
+export function addressOf(buffer: Buffer): bigint {
+  return BigInt(koffi.address(buffer) as bigint)
 }
 
 // On macOS or Windows there is no libc.so.6 and none of these calls: say so
