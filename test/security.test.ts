@@ -13,7 +13,7 @@ import { ARCHITECTURES, seccompFilter, SYSCALL_NUMBERS } from '../shared/seccomp
 import { BLOCKED_CALLS, DEFAULT_CAPABILITIES } from '../steps/10-security/policy.ts'
 import { rootOnly } from './helpers.ts'
 
-const fixture = fileURLToPath(new URL('fixtures/seccomp-calls.ts', import.meta.url))
+const fixture = fileURLToPath(new URL('../scripts/lib/seccomp-calls.ts', import.meta.url))
 const calls = (mode: string) => {
   const run = spawnSync(process.execPath, ['--import=tsx', fixture, mode], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
   return { ...run, seen: run.status === 0 ? JSON.parse(run.stdout) as Record<string, string> : {} }
