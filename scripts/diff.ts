@@ -34,6 +34,10 @@ try {
   }
   const changed = result.stdout.split('\n').filter((l) => /^[+-](?![+-]{2})/.test(l)).length
   console.log(chalk.dim(`${changed} changed lines from ${from} to ${to}`))
+  // A step may bring a file of its own beside index.ts (10's policy.ts): part of its one idea.
+  const files = (step: string) => readdirSync(join(repoDir, 'steps', step)).filter((name) => name !== 'verify.ts')
+  const added = files(to).filter((name) => !files(from).includes(name))
+  if (added.length) console.log(chalk.dim(`new in ${to}: ${added.map((name) => `steps/${to}/${name}`).join(', ')} (read it beside the diff)`))
 } catch (err) {
   exitWithError(err)
 }

@@ -57,7 +57,8 @@ for (const slug of slugs) {
 // and any line E adds must be a comment, a guard, or the line right under a
 // TODO (the placeholder the learner changes).
 function driftFrom(step: string[], previous: string[], exercise: string[]): string[] {
-  const norm = (line: string) => line.replaceAll('exercises/', 'steps/').trim()
+  // An exercise imports its step's other files (policy.ts) from the step's folder.
+  const norm = (line: string) => line.replace(/'\.\.\/\.\.\/steps\/\d\d-[\w-]+\//, "'./").replaceAll('exercises/', 'steps/').trim()
   const [s, p, e] = [step.map(norm), previous.map(norm), exercise.map(norm)]
   const isCode = (line: string) => line !== '' && !line.startsWith('//')
   const newInStep = unmatched(s, p)

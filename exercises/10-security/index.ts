@@ -1,0 +1,269 @@
+// Step 10: capabilities, no_new_privs and seccomp
+//
+// Goal: root inside keeps only what programs need. Namespaces decide what
+// the container sees; this layer decides what it may still do to the
+// kernel they all share. Last before exec, in the order the kernel needs
+// and runc uses: masks over the parts of /proc that reach the host's
+// kernel (while the child can still mount), then the capabilities, cut to
+// Docker's 14 (bounding set, ambient, capset), then no_new_privs, then a
+// seccomp filter, a BPF program built from a table, that refuses the
+// system calls containers have no business making (policy.ts says why).
+//
+// Usage: npx tsx exercises/10-security run [--image NAME|DIR] [--keep] [--pids-limit N|max]
+//          [--memory SIZE] [--cpus N] [--cpu-shares N] [--cap-add CAP] [--cap-drop CAP]
+//          [--security-opt seccomp=unconfined|no-new-privileges=false] <command> [args...]
+//
+// Exercise: fill in each TODO, then check with `npm run exercise -- 10`
+// (add --hint for a hint). exercises/README.md explains the loop.
+
+import { chownSync, existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs'
+import { hostname } from 'node:os'
+import { join } from 'node:path'
+import {
+  capabilitiesFrom, capset, kernelCapabilities, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, PR_CAPBSET_DROP, type Capability,
+} from '../../shared/capabilities.ts'
+import { parseRunArgs, securityOptions } from '../../shared/cli.ts'
+import {
+  childStarted, Cleanup, newContainerId, STDIO_WITH_SYNC, tellChild, waitForExit, waitForParent,
+} from '../../shared/container.ts'
+import { exitWithError } from '../../shared/errors.ts'
+import { cgroupFor, DEFAULT_PIDS_LIMIT, limitsFromOptions, rmdirCgroup, type Limits } from '../../shared/cgroups.ts'
+import { mountDev } from '../../shared/devices.ts'
+import {
+  mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, pivot_root, umount2,
+} from '../../shared/mounts.ts'
+import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS } from '../../shared/namespaces.ts'
+import { allocateNetwork, BRIDGE, ip, ipAsync, releaseNetwork, type Network } from '../../shared/net.ts'
+import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
+import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { ensureImage } from '../../shared/rootfs.ts'
+import { PR_SET_NO_NEW_PRIVS, seccomp, seccompFilter } from '../../shared/seccomp.ts'
+import { rootless } from '../../shared/settings.ts'
+import {
+  containerPid, idMapFor, reexecChildInUserNamespace, requireUserns, setgroups, setresgid, setresuid, shiftedImage,
+  signalContainer, writeIdMaps,
+} from '../../shared/userns.ts'
+import { sethostname } from '../../shared/uts.ts'
+import { BLOCKED_CALLS, DEFAULT_CAPABILITIES, MASKED_PATHS, READONLY_PATHS } from '../../steps/10-security/policy.ts'
+
+const usage = `
+Usage: npx tsx exercises/10-security run [options] <command> [args...]
+
+Run <command> as PID 1 of new UTS, PID, mount, IPC and network namespaces, on a
+copy-on-write overlay of an image (pivot_root), with /proc, /sys and a
+minimal /dev, in its own cgroup, with eth0 on the host's ${BRIDGE} bridge,
+as root of a new user namespace: host uid 100000, or yours without sudo
+(rootless: no limits, and lo but no eth0), with Docker's 14 capabilities,
+no_new_privs and a seccomp filter.
+
+Options:
+  --image NAME|DIR    image name (see npm run rootfs) or a root filesystem directory
+  --keep              keep the container's directory (its changes) after it ends
+  --pids-limit N|max  most processes at once (default: ${DEFAULT_PIDS_LIMIT}; max: no limit)
+  -m, --memory SIZE   memory limit, e.g. 100M or 1G; beyond it the OOM killer acts
+  --cpus N            CPU time, in CPUs, e.g. 0.5
+  -c, --cpu-shares N  CPU weight relative to others (default 1024)
+  -e KEY[=VALUE]      set a variable for the command (KEY alone: the host's value)
+  --cap-add CAP       keep a capability besides Docker's 14 (e.g. NET_ADMIN; ALL: every one)
+  --cap-drop CAP      drop one of them (ALL: every one)
+  --security-opt OPT  seccomp=unconfined: no filter; no-new-privileges=false: allow gaining privileges
+`
+
+/** What the parent hands to the child. */
+interface Container {
+  id: string
+  rootfs: string
+  command: string[]
+  env: string[] // -e KEY=VALUE
+  dir: string // <state dir>/containers/<id>: upper/, work/, merged/
+  rootless: boolean // run by a user, without sudo
+  capabilities: Capability[] // what container root keeps
+  seccomp: boolean // install the filter
+  noNewPrivileges: boolean
+}
+
+async function main(argv: string[]): Promise<void> {
+  if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
+  const { options, command, env } = parseRunArgs(argv, {
+    image: { type: 'string' },
+    keep: { type: 'boolean' },
+    'pids-limit': { type: 'string' },
+    memory: { type: 'string', short: 'm' },
+    cpus: { type: 'string' },
+    'cpu-shares': { type: 'string', short: 'c' },
+    'cap-add': { type: 'string', multiple: true },
+    'cap-drop': { type: 'string', multiple: true },
+    'security-opt': { type: 'string', multiple: true },
+  }, usage)
+  const limits = limitsFromOptions(options)
+  const capabilities = capabilitiesFrom(Object.keys(DEFAULT_CAPABILITIES) as Capability[], options['cap-add'], options['cap-drop'])
+  const security = { capabilities, ...securityOptions(options['security-opt']) }
+  // No sudo: run by a user, the step is rootless, if the host lets users make user namespaces.
+  requireUserns()
+  const rootfs = await ensureImage(options.image)
+  await run({ id: newContainerId(), rootfs, command, env, rootless, ...security }, limits, options.keep)
+}
+
+// Parent: start the child, wait for it, exit with its exit code.
+async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = false): Promise<void> {
+  const cleanup = new Cleanup()
+  try {
+    // A cgroup is a directory in a cgroup filesystem: one in each hierarchy
+    // that holds a controller we use (v2: one tree; v1: one per controller).
+    // Rootless, cgroupFor plans none and says the limits are off: the cgroup tree is root's.
+    const cgroup = cgroupFor(container.id, limits)
+    // At the end, however it ends: rmdir, which the kernel allows once no
+    // process is left in it (rmdirCgroup SIGKILLs the rest first).
+    cleanup.defer(async () => {
+      for (const { dir } of cgroup.dirs) await rmdirCgroup(dir)
+    })
+    for (const { dir } of cgroup.dirs) mkdirSync(dir)
+    // A limit is a write to one of its files: pids.max, memory.max, cpu.max…
+    for (const { dir, file, value } of cgroup.writes) writeFileSync(join(dir, file), value)
+    const dir = createContainerDir(container.id)
+    // The overlay is mounted in the container's mount namespace and goes with it.
+    cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
+    // Container root is map.outside on the host: it writes the overlay's upper and work dirs.
+    const map = idMapFor()
+    for (const sub of Object.values(overlayDirs(dir))) chownSync(sub, map.outside, map.outside)
+    // Root-owned files would be nobody's inside: as root, a copy of the image owned by the mapped ids.
+    const rootfs = shiftedImage(container.rootfs, map, dir)
+    // A new IPC namespace too (CLONE_NEWIPC): System V IPC objects and POSIX
+    // message queues of its own. It comes with the mount namespace: queues show
+    // as files in an mqueue mount, as POSIX shared memory does in /dev/shm.
+    const flags = CLONE_NEWUSER | CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET
+    const child = reexecChildInUserNamespace({ ...container, rootfs, dir }, flags, STDIO_WITH_SYNC)
+    // If setting up fails here, the child, still waiting on the pipe, must not outlive us.
+    cleanup.defer(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
+    // The child waits on a pipe until we say so. Joining is a write too: its
+    // PID to cgroup.procs, once its Node has started (memory is charged where
+    // it is allocated), before it runs anything of its own.
+    await childStarted(child)
+    // Its user namespace exists, with no ids in it yet: container root is
+    // map.outside on the host (`/proc/<pid>/uid_map`: 0 100000 65536).
+    writeIdMaps(child.pid!, map)
+    // child is unshare, in the host's PID namespace; the container is its
+    // child: that one goes in the cgroup, and gets our signals (see signalContainer).
+    const pid = containerPid(child.pid!)
+    signalContainer(child, pid)
+    for (const { dir } of cgroup.dirs) writeFileSync(join(dir, 'cgroup.procs'), String(pid))
+    // Its network namespace exists now: a free address, and the bridge up.
+    // Rootless: only root may plug a veth pair into the host; the container gets lo alone.
+    const network = container.rootless ? undefined : await allocateNetwork(container.id)
+    // The veth pair goes with the container's namespace; free the address (and the bridge, if last).
+    cleanup.defer(() => releaseNetwork(network))
+    // A veth pair is a virtual cable. One end is made right inside the child's
+    // network namespace (`netns <pid>`), as its eth0; ours plugs into the bridge.
+    // child.pid will do: unshare made the namespaces and is in them itself.
+    if (network) await ipAsync(
+      `link add ${network.hostVeth} type veth peer name eth0 netns ${child.pid}`,
+      `link set ${network.hostVeth} master ${BRIDGE} up`,
+    )
+    // Go on, with this address.
+    tellChild(child, network)
+    process.exitCode = await waitForExit(child)
+  } finally {
+    await cleanup.run()
+  }
+  process.exit()
+}
+
+// Child: set up the container from the inside, then become the command.
+function child(container: Container): void {
+  // Wait until the parent has put us in our cgroup and eth0 in our network
+  // namespace: from here on, everything we do, and the command, is limited.
+  const network = waitForParent<Network>()
+  // Our maps are written: drop the host's groups (rootless the kernel keeps
+  // them, as nobody: setgroups is denied), then become root in here.
+  if (!container.rootless) setgroups([])
+  setresgid(0, 0, 0)
+  setresuid(0, 0, 0)
+  // If the parent dies (even by SIGKILL), the kernel kills us too. After
+  // the credentials: changing them clears it; until then the pipe stops us.
+  prctl(PR_SET_PDEATHSIG, SIGKILL)
+  // Our own UTS namespace: this hostname is seen only in here.
+  sethostname(container.id)
+  // eth0 is here now, and the parent told us its address: loopback and eth0
+  // up, the address on eth0, the default route through the bridge. Before
+  // pivot_root: `ip` is the host's program, not the image's.
+  if (container.rootless) ip('link set lo up')
+  else ip('link set lo up', `addr add ${network.address}/${network.prefix} dev eth0`, 'link set eth0 up', `route add default via ${network.gateway}`)
+  // The host's / is usually a shared mount (`findmnt -o TARGET,PROPAGATION /`):
+  // anything mounted under it would show up on the host too. MS_REC: all of
+  // the tree, or mounts such as /dev/pts would still leak.
+  mount(null, '/', null, MS_REC | MS_PRIVATE)
+  // overlayfs: the image, read-only and shared by every container, below
+  // (lowerdir); our writes go to upperdir, workdir is overlayfs's scratch
+  // space (on upperdir's filesystem), and merged shows the two as one tree.
+  const { upper, work, merged } = overlayDirs(container.dir)
+  // userxattr: in a user namespace overlayfs keeps its notes in user.* xattrs (trusted.* are host root's).
+  mount('overlay', merged, 'overlay', 0, `lowerdir=${container.rootfs},upperdir=${upper},workdir=${work},userxattr`)
+  // In a user namespace, proc and sysfs mount only while the host's are in
+  // view, so before pivot_root, as runc does; mknod is refused: /dev is bind mounts.
+  // A proc filesystem shows the PID namespace of the process that mounts it.
+  mount('proc', join(merged, 'proc'), 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  // sysfs read-only: the container may read the kernel's view of devices and settings, not change it.
+  mount('sysfs', join(merged, 'sys'), 'sysfs', MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  // A /dev of its own: a tmpfs with the few devices programs expect (null, zero,
+  // random, tty…) and a devpts of its own, none of the host's disks.
+  mountDev(join(merged, 'dev'), { bindHostNodes: true })
+  // POSIX message queues: an mqueue filesystem, like proc, shows the IPC
+  // namespace of whoever mounts it, so the container sees only its own.
+  mkdirSync(join(merged, 'dev/mqueue'))
+  mount('mqueue', join(merged, 'dev/mqueue'), 'mqueue', MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  pivotInto(merged)
+  // Parts of /proc and /sys that read or change the host's kernel, not the
+  // container's: hidden, or read-only. Now, while we may still mount.
+  // TODO: hide each of MASKED_PATHS (maskPath), and make each of READONLY_PATHS read-only (readOnlyPath).
+  const filter = container.seccomp ? seccompFilter(BLOCKED_CALLS) : undefined
+  // Without no_new_privs, only a process with CAP_SYS_ADMIN may install a
+  // filter (or it could trick a setuid program): then before it goes, as runc does.
+  if (filter && !container.noNewPrivileges) seccomp(filter)
+  // Capabilities. The bounding set is the most any exec can ever give back:
+  // drop the rest from it for good. For root, exec gives bounding ∪
+  // inheritable, and unshare --keep-caps raised inheritable and ambient:
+  // clear both. Then this process's own sets.
+  // TODO: drop from the bounding set every capability this kernel knows that
+  // container.capabilities does not keep (prctl, by its bit number).
+  // TODO: clear the ambient set.
+  // TODO: set effective and permitted to container.capabilities, inheritable to none.
+  // no_new_privs: no exec may raise privileges again, by setuid bits or file
+  // capabilities; inherited by every child, and it cannot be unset.
+  // TODO: set it, unless --security-opt no-new-privileges=false said not to.
+  // Last, the seccomp filter: from here on the kernel checks every system
+  // call we and the command make against BLOCKED_CALLS.
+  // TODO: install the filter, if there is one and it was not installed above.
+  // The command's environment is only what exec hands it: nothing of the host's.
+  execCommand(container.command, containerEnv(hostname(), container.env))
+}
+
+// Make `rootfs` the root of this mount namespace, with no way back to the host's.
+function pivotInto(rootfs: string): void {
+  // pivot_root needs the new root to be a mount point: bind it onto itself.
+  // MS_REC: /proc, /sys and /dev come along; the overlay is ours, so nothing of the host's is under it.
+  mount(rootfs, rootfs, null, MS_BIND | MS_REC)
+  chdir(rootfs)
+  // "." for both: the old root ends up stacked on top of the new one, at /,
+  // and needs no directory in the image (see pivot_root(2), NOTES).
+  pivot_root('.', '.')
+  // Detach the host's tree from ours; after this there is no path back to it.
+  umount2('.', MNT_DETACH)
+  chdir('/')
+}
+
+// Hide `path`: /dev/null over a file, an empty read-only tmpfs over a
+// directory. Not there on this kernel: nothing to hide.
+function maskPath(path: string): void {
+  if (!existsSync(path)) return
+  // TODO: a directory gets a read-only tmpfs mounted on it; a file, /dev/null bound onto it.
+}
+
+// Make `path` read-only: bind it onto itself, then remount that bind
+// read-only. In a user namespace the remount must keep the flags the mount
+// has (nosuid, nodev, noexec), or the kernel refuses it (EPERM).
+function readOnlyPath(path: string): void {
+  if (!existsSync(path)) return
+  // TODO: the bind, then the remount (MS_REMOUNT | MS_BIND and the flags above).
+}
+
+main(process.argv.slice(2)).catch((err) => exitWithError(err))
