@@ -9,13 +9,14 @@
 //   - where the time goes, if strace is installed: from the execve(2)s it
 //     sees, the parent until it starts the child, and the child until it
 //     execs the command;
+//   - from step 09 on, the same start rootless: as a user, without sudo;
 //   - overlay start and per-container disk, small image vs a 200 MB one,
 //     against copying the image per container.
 // Prints a table and writes bench/results.json.
 
 import chalk from 'chalk'
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus, release, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
@@ -103,14 +104,30 @@ const floorSubjects: Subject[] = [
 ]
 const stepSubject = (step: string): Subject => ({ name: step, command: tsx, args: [`steps/${step}`, 'run', '/bin/true'] })
 
+// From 09 on a step also runs rootless: as the user who ran sudo (or
+// nobody), with no sudo, a state dir of its own and the image it prepares
+// there (the warm-up run makes it), in the same rounds.
+const rootlessUid = Number(process.env.SUDO_UID || 65534)
+const rootlessHome = mkdtempSync(join(tmpdir(), 'cfs-bench-rootless-'))
+chownSync(rootlessHome, rootlessUid, rootlessUid)
+const rootlessSteps = steps.filter((step) => step >= '09')
+const rootlessSubject = (step: string): Subject => ({
+  name: `${step} rootless`,
+  command: 'setpriv',
+  args: [`--reuid=${rootlessUid}`, `--regid=${rootlessUid}`, '--clear-groups', tsx, `steps/${step}`, 'run', '/bin/true'],
+  env: { HOME: rootlessHome, CFS_HOME: join(rootlessHome, 'state'), XDG_CACHE_HOME: join(rootlessHome, 'cache') },
+})
+
 // Every step, against the floor, timed from outside: the steps carry no
 // timing hooks.
-const main = measure([...floorSubjects, ...steps.map(stepSubject)])
+const main = measure([...floorSubjects, ...steps.map(stepSubject), ...rootlessSteps.map(rootlessSubject)])
+rmSync(rootlessHome, { recursive: true, force: true })
 const floor = main.get('floor')!.ms
 const bareNode = main.get('node')!.ms
 const tsxEmpty = main.get('tsx')!.ms
 const phases = strace ? tracePhases(steps) : new Map<string, Phases>()
 const stepRows = steps.map((step) => stepRow(step, main.get(step)!, floor))
+const rootlessRows = rootlessSteps.map((step) => ({ ...stepRow(`${step} rootless`, main.get(`${step} rootless`)!, floor), parentMs: undefined, childMs: undefined }))
 
 // Step 08 once more with the bridge kept up by another container, as in a
 // class where several run: then no container pays for making the bridge or
@@ -225,11 +242,11 @@ rmSync(join(large, '..'), { recursive: true, force: true })
 const f = (ms: number) => `${ms.toFixed(0)} ms`
 console.log(chalk.bold(`\nContainer start, median of ${runs} runs, taken in rounds (${cpus().length} × ${cpus()[0]?.model.trim()}, Linux ${release()}, cgroups ${cgroupLayout()})\n`))
 console.log(`floor: tsx empty.ts + node -e 0 = ${f(floor)}   (tsx empty.ts ${f(tsxEmpty)}, node -e 0 ${f(bareNode)})\n`)
-console.log(`step                 total   ×floor${strace ? '  parent → child  child → command' : ''}`)
-for (const r of [...stepRows, bridgeUpRow]) {
+console.log(`${'step'.padEnd(21)}   total   ×floor${strace ? '  parent → child  child → command' : ''}`)
+for (const r of [...stepRows, bridgeUpRow, ...rootlessRows]) {
   const ratio = r.ratio <= 1.3 ? chalk.green(`${r.ratio.toFixed(2)}×`) : chalk.red(`${r.ratio.toFixed(2)}×`)
   const traced = r.childMs === undefined ? '' : `${f(r.parentMs!).padStart(14)}  ${f(r.childMs).padStart(15)}`
-  console.log(`${r.step.padEnd(19)} ${f(r.ms).padStart(7)}   ${ratio.padEnd(14)}${traced}${r.ok ? '' : chalk.red('  (failed)')}`)
+  console.log(`${r.step.padEnd(21)} ${f(r.ms).padStart(7)}   ${ratio.padEnd(14)}${traced}${r.ok ? '' : chalk.red('  (failed)')}`)
 }
 console.log(strace
   ? chalk.dim(`from strace's execve times: the step's node process until it execs the child, and the child (its own Node start, ${f(bareNode)} for node -e 0, then its set-up and its wait for the parent) until it execs the command`)
@@ -240,7 +257,7 @@ console.log('\noverlay vs copy (step 07)')
 for (const o of overlayRows) {
   console.log(`  ${o.image} image (${(o.imageKiB / 1024).toFixed(1)} MiB): overlay start ${f(o.overlayStartMs)}, ${o.overlayPerContainerKiB} KiB per container; copy ${f(o.copyMs)}, ${(o.copyPerContainerKiB / 1024).toFixed(1)} MiB per container`)
 }
-const results = { date: new Date().toISOString(), runs, machine: { cpus: cpus().length, model: cpus()[0]?.model, kernel: release(), cgroups: cgroupLayout(), node: process.versions.node }, floor: { ms: floor, tsxEmptyMs: tsxEmpty, bareNodeMs: bareNode }, steps: stepRows, bridgeUp: bridgeUpRow, others, overlay: overlayRows }
+const results = { date: new Date().toISOString(), runs, machine: { cpus: cpus().length, model: cpus()[0]?.model, kernel: release(), cgroups: cgroupLayout(), node: process.versions.node }, floor: { ms: floor, tsxEmptyMs: tsxEmpty, bareNodeMs: bareNode }, steps: stepRows, bridgeUp: bridgeUpRow, rootless: rootlessRows, others, overlay: overlayRows }
 writeFileSync(join(repoDir, 'bench', 'results.json'), JSON.stringify(results, null, 2) + '\n')
 handBack(join(repoDir, 'bench', 'results.json'))
 console.log(chalk.dim('\nwritten to bench/results.json'))
