@@ -12,7 +12,7 @@ import { exitOnClosedPipe, exitWithError, UsageError } from '../shared/errors.ts
 import { requireRoot } from '../shared/cli.ts'
 import { PROBES } from './matrix/probes.ts'
 import { allSteps, runMatrix } from './matrix/runner.ts'
-import { readExpected, renderTerminal, word, writeExpected } from './matrix/table.ts'
+import { readExpected, reason, renderTerminal, same, word, writeExpected } from './matrix/table.ts'
 
 exitOnClosedPipe()
 
@@ -43,14 +43,16 @@ Run ${PROBES.length} probes in a container of every step and print which still l
   for (const probe of PROBES) {
     for (const step of steps) {
       const cell = cells[probe.id][step]
-      if (typeof cell === 'object') console.log(`${chalk.yellow('error')} ${probe.id} at ${step}: ${cell.error}`)
+      if (word(cell) === 'error') console.log(`${chalk.yellow('error')} ${probe.id} at ${step}: ${reason(cell)}`)
     }
   }
   if (values.write) {
     writeExpected(cells, steps)
     console.log('wrote the table into notes/isolation-matrix.md')
   } else {
-    const differ = PROBES.flatMap((p) => steps.filter((s) => word(cells[p.id][s]) !== word(expected[p.id]?.[s])).map((s) => `${p.id} at ${s}: expected ${word(expected[p.id]?.[s])}, got ${word(cells[p.id][s])}`))
+    const show = (cell: Parameters<typeof word>[0]) => (word(cell) === 'n/a' ? `n/a (${reason(cell)})` : word(cell))
+    const differ = PROBES.flatMap((p) => steps.filter((s) => !same(cells[p.id][s], expected[p.id]?.[s]))
+      .map((s) => `${p.id} at ${s}: expected ${show(expected[p.id]?.[s])}, got ${show(cells[p.id][s])}`))
     for (const line of differ) console.log(`${chalk.red('!')} ${line}`)
     console.log(differ.length ? chalk.red(`${differ.length} cells differ from notes/isolation-matrix.md`) : chalk.green('as expected (notes/isolation-matrix.md)'))
     process.exitCode = differ.length ? 1 : 0

@@ -6,8 +6,12 @@
 
 import type { Host } from './host.ts'
 
-/** A cell of the matrix: the probe could not do it, it could, or the probe itself failed (why). */
-export type Cell = 'isolated' | 'leaks' | { error: string }
+/**
+ * A cell of the matrix: the probe could not do it, it could; the kernel has
+ * no such thing to try (why: n/a); the column was not measured (why:
+ * skipped); or the probe itself failed (why).
+ */
+export type Cell = 'isolated' | 'leaks' | { na: string } | { skipped: string } | { error: string }
 
 /** What one container run of the probe script produced, with what the host saw meanwhile. */
 export interface StepRun {
