@@ -10,7 +10,7 @@
 // are runner.ts's).
 
 import { spawn, spawnSync } from 'node:child_process'
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, type AddressInfo, type Server } from 'node:net'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
@@ -40,6 +40,18 @@ export interface Host {
   anyPort: number
   tokens: Set<string> // what the listeners received
   hostname: string // the host's hostname before any run
+  kernel: Kernel
+}
+
+/**
+ * What this kernel has, from the host's /proc, where a probe's target may be
+ * missing from the kernel itself: those cells are n/a, not isolated.
+ */
+export interface Kernel {
+  kcore: boolean // /proc/kcore (CONFIG_PROC_KCORE)
+  sysrq: boolean // /proc/sysrq-trigger (CONFIG_MAGIC_SYSRQ)
+  modules: boolean // /proc/modules: loadable modules (CONFIG_MODULES); without, init_module is ENOSYS
+  keys: boolean // /proc/keys: keyrings (CONFIG_KEYS)
 }
 
 /** Build probe.c with `gcc -static` (static: it must run inside any image). */
@@ -77,6 +89,12 @@ export async function prepareHost(): Promise<Host> {
     host.port = (host.listener.address() as AddressInfo).port
     host.anyListener = await listen(host.tokens, '0.0.0.0')
     host.anyPort = (host.anyListener.address() as AddressInfo).port
+    host.kernel = {
+      kcore: existsSync('/proc/kcore'),
+      sysrq: existsSync('/proc/sysrq-trigger'),
+      modules: existsSync('/proc/modules'),
+      keys: existsSync('/proc/keys'),
+    }
     return host
   } catch (err) {
     await disposeHost(host)

@@ -7,19 +7,84 @@
 //                               real root, chroot(".") there, then read FILE
 //   probe fork N                fork up to N children; print how many it got
 //   probe alloc MB              allocate and touch MB MiB; print how many it got
+//   probe clock                 clock_adjtime(CLOCK_REALTIME) by an offset of 0
+//   probe userns                unshare(CLONE_NEWUSER), in a child
+//   probe mount-tmpfs DIR       mount a tmpfs on DIR (made, then removed), unmount it
+//   probe keyctl DESC           add a key DESC to a session keyring of its own, then invalidate it
+//   probe sysctl FILE           write back to FILE (under /proc/sys) what it holds
+//   probe raw-socket            socket(AF_INET, SOCK_RAW, IPPROTO_ICMP)
+//   probe chown FILE UID        make FILE, chown it to UID:UID, remove it
+//   probe ptrace                PTRACE_ATTACH to a child, then detach
+//   probe kcore PROC            read PROC/kcore
+//   probe sysrq PROC            open PROC/sysrq-trigger for writing (never writes)
+//   probe module                init_module with no module
 //
-// Output is KEY=VALUE lines. Built with `gcc -static` by scripts/matrix/host.ts.
+// Output is KEY=VALUE lines; a refused call prints its errno name (EPERM).
+// Raw system calls, for those older glibc has no wrapper for, are syscall().
+// Built with `gcc -static` by scripts/matrix/host.ts.
 
+#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/timex.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+
+#define KEYCTL_JOIN_SESSION_KEYRING 1
+#define KEYCTL_INVALIDATE 21
+#define KEY_SPEC_SESSION_KEYRING -3
+
+// errno as its name: strerrorname_np needs glibc 2.32.
+static const char *errname(int e) {
+  static char other[16];
+  switch (e) {
+  case EPERM: return "EPERM";
+  case ENOENT: return "ENOENT";
+  case ESRCH: return "ESRCH";
+  case EIO: return "EIO";
+  case ENOEXEC: return "ENOEXEC";
+  case EBADF: return "EBADF";
+  case EAGAIN: return "EAGAIN";
+  case ENOMEM: return "ENOMEM";
+  case EACCES: return "EACCES";
+  case EFAULT: return "EFAULT";
+  case EBUSY: return "EBUSY";
+  case EEXIST: return "EEXIST";
+  case EXDEV: return "EXDEV";
+  case ENOTDIR: return "ENOTDIR";
+  case EINVAL: return "EINVAL";
+  case ENOSPC: return "ENOSPC";
+  case EROFS: return "EROFS";
+  case ENOSYS: return "ENOSYS";
+  case EDQUOT: return "EDQUOT";
+  case EOPNOTSUPP: return "EOPNOTSUPP";
+  case EUSERS: return "EUSERS";
+  case ELOOP: return "ELOOP";
+  }
+  snprintf(other, sizeof other, "errno%d", e);
+  return other;
+}
+
+// Print KEY=ok, or KEY=<errno name> if the call returned -1.
+static int result(const char *key, long rc) {
+  if (rc == -1) printf("%s=%s\n", key, errname(errno));
+  else printf("%s=ok\n", key);
+  return 0;
+}
 
 static int escape(const char *dir, const char *jail, const char *file) {
   if (chdir(dir) != 0) return printf("escape=chdir %s: %s\n", dir, strerror(errno)), 1;
@@ -75,11 +140,143 @@ static int alloc(int mb) {
   return 0;
 }
 
+// ADJ_SETOFFSET by 0 s: a call that needs CAP_SYS_TIME (in the initial user
+// namespace: the clock is not namespaced) and moves the clock by nothing.
+static int clock_probe(void) {
+  struct timex tx = { .modes = ADJ_SETOFFSET };
+  return result("clock", clock_adjtime(CLOCK_REALTIME, &tx));
+}
+
+// In a child, so this process keeps its namespaces; the child's errno is its exit code.
+static int userns(void) {
+  pid_t pid = fork();
+  if (pid == 0) _exit(unshare(CLONE_NEWUSER) == 0 ? 0 : errno);
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status)) return result("userns", -1);
+  errno = WEXITSTATUS(status);
+  return result("userns", errno ? -1 : 0);
+}
+
+static int mount_tmpfs(const char *dir) {
+  mkdir(dir, 0700);
+  long rc = mount("cfsm-tmpfs", dir, "tmpfs", 0, "size=16k");
+  int saved = errno;
+  if (rc == 0) umount2(dir, MNT_DETACH);
+  rmdir(dir);
+  errno = saved;
+  return result("mount_tmpfs", rc);
+}
+
+// A session keyring of its own first, so the key never lands in one the
+// host's processes share; invalidated at once (the kernel frees it).
+static int keyctl_probe(const char *desc) {
+  if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL) == -1) return result("keyctl", -1);
+  long key = syscall(SYS_add_key, "user", desc, "cfsm", 4, KEY_SPEC_SESSION_KEYRING);
+  if (key == -1) return result("keyctl", -1);
+  syscall(SYS_keyctl, KEYCTL_INVALIDATE, key);
+  return result("keyctl", 0);
+}
+
+// The same value back: the kernel takes the write, nothing changes.
+static int sysctl(const char *file) {
+  char value[256];
+  int fd = open(file, O_RDONLY);
+  ssize_t n = fd < 0 ? -1 : read(fd, value, sizeof value);
+  if (fd >= 0) close(fd);
+  if (n <= 0) return printf("sysctl=read %s\n", n < 0 ? errname(errno) : "empty"), 0;
+  fd = open(file, O_WRONLY);
+  long rc = fd < 0 ? -1 : write(fd, value, n);
+  if (fd >= 0) close(fd);
+  return result("sysctl", rc);
+}
+
+static int raw_socket(void) {
+  int fd = socket(AF_INET, SOCK_RAW, IPPROTO_ICMP);
+  if (fd >= 0) close(fd);
+  return result("raw_socket", fd);
+}
+
+static int chown_probe(const char *file, int uid) {
+  int fd = open(file, O_CREAT | O_EXCL | O_WRONLY, 0600);
+  if (fd < 0) return printf("chown=create %s\n", errname(errno)), 0;
+  close(fd);
+  long rc = chown(file, uid, uid);
+  int saved = errno;
+  unlink(file);
+  errno = saved;
+  return result("chown", rc);
+}
+
+// The tracee is a child that waits; ATTACH stops it, DETACH lets it go on.
+static int ptrace_probe(void) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    pause();
+    _exit(0);
+  }
+  long rc = ptrace(PTRACE_ATTACH, pid, NULL, NULL);
+  int saved = errno;
+  if (rc == 0) {
+    waitpid(pid, NULL, __WALL);
+    ptrace(PTRACE_DETACH, pid, NULL, NULL);
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, NULL, __WALL);
+  errno = saved;
+  return result("ptrace", rc);
+}
+
+static int kcore(const char *proc) {
+  char path[PATH_MAX], buf[64];
+  snprintf(path, sizeof path, "%s/kcore", proc);
+  int fd = open(path, O_RDONLY);
+  if (fd < 0) return printf("kcore=%s\n", errname(errno)), 0;
+  ssize_t n = read(fd, buf, sizeof buf);
+  int saved = errno;
+  close(fd);
+  if (n < 0) return printf("kcore=%s\n", errname(saved)), 0;
+  // A masked kcore (runc binds /dev/null over it) reads as empty.
+  printf("kcore=%s\n", n > 0 ? "read" : "empty");
+  return 0;
+}
+
+// Opening is the permission check; a write of one letter would act on the host's kernel, so none.
+static int sysrq(const char *proc) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/sysrq-trigger", proc);
+  int fd = open(path, O_WRONLY);
+  if (fd >= 0) close(fd);
+  return result("sysrq", fd);
+}
+
+// No module at all: EPERM if CAP_SYS_MODULE is missing, else the kernel
+// goes on to read the image and finds it too short (ENOEXEC).
+static int module(void) {
+  long rc = syscall(SYS_init_module, NULL, 0UL, "");
+  printf("module=%s\n", rc == -1 ? errname(errno) : "ok");
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IONBF, 0);
-  if (argc == 5 && !strcmp(argv[1], "escape")) return escape(argv[2], argv[3], argv[4]);
-  if (argc == 3 && !strcmp(argv[1], "fork")) return forks(atoi(argv[2]));
-  if (argc == 3 && !strcmp(argv[1], "alloc")) return alloc(atoi(argv[2]));
-  fprintf(stderr, "usage: probe escape DIR JAIL FILE | fork N | alloc MB\n");
+  const char *cmd = argc > 1 ? argv[1] : "";
+  if (argc == 5 && !strcmp(cmd, "escape")) return escape(argv[2], argv[3], argv[4]);
+  if (argc == 3 && !strcmp(cmd, "fork")) return forks(atoi(argv[2]));
+  if (argc == 3 && !strcmp(cmd, "alloc")) return alloc(atoi(argv[2]));
+  if (argc == 2 && !strcmp(cmd, "clock")) return clock_probe();
+  if (argc == 2 && !strcmp(cmd, "userns")) return userns();
+  if (argc == 3 && !strcmp(cmd, "mount-tmpfs")) return mount_tmpfs(argv[2]);
+  if (argc == 3 && !strcmp(cmd, "keyctl")) return keyctl_probe(argv[2]);
+  if (argc == 3 && !strcmp(cmd, "sysctl")) return sysctl(argv[2]);
+  if (argc == 2 && !strcmp(cmd, "raw-socket")) return raw_socket();
+  if (argc == 4 && !strcmp(cmd, "chown")) return chown_probe(argv[2], atoi(argv[3]));
+  if (argc == 2 && !strcmp(cmd, "ptrace")) return ptrace_probe();
+  if (argc == 3 && !strcmp(cmd, "kcore")) return kcore(argv[2]);
+  if (argc == 3 && !strcmp(cmd, "sysrq")) return sysrq(argv[2]);
+  if (argc == 2 && !strcmp(cmd, "module")) return module();
+  fprintf(stderr, "usage: probe escape DIR JAIL FILE | fork N | alloc MB | clock | userns\n"
+                  "  | mount-tmpfs DIR | keyctl DESC | sysctl FILE | raw-socket | chown FILE UID\n"
+                  "  | ptrace | kcore PROC | sysrq PROC | module\n");
   return 2;
 }

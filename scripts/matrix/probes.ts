@@ -55,7 +55,35 @@ const flag = (run: StepRun, key: string): Cell => {
 const atHandshake = (run: StepRun, leaked: boolean): Cell =>
   run.ready ? (leaked ? 'leaks' : 'isolated') : { error: `the probe never reached its handshake (exit ${run.exitCode}; stderr: ${run.stderr.trim().slice(-300) || 'empty'})` }
 
-/** The rows, in the order the steps fix them. */
+/** The kernel's answers that mean "not allowed": no capability, no permission, a read-only mount. */
+const REFUSED = ['EPERM', 'EACCES', 'EROFS']
+
+/**
+ * A call the probe made, judged by what the kernel answered (KEY=ok or an
+ * errno name): it worked, leaks; refused, isolated. `absent` is the answer
+ * when there is no such thing (ENOENT, ENOSYS): n/a, and why, if the host's
+ * kernel has none either (Host['kernel']); if it has, the container's view
+ * hid it or a seccomp filter answered: isolated. Anything else is the
+ * probe's own failure.
+ */
+const answer = (run: StepRun, key: string, { leaks = ['ok'], refused = REFUSED, absent }: {
+  leaks?: string[]
+  refused?: string[]
+  absent?: { answer: string; onHost: boolean; reason: string }
+} = {}): Cell => {
+  const v = value(run, key)
+  if (v === undefined) return missing(run, key)
+  if (leaks.includes(v)) return 'leaks'
+  if (refused.includes(v)) return 'isolated'
+  if (absent && v === absent.answer) return absent.onHost ? 'isolated' : { na: absent.reason }
+  return { error: `${key}=${v}: not an answer this probe knows` }
+}
+
+/**
+ * The rows: roughly in the order the steps fix them; then what the kernel
+ * itself guards (capabilities, user namespace), what no step fixes yet, and
+ * what this kernel may not have at all (n/a).
+ */
 export const PROBES: Probe[] = [
   {
     id: 'env',
@@ -141,6 +169,66 @@ export const PROBES: Probe[] = [
       return Number(value(run, 'allocated') ?? 0) >= LIMITS.allocMiB ? 'leaks' : 'isolated'
     },
   },
+  {
+    id: 'clock',
+    title: "set the host's clock (clock_adjtime by an offset of 0)",
+    judge: (run) => answer(run, 'clock'),
+  },
+  {
+    id: 'sysctl',
+    title: 'write a kernel setting (printk_ratelimit_burst, its own value back)',
+    judge: (run) => answer(run, 'sysctl'),
+  },
+  {
+    id: 'mount-tmpfs',
+    title: 'mount a tmpfs (in its own mount table or not)',
+    judge: (run) => answer(run, 'mount_tmpfs'),
+  },
+  {
+    id: 'nested-userns',
+    title: 'make a user namespace of its own (unshare(CLONE_NEWUSER))',
+    // ENOSPC: user.max_user_namespaces is 0; EUSERS: 32 levels deep already.
+    judge: (run) => answer(run, 'userns', { refused: [...REFUSED, 'ENOSPC', 'EUSERS'] }),
+  },
+  {
+    id: 'keyctl',
+    title: "add a key to the kernel's keyrings (add_key)",
+    judge: (run, host) => answer(run, 'keyctl', { refused: [...REFUSED, 'EDQUOT'], absent: { answer: 'ENOSYS', onHost: host.kernel.keys, reason: 'this kernel has no keyrings (no /proc/keys)' } }),
+  },
+  {
+    id: 'raw-socket',
+    title: 'open a raw socket (AF_INET, SOCK_RAW, ICMP)',
+    judge: (run) => answer(run, 'raw_socket'),
+  },
+  {
+    id: 'chown',
+    title: 'chown a file of its own to uid 1234',
+    judge: (run) => answer(run, 'chown'),
+  },
+  {
+    id: 'ptrace',
+    title: 'ptrace another process in the container (PTRACE_ATTACH)',
+    judge: (run) => answer(run, 'ptrace'),
+  },
+  {
+    id: 'kcore',
+    title: "read the kernel's memory (/proc/kcore)",
+    judge: (run, host) => answer(run, 'kcore', { leaks: ['read'], refused: ['empty', ...REFUSED], absent: { answer: 'ENOENT', onHost: host.kernel.kcore, reason: 'this kernel has no /proc/kcore' } }),
+  },
+  {
+    id: 'sysrq',
+    title: 'open /proc/sysrq-trigger for writing (writes nothing)',
+    judge: (run, host) => answer(run, 'sysrq', { absent: { answer: 'ENOENT', onHost: host.kernel.sysrq, reason: 'this kernel has no /proc/sysrq-trigger' } }),
+  },
+  {
+    id: 'module',
+    title: 'load a kernel module (init_module, with no module)',
+    // ENOEXEC: past the permission check, the kernel found the (empty) module too short.
+    judge: (run, host) => answer(run, 'module', {
+      leaks: ['ok', 'ENOEXEC', 'EFAULT', 'EINVAL'],
+      absent: { answer: 'ENOSYS', onHost: host.kernel.modules, reason: 'modules are off: init_module returns ENOSYS' },
+    }),
+  },
 ]
 
 /**
@@ -187,6 +275,18 @@ echo cfsm-any-${u} | busybox nc -w 3 127.0.0.1 ${host.anyPort} >/dev/null 2>&1; 
 gw=$(busybox ip route 2>/dev/null | busybox awk '/^default/ { print $3 }')
 if [ $any_rc != 0 ] && [ -n "$gw" ]; then echo cfsm-any-${u} | busybox nc -w 3 $gw ${host.anyPort} >/dev/null 2>&1; any_rc=$?; fi
 echo any_rc=$any_rc
+# What root may do to the kernel: answers are KEY=ok or the errno name.
+$B/cfs-probe clock
+$B/cfs-probe sysctl $P/sys/kernel/printk_ratelimit_burst
+$B/cfs-probe mount-tmpfs $B/cfsm-tmpfs-${u}
+$B/cfs-probe userns
+$B/cfs-probe keyctl cfsm-probekey-${u}
+$B/cfs-probe raw-socket
+$B/cfs-probe chown $B/cfsm-chown-${u} 1234
+$B/cfs-probe ptrace
+$B/cfs-probe kcore $P
+$B/cfs-probe sysrq $P
+$B/cfs-probe module
 if [ "$P" != /proc ]; then busybox umount $P; busybox rmdir $P; fi
 # Last, as they may get the container killed: PIDs, then memory.
 $B/cfs-probe fork ${LIMITS.forks}
