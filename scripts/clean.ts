@@ -18,7 +18,8 @@ try {
     console.log(`Usage: npm run clean [-- --all]
 
 Remove what containers left behind after a crash: mounts under ${stateDir},
-cfs-* cgroups, cfs* interfaces and netns, container directories, stale leases.
+cfs-* cgroups, cfs* interfaces and netns, container directories, stale leases,
+and the isolation matrix's cfsm-* keys and shared memory.
 Anything a running container still uses is left alone.
 
   --all   also stop running containers and remove directories kept with --keep`)

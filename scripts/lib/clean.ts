@@ -1,10 +1,11 @@
 // Finding and removing what the project may have left on the host after a
 // crash (a parent killed with SIGKILL cannot clean up after itself):
 // mounts under the state dir, cfs-* cgroups, cfs* interfaces and netns,
-// container directories, stale address leases. Only things with the
-// project's prefix or under its state dir are ever looked at. The one
-// leftover finder: npm run clean, the stress run, the tests and the verify
-// scripts all look through findLeftovers().
+// container directories, stale address leases, and the isolation matrix's
+// cfsm-* keys and "cfs" System V shared memory segments.
+// Only things with the project's prefix or under its state dir are ever
+// looked at. The one leftover finder: npm run clean, the stress run, the
+// tests and the verify scripts all look through findLeftovers().
 
 import { execFileSync } from 'node:child_process'
 import { existsSync, readlinkSync, rmdirSync, rmSync, statSync } from 'node:fs'
@@ -15,13 +16,14 @@ import { BRIDGE, deleteInterface, liveLeases } from '../../shared/net.ts'
 import { removeContainerDir } from '../../shared/overlay.ts'
 import { isRunning } from '../../shared/procfs.ts'
 import { containersDir, PREFIX, stateDir } from '../../shared/settings.ts'
+import { findKeys, findSegments, keyctl_invalidate, shmctl_rmid } from './kernel-objects.ts'
 import { invokingUser } from './owner.ts'
 import { listDir, readText } from './files.ts'
 import { cmdline, findProcesses } from './procfs.ts'
 
 /** Something the project made: what it is, whether a running container still uses it, how to remove it. */
 export interface Leftover {
-  kind: 'mount' | 'cgroup' | 'interface' | 'netns' | 'container dir' | 'lease' | 'lock'
+  kind: 'mount' | 'cgroup' | 'interface' | 'netns' | 'container dir' | 'lease' | 'lock' | 'key' | 'shm'
   name: string
   inUse: string | false // why it must stay, if it must
   remove: () => unknown // may return a promise
@@ -38,6 +40,8 @@ export function findLeftovers(kinds?: Leftover['kind'][]): Leftover[] {
     ...(wanted('netns') ? netns() : []),
     ...(wanted('container dir') ? containerDirs() : []),
     ...(wanted('lease', 'lock') ? leases() : []),
+    ...(wanted('key') ? keys() : []),
+    ...(wanted('shm') ? segments() : []),
   ].filter((item) => wanted(item.kind))
 }
 
@@ -70,7 +74,7 @@ export async function clean(all = false): Promise<{ removed: Leftover[]; kept: L
   const kept: Leftover[] = []
   const failed: { item: Leftover; error: string }[] = []
   // Order matters: cgroups first (kills processes), then mounts, then the rest.
-  const order = ['cgroup', 'mount', 'interface', 'netns', 'container dir', 'lease', 'lock']
+  const order = ['cgroup', 'mount', 'interface', 'netns', 'container dir', 'lease', 'lock', 'key', 'shm']
   const items = findLeftovers().sort((a, b) => order.indexOf(a.kind) - order.indexOf(b.kind))
   for (const item of items) {
     if (item.inUse && !all) {
@@ -203,6 +207,31 @@ function leases(): Leftover[] {
     stale.push({ kind: 'lock', name: lock, inUse: false, remove: () => rmdirSync(lock) })
   }
   return stale
+}
+
+// The isolation matrix's keys (cfsm-hostkey-<pid>, cfsm-probekey-<pid>-…)
+// that root may view; in use while the matrix run named in them lives.
+function keys(): Leftover[] {
+  return findKeys(`${PREFIX}m-`).map(({ serial, description }) => {
+    const pid = Number(/-(\d+)(-|$)/.exec(description)?.[1])
+    return {
+      kind: 'key' as const,
+      name: `${description} (${serial.toString(16)})`,
+      inUse: pid > 0 && isRunning(pid) ? `its matrix run ${pid} is running` : false,
+      remove: () => keyctl_invalidate(serial),
+    }
+  })
+}
+
+// System V shared memory segments under the project's keys (0x636673NN);
+// in use while the process that made one (a matrix run) lives.
+function segments(): Leftover[] {
+  return findSegments().map(({ key, id, creator }) => ({
+    kind: 'shm' as const,
+    name: `key 0x${key.toString(16)} (id ${id})`,
+    inUse: isRunning(creator) ? `its maker ${creator} is running` : false,
+    remove: () => shmctl_rmid(id),
+  }))
 }
 
 // A container id (12 hex digits, see newContainerId), or undefined.

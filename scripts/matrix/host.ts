@@ -2,12 +2,14 @@
 // container run and removed after the last: a private copy of the image (so
 // chroot steps write nothing into the shared one), the probe helper in it,
 // a secret file, a tmpfs only the host has mounted, a `sleep` to see, a
-// loop device, TCP listeners on 127.0.0.1 and on all addresses.
+// loop device, TCP listeners on 127.0.0.1 and on all addresses, a key in
+// root's keyring, a System V shared memory segment.
 //
 // Everything the matrix makes on the host is under one directory,
-// /tmp/cfs-matrix-<pid>, or carries the name cfsm-*-<pid>/cfs-matrix-<pid>-*,
-// and is removed in a `finally` (the runs' own sleeps and throwaway cgroups
-// are runner.ts's).
+// /tmp/cfs-matrix-<pid>, or carries the name cfsm-*-<pid>/cfs-matrix-<pid>-*
+// (the segment: key 0x636673NN, "cfs" and a byte of the PID), and is
+// removed in a `finally` (the runs' own sleeps and throwaway cgroups are
+// runner.ts's).
 
 import { spawn, spawnSync } from 'node:child_process'
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -18,6 +20,7 @@ import { mount } from '../../shared/mounts.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { repoDir } from '../../shared/settings.ts'
 import { sethostname } from '../../shared/uts.ts'
+import { add_key, keyctl_invalidate, SHM_KEY_BASE, shmctl_rmid, shmget } from '../lib/kernel-objects.ts'
 import { copyImage, removeTree } from '../lib/private-image.ts'
 
 /** The targets the host prepares once for all runs. */
@@ -40,6 +43,8 @@ export interface Host {
   anyPort: number
   tokens: Set<string> // what the listeners received
   hostname: string // the host's hostname before any run
+  key?: { description: string; serial: number } // a key in root's user keyring, cfsm-hostkey-<pid> (if the kernel has keys)
+  shm?: { key: number; id: number } // a System V shared memory segment of the host's (if the kernel has System V IPC)
   kernel: Kernel
 }
 
@@ -52,7 +57,11 @@ export interface Kernel {
   sysrq: boolean // /proc/sysrq-trigger (CONFIG_MAGIC_SYSRQ)
   modules: boolean // /proc/modules: loadable modules (CONFIG_MODULES); without, init_module is ENOSYS
   keys: boolean // /proc/keys: keyrings (CONFIG_KEYS)
+  sysvipc: boolean // /proc/sysvipc: System V IPC (CONFIG_SYSVIPC)
 }
+
+/** How long the host's key lives if nothing removes it (a crash): the matrix takes well under a minute. */
+const KEY_TIMEOUT_S = 15 * 60
 
 /** Build probe.c with `gcc -static` (static: it must run inside any image). */
 export function buildHelper(out: string): void {
@@ -94,7 +103,13 @@ export async function prepareHost(): Promise<Host> {
       sysrq: existsSync('/proc/sysrq-trigger'),
       modules: existsSync('/proc/modules'),
       keys: existsSync('/proc/keys'),
+      sysvipc: existsSync('/proc/sysvipc'),
     }
+    // Root's user keyring (@u): any process of host uid 0 may view the key.
+    const description = `cfsm-hostkey-${process.pid}`
+    if (host.kernel.keys) host.key = { description, serial: add_key(description, 'cfsm', KEY_TIMEOUT_S) }
+    const key = SHM_KEY_BASE + (process.pid % 256)
+    if (host.kernel.sysvipc) host.shm = { key, id: shmget(key, 4096) }
     return host
   } catch (err) {
     await disposeHost(host)
@@ -106,11 +121,21 @@ export async function prepareHost(): Promise<Host> {
 export async function disposeHost(host: Partial<Host> & { dir: string }): Promise<void> {
   host.see?.kill('SIGKILL')
   if (host.loop) spawnSync('losetup', ['--detach', host.loop.device])
+  // The kernel objects first: removing them may fail, the rest must still go.
+  const errors: unknown[] = []
+  for (const remove of [() => host.key && keyctl_invalidate(host.key.serial), () => host.shm && shmctl_rmid(host.shm.id)]) {
+    try {
+      remove()
+    } catch (err) {
+      errors.push(err)
+    }
+  }
   for (const server of [host.listener, host.anyListener]) {
     await new Promise<void>((resolve) => (server?.listening ? server.close(() => resolve()) : resolve()))
   }
   restoreHostname(host as Host)
   removeTree(host.dir)
+  if (errors.length) throw errors[0]
 }
 
 /** The host's hostname back, if a run changed it (only to one of ours: never undo someone else's). */

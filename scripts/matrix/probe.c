@@ -12,9 +12,11 @@
 //   probe mount-tmpfs DIR       mount a tmpfs on DIR (made, then removed), unmount it
 //   probe keyctl DESC           add a key DESC to a session keyring of its own, then invalidate it
 //   probe sysctl FILE           write back to FILE (under /proc/sys) what it holds
+//   probe proc-keys PROC DESC   whether PROC/keys lists a key DESC
 //   probe raw-socket            socket(AF_INET, SOCK_RAW, IPPROTO_ICMP)
 //   probe chown FILE UID        make FILE, chown it to UID:UID, remove it
 //   probe ptrace                PTRACE_ATTACH to a child, then detach
+//   probe shm KEY               look up a System V shared memory segment by KEY
 //   probe kcore PROC            read PROC/kcore
 //   probe sysrq PROC            open PROC/sysrq-trigger for writing (never writes)
 //   probe module                init_module with no module
@@ -36,6 +38,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
+#include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -190,6 +193,22 @@ static int sysctl(const char *file) {
   return result("sysctl", rc);
 }
 
+// /proc/keys lists the keys the reader may view: its own, and those whose permissions let its uid view them.
+static int proc_keys(const char *proc, const char *desc) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/keys", proc);
+  FILE *f = fopen(path, "r");
+  if (!f) return printf("proc_keys=%s\n", errname(errno)), 0;
+  // A line ends `<type> <description>: <summary>`.
+  char line[512], wanted[300];
+  snprintf(wanted, sizeof wanted, " %s:", desc);
+  int shown = 0;
+  while (fgets(line, sizeof line, f)) shown |= strstr(line, wanted) != NULL;
+  fclose(f);
+  printf("proc_keys=%s\n", shown ? "shown" : "hidden");
+  return 0;
+}
+
 static int raw_socket(void) {
   int fd = socket(AF_INET, SOCK_RAW, IPPROTO_ICMP);
   if (fd >= 0) close(fd);
@@ -225,6 +244,14 @@ static int ptrace_probe(void) {
   waitpid(pid, NULL, __WALL);
   errno = saved;
   return result("ptrace", rc);
+}
+
+// shmget with size 0 and no flags only looks the key up, in this IPC namespace.
+static int shm(const char *key) {
+  int id = shmget((key_t)strtoul(key, NULL, 0), 0, 0);
+  if (id < 0) return printf("ipc=%s\n", errname(errno)), 0;
+  printf("ipc=found\n");
+  return 0;
 }
 
 static int kcore(const char *proc) {
@@ -269,14 +296,16 @@ int main(int argc, char **argv) {
   if (argc == 3 && !strcmp(cmd, "mount-tmpfs")) return mount_tmpfs(argv[2]);
   if (argc == 3 && !strcmp(cmd, "keyctl")) return keyctl_probe(argv[2]);
   if (argc == 3 && !strcmp(cmd, "sysctl")) return sysctl(argv[2]);
+  if (argc == 4 && !strcmp(cmd, "proc-keys")) return proc_keys(argv[2], argv[3]);
   if (argc == 2 && !strcmp(cmd, "raw-socket")) return raw_socket();
   if (argc == 4 && !strcmp(cmd, "chown")) return chown_probe(argv[2], atoi(argv[3]));
   if (argc == 2 && !strcmp(cmd, "ptrace")) return ptrace_probe();
+  if (argc == 3 && !strcmp(cmd, "shm")) return shm(argv[2]);
   if (argc == 3 && !strcmp(cmd, "kcore")) return kcore(argv[2]);
   if (argc == 3 && !strcmp(cmd, "sysrq")) return sysrq(argv[2]);
   if (argc == 2 && !strcmp(cmd, "module")) return module();
   fprintf(stderr, "usage: probe escape DIR JAIL FILE | fork N | alloc MB | clock | userns\n"
-                  "  | mount-tmpfs DIR | keyctl DESC | sysctl FILE | raw-socket | chown FILE UID\n"
-                  "  | ptrace | kcore PROC | sysrq PROC | module\n");
+                  "  | mount-tmpfs DIR | keyctl DESC | sysctl FILE | proc-keys PROC DESC | raw-socket | chown FILE UID\n"
+                  "  | ptrace | shm KEY | kcore PROC | sysrq PROC | module\n");
   return 2;
 }

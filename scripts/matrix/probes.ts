@@ -4,6 +4,7 @@
 // helper), and how each row is judged, from what the run printed and what
 // the host saw meanwhile. The targets are host.ts's; the runs, runner.ts's.
 
+import { SHM_KEY_BASE } from '../lib/kernel-objects.ts'
 import type { Host } from './host.ts'
 
 /**
@@ -29,6 +30,7 @@ export interface StepRun {
   reachedListener: boolean // the host's 127.0.0.1 listener got this run's token
   reachedAnyListener: boolean // the host's 0.0.0.0 listener got this run's token
   limited: boolean // the run asked for --pids-limit and --memory (the step accepts them)
+  ownIpcNamespace?: boolean // at the handshake, the script's IPC namespace was not the host's
 }
 
 /** One probe: a row of the matrix. */
@@ -170,6 +172,11 @@ export const PROBES: Probe[] = [
     },
   },
   {
+    id: 'ipc',
+    title: 'find a System V shared memory segment of the host\'s, by its key',
+    judge: (run, host) => answer(run, 'ipc', { leaks: ['found'], refused: ['ENOENT'], absent: { answer: 'ENOSYS', onHost: host.kernel.sysvipc, reason: 'this kernel has no System V IPC' } }),
+  },
+  {
     id: 'clock',
     title: "set the host's clock (clock_adjtime by an offset of 0)",
     judge: (run) => answer(run, 'clock'),
@@ -178,6 +185,11 @@ export const PROBES: Probe[] = [
     id: 'sysctl',
     title: 'write a kernel setting (printk_ratelimit_burst, its own value back)',
     judge: (run) => answer(run, 'sysctl'),
+  },
+  {
+    id: 'proc-keys',
+    title: "see a key of the host's root in /proc/keys",
+    judge: (run, host) => answer(run, 'proc_keys', { leaks: ['shown'], refused: ['hidden', ...REFUSED], absent: { answer: 'ENOENT', onHost: host.kernel.keys, reason: 'this kernel has no keyrings (no /proc/keys)' } }),
   },
   {
     id: 'mount-tmpfs',
@@ -276,8 +288,10 @@ gw=$(busybox ip route 2>/dev/null | busybox awk '/^default/ { print $3 }')
 if [ $any_rc != 0 ] && [ -n "$gw" ]; then echo cfsm-any-${u} | busybox nc -w 3 $gw ${host.anyPort} >/dev/null 2>&1; any_rc=$?; fi
 echo any_rc=$any_rc
 # What root may do to the kernel: answers are KEY=ok or the errno name.
+$B/cfs-probe shm ${host.shm?.key ?? SHM_KEY_BASE}
 $B/cfs-probe clock
 $B/cfs-probe sysctl $P/sys/kernel/printk_ratelimit_burst
+$B/cfs-probe proc-keys $P ${host.key?.description ?? 'cfsm-hostkey'}
 $B/cfs-probe mount-tmpfs $B/cfsm-tmpfs-${u}
 $B/cfs-probe userns
 $B/cfs-probe keyctl cfsm-probekey-${u}

@@ -4,12 +4,13 @@
 // judged. The rows are probes.ts's; the targets, host.ts's.
 
 import { spawn } from 'node:child_process'
-import { readdirSync, writeFileSync } from 'node:fs'
+import { readdirSync, readlinkSync, writeFileSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { cgroupProcs, createCgroup, removeCgroup, type Cgroup } from '../../shared/cgroups.ts'
 import { readMountInfo } from '../../shared/mounts.ts'
 import { repoDir } from '../../shared/settings.ts'
+import { cmdline, descendants } from '../lib/procfs.ts'
 import { tsx } from '../lib/verify.ts'
 import { disposeHost, prepareHost, restoreHostname, type Host } from './host.ts'
 import { ENV_SECRET, LIMITS, PROBES, probeScript, type Cell, type StepRun } from './probes.ts'
@@ -120,6 +121,8 @@ async function probeStep(host: Host, step: string, options: { limits: boolean; i
         run.hostnameLeaked = hostname() === `cfsm-h-${u}`
         if (run.hostnameLeaked) restoreHostname(host)
         run.mountLeaked = readMountInfo().some((m) => m.source === `cfsm-in-${u}`)
+        const pid = scriptPid(child.pid!, script)
+        run.ownIpcNamespace = pid ? ownNamespace(pid, 'ipc') : undefined
         child.stdin!.write('go on\n')
       }
     })
@@ -141,6 +144,25 @@ async function probeStep(host: Host, step: string, options: { limits: boolean; i
     if (match) run.out[match[1]] = match[2]
   }
   return run
+}
+
+// The host PID of the probe script, under the run's process `root`: found
+// by its argv, `sh <dir>/<script> <dir>`.
+function scriptPid(root: number, script: string): number | undefined {
+  return descendants(root).find((pid) => {
+    const argv = cmdline(pid)
+    return argv[0] === 'sh' && argv[1]?.endsWith(`/${script}`)
+  })
+}
+
+// Whether process `pid` is in a namespace of its own of that type (not
+// ours: /proc/PID/ns/<type> names another one); undefined if it is gone.
+function ownNamespace(pid: number, type: string): boolean | undefined {
+  try {
+    return readlinkSync(`/proc/${pid}/ns/${type}`) !== readlinkSync(`/proc/self/ns/${type}`)
+  } catch {
+    return undefined
+  }
 }
 
 // Wait for a process to end; its output and exit code.
