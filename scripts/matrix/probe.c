@@ -7,6 +7,9 @@
 //                               real root, chroot(".") there, then read FILE
 //   probe fork N                fork up to N children; print how many it got
 //   probe alloc MB              allocate and touch MB MiB; print how many it got
+//   probe host-file FILE TOKEN  read FILE (a host file the host bind-mounted
+//                               here, holding TOKEN), then try to append to it
+//                               and to chmod it
 //   probe clock                 clock_adjtime(CLOCK_REALTIME) by an offset of 0
 //   probe userns                unshare(CLONE_NEWUSER), in a child
 //   probe mount-tmpfs DIR       mount a tmpfs on DIR (made, then removed), unmount it
@@ -20,6 +23,12 @@
 //   probe kcore PROC            read PROC/kcore
 //   probe sysrq PROC            open PROC/sysrq-trigger for writing (never writes)
 //   probe module                init_module with no module
+//
+// And one the host runs, outside any container:
+//
+//   probe inject PID FILE TARGET  bind-mount the host's FILE onto TARGET (a
+//                               path as process PID sees it) in PID's mount
+//                               namespace
 //
 // Output is KEY=VALUE lines; a refused call prints its errno name (EPERM).
 // Raw system calls, for those older glibc has no wrapper for, are syscall().
@@ -47,6 +56,21 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_move_mount
+#define SYS_move_mount 429
+#endif
+#ifndef OPEN_TREE_CLONE
+#define OPEN_TREE_CLONE 1
+#endif
+#ifndef MOVE_MOUNT_F_EMPTY_PATH
+#define MOVE_MOUNT_F_EMPTY_PATH 0x04
+#endif
+#ifndef MOVE_MOUNT_T_EMPTY_PATH
+#define MOVE_MOUNT_T_EMPTY_PATH 0x40
+#endif
 #define KEYCTL_JOIN_SESSION_KEYRING 1
 #define KEYCTL_INVALIDATE 21
 #define KEY_SPEC_SESSION_KEYRING -3
@@ -141,6 +165,20 @@ static int alloc(int mb) {
   }
   printf("allocated=%d\n", got);
   return 0;
+}
+
+// The host judges the file afterwards; this says whether it was in view and what the kernel answered.
+static int host_file(const char *file, const char *token) {
+  char line[256] = "";
+  FILE *f = fopen(file, "r");
+  if (f && !fgets(line, sizeof line, f)) line[0] = 0;
+  if (f) fclose(f);
+  line[strcspn(line, "\n")] = 0;
+  printf("host_file_seen=%d\n", strcmp(line, token) == 0);
+  int fd = open(file, O_WRONLY | O_APPEND);
+  if (fd >= 0 && write(fd, "cfsm-changed\n", 13) != 13) fd = -1;
+  result("host_file_write", fd < 0 ? -1 : 0);
+  return result("host_file_chmod", chmod(file, 0666));
 }
 
 // ADJ_SETOFFSET by 0 s: a call that needs CAP_SYS_TIME (in the initial user
@@ -285,12 +323,39 @@ static int module(void) {
   return 0;
 }
 
+// Host side. mount(2) refuses a target in another mount namespace, so:
+// clone a mount of FILE here (open_tree), join PID's mount namespace, and
+// attach the clone there (move_mount). TARGET is opened through
+// /proc/PID/root, which resolves it as PID sees it (chroot included).
+static int inject(const char *pid, const char *file, const char *target) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "/proc/%s/root%s", pid, target);
+  int to = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  if (to < 0) return printf("inject=open %s: %s\n", path, errname(errno)), 1;
+  int tree = syscall(SYS_open_tree, AT_FDCWD, file, OPEN_TREE_CLONE | O_CLOEXEC);
+  if (tree < 0) return printf("inject=open_tree %s: %s\n", file, errname(errno)), 1;
+  snprintf(path, sizeof path, "/proc/%s/ns/mnt", pid);
+  int ns = open(path, O_RDONLY | O_CLOEXEC);
+  struct stat theirs, ours;
+  if (ns < 0 || fstat(ns, &theirs) != 0 || stat("/proc/self/ns/mnt", &ours) != 0) return printf("inject=%s: %s\n", path, errname(errno)), 1;
+  // Before step 05 the container shares our mount namespace: nothing to join.
+  if ((theirs.st_ino != ours.st_ino || theirs.st_dev != ours.st_dev) && setns(ns, CLONE_NEWNS) != 0) {
+    return printf("inject=setns %s: %s\n", path, errname(errno)), 1;
+  }
+  if (syscall(SYS_move_mount, tree, "", to, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) != 0) {
+    return printf("inject=move_mount onto %s: %s\n", target, errname(errno)), 1;
+  }
+  printf("inject=ok\n");
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IONBF, 0);
   const char *cmd = argc > 1 ? argv[1] : "";
   if (argc == 5 && !strcmp(cmd, "escape")) return escape(argv[2], argv[3], argv[4]);
   if (argc == 3 && !strcmp(cmd, "fork")) return forks(atoi(argv[2]));
   if (argc == 3 && !strcmp(cmd, "alloc")) return alloc(atoi(argv[2]));
+  if (argc == 4 && !strcmp(cmd, "host-file")) return host_file(argv[2], argv[3]);
   if (argc == 2 && !strcmp(cmd, "clock")) return clock_probe();
   if (argc == 2 && !strcmp(cmd, "userns")) return userns();
   if (argc == 3 && !strcmp(cmd, "mount-tmpfs")) return mount_tmpfs(argv[2]);
@@ -304,8 +369,9 @@ int main(int argc, char **argv) {
   if (argc == 3 && !strcmp(cmd, "kcore")) return kcore(argv[2]);
   if (argc == 3 && !strcmp(cmd, "sysrq")) return sysrq(argv[2]);
   if (argc == 2 && !strcmp(cmd, "module")) return module();
-  fprintf(stderr, "usage: probe escape DIR JAIL FILE | fork N | alloc MB | clock | userns\n"
+  if (argc == 5 && !strcmp(cmd, "inject")) return inject(argv[2], argv[3], argv[4]);
+  fprintf(stderr, "usage: probe escape DIR JAIL FILE | fork N | alloc MB | host-file FILE TOKEN | clock | userns\n"
                   "  | mount-tmpfs DIR | keyctl DESC | sysctl FILE | proc-keys PROC DESC | raw-socket | chown FILE UID\n"
-                  "  | ptrace | shm KEY | kcore PROC | sysrq PROC | module\n");
+                  "  | ptrace | shm KEY | kcore PROC | sysrq PROC | module | inject PID FILE TARGET\n");
   return 2;
 }

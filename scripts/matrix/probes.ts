@@ -30,7 +30,9 @@ export interface StepRun {
   reachedListener: boolean // the host's 127.0.0.1 listener got this run's token
   reachedAnyListener: boolean // the host's 0.0.0.0 listener got this run's token
   limited: boolean // the run asked for --pids-limit and --memory (the step accepts them)
+  injected: string // at the handshake, the host bind-mounted its file in: `ok`, or why not
   ownIpcNamespace?: boolean // at the handshake, the script's IPC namespace was not the host's
+  hostFileChanged: boolean // after the run, the host's file had other content or mode
 }
 
 /** One probe: a row of the matrix. */
@@ -177,6 +179,16 @@ export const PROBES: Probe[] = [
     judge: (run, host) => answer(run, 'ipc', { leaks: ['found'], refused: ['ENOENT'], absent: { answer: 'ENOSYS', onHost: host.kernel.sysvipc, reason: 'this kernel has no System V IPC' } }),
   },
   {
+    id: 'host-file',
+    title: 'append to or chmod a root-owned host file bind-mounted in',
+    judge: (run) => {
+      if (value(run, 'host_file_write') === undefined) return missing(run, 'host_file_write')
+      if (run.injected !== 'ok') return { error: `the host could not bind-mount its file into the container: ${run.injected || 'it never tried'}` }
+      if (value(run, 'host_file_seen') !== '1') return { error: 'the host\'s file was mounted, but the container did not see its content' }
+      return run.hostFileChanged ? 'leaks' : 'isolated'
+    },
+  },
+  {
     id: 'clock',
     title: "set the host's clock (clock_adjtime by an offset of 0)",
     judge: (run) => answer(run, 'clock'),
@@ -243,6 +255,14 @@ export const PROBES: Probe[] = [
   },
 ]
 
+/** The file in the container's root the host bind-mounts its own file onto (with -<u> after it). */
+export const HOST_FILE_TARGET = 'cfsm-file'
+
+/** What the host's file for run `u` holds: the container must see it, and must not change it. */
+export function hostFileToken(u: string): string {
+  return `cfsm-host-file-${u}`
+}
+
 /**
  * The probes, as the container runs them. $B is the script's directory as the
  * container sees it: `/` from step 03 on, the private image's host path before.
@@ -257,6 +277,8 @@ B=$1
 busybox hostname cfsm-h-${u} 2>/dev/null
 # A mount of our own: does the host see it? Judged at the handshake.
 busybox mkdir -p $B/cfsm-in-${u} && busybox mount -t tmpfs -o size=16k cfsm-in-${u} $B/cfsm-in-${u}
+# At the handshake the host bind-mounts a file of its own onto this one.
+busybox touch $B/${HOST_FILE_TARGET}-${u}
 echo CFS_MATRIX_READY
 read _
 busybox umount $B/cfsm-in-${u} 2>/dev/null; busybox rmdir $B/cfsm-in-${u} 2>/dev/null
@@ -288,6 +310,7 @@ gw=$(busybox ip route 2>/dev/null | busybox awk '/^default/ { print $3 }')
 if [ $any_rc != 0 ] && [ -n "$gw" ]; then echo cfsm-any-${u} | busybox nc -w 3 $gw ${host.anyPort} >/dev/null 2>&1; any_rc=$?; fi
 echo any_rc=$any_rc
 # What root may do to the kernel: answers are KEY=ok or the errno name.
+$B/cfs-probe host-file $B/${HOST_FILE_TARGET}-${u} ${hostFileToken(u)}
 $B/cfs-probe shm ${host.shm?.key ?? SHM_KEY_BASE}
 $B/cfs-probe clock
 $B/cfs-probe sysctl $P/sys/kernel/printk_ratelimit_burst

@@ -3,17 +3,17 @@
 // before step 06 has limits of its own) and a watchdog, then every cell
 // judged. The rows are probes.ts's; the targets, host.ts's.
 
-import { spawn } from 'node:child_process'
-import { readdirSync, readlinkSync, writeFileSync } from 'node:fs'
+import { spawn, spawnSync } from 'node:child_process'
+import { chmodSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { cgroupProcs, createCgroup, removeCgroup, type Cgroup } from '../../shared/cgroups.ts'
-import { readMountInfo } from '../../shared/mounts.ts'
+import { MNT_DETACH, readMountInfo, umount2 } from '../../shared/mounts.ts'
 import { repoDir } from '../../shared/settings.ts'
 import { cmdline, descendants } from '../lib/procfs.ts'
 import { tsx } from '../lib/verify.ts'
 import { disposeHost, prepareHost, restoreHostname, type Host } from './host.ts'
-import { ENV_SECRET, LIMITS, PROBES, probeScript, type Cell, type StepRun } from './probes.ts'
+import { ENV_SECRET, HOST_FILE_TARGET, hostFileToken, LIMITS, PROBES, probeScript, type Cell, type StepRun } from './probes.ts'
 
 /** Limits of the throwaway cgroup that bounds each run, the step's own Node processes included. */
 const THROWAWAY = { pids: 400, memory: 1024 ** 3 }
@@ -77,13 +77,17 @@ async function probeStep(host: Host, step: string, options: { limits: boolean; i
   const run: StepRun = {
     step, u, out: {}, stdout: '', stderr: '', exitCode: null, timedOut: false, ready: false,
     hostnameLeaked: false, mountLeaked: false, killedHostSleep: false, reachedListener: false, reachedAnyListener: false,
-    limited: options.limits,
+    limited: options.limits, injected: '', hostFileChanged: false,
   }
   // A sleep only this run may kill; SIGTERM is what the probe sends.
   const target = spawn('sleep', [`301.${process.pid}${step.slice(0, 2)}`], { stdio: 'ignore' })
   const targetEnded = new Promise<NodeJS.Signals | null>((resolve) => target.on('exit', (_, signal) => resolve(signal)))
   const script = `cfs-probe-${step.slice(0, 2)}.sh`
   writeFileSync(join(host.rootfs, script), probeScript(host, u, target.pid!))
+  // The host's file for the host-file probe: root's, 0644, a token in it.
+  const hostFile = join(host.dir, `host-file-${u}`)
+  writeFileSync(hostFile, `${hostFileToken(u)}\n`)
+  chmodSync(hostFile, 0o644)
   // From 03 on the image is `/`; before, the script is found by its host path.
   const command = `[ -f /${script} ] && exec sh /${script} / || exec sh ${host.rootfs}/${script} ${host.rootfs}`
   const args = [
@@ -123,6 +127,7 @@ async function probeStep(host: Host, step: string, options: { limits: boolean; i
         run.mountLeaked = readMountInfo().some((m) => m.source === `cfsm-in-${u}`)
         const pid = scriptPid(child.pid!, script)
         run.ownIpcNamespace = pid ? ownNamespace(pid, 'ipc') : undefined
+        run.injected = pid ? injectHostFile(host, pid, hostFile, u) : `no process of the run runs ${script}`
         child.stdin!.write('go on\n')
       }
     })
@@ -135,6 +140,9 @@ async function probeStep(host: Host, step: string, options: { limits: boolean; i
     restoreHostname(host)
     if (throwaway) await removeCgroup(throwaway)
     if (target.exitCode === null && target.signalCode === null) target.kill('SIGKILL')
+    // The container is gone: what it did to the host's file is final.
+    run.hostFileChanged = hostFileChanged(hostFile, u)
+    removeHostFile(host, hostFile, u)
   }
   run.killedHostSleep = (await targetEnded) === 'SIGTERM'
   run.reachedListener = host.tokens.has(`cfsm-tcp-${u}`)
@@ -163,6 +171,34 @@ function ownNamespace(pid: number, type: string): boolean | undefined {
   } catch {
     return undefined
   }
+}
+
+// At the handshake, bind-mount the host's file onto the one the script
+// (process `pid`) made in its root, from outside (probe.c's inject), in the
+// container's mount namespace. <dir>, the script's last argument, is its
+// root as it sees it. Returns `ok`, or why not.
+function injectHostFile(host: Host, pid: number, file: string, u: string): string {
+  const target = join(cmdline(pid)[2] ?? '/', `${HOST_FILE_TARGET}-${u}`)
+  const result = spawnSync(host.helper, ['inject', String(pid), file, target], { encoding: 'utf8' })
+  return /^inject=(.*)$/m.exec(result.stdout)?.[1] ?? `cfs-probe inject: exit ${result.status}: ${result.error?.message ?? result.stderr.trim()}`
+}
+
+// Whether the host's file holds anything but its token, or changed its mode.
+function hostFileChanged(file: string, u: string): boolean {
+  try {
+    return readFileSync(file, 'utf8') !== `${hostFileToken(u)}\n` || (statSync(file).mode & 0o7777) !== 0o644
+  } catch {
+    return true // gone: the container removed it
+  }
+}
+
+// The host's file, and the container's target: before step 05 the bind
+// mount is in the host's mount namespace, under the image.
+function removeHostFile(host: Host, file: string, u: string): void {
+  const target = join(host.rootfs, `${HOST_FILE_TARGET}-${u}`)
+  for (const m of readMountInfo().filter((m) => m.mountPoint === target)) umount2(m.mountPoint, MNT_DETACH)
+  rmSync(target, { force: true })
+  rmSync(file, { force: true })
 }
 
 // Wait for a process to end; its output and exit code.
