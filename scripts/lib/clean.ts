@@ -2,7 +2,7 @@
 // crash (a parent killed with SIGKILL cannot clean up after itself):
 // mounts under the state dir, cfs-* cgroups, cfs* interfaces and netns,
 // container directories, stale address leases, and the isolation matrix's
-// cfsm-* keys and "cfs" System V shared memory segments.
+// runc containers, cfsm-* keys and "cfs" System V shared memory segments.
 // Only things with the project's prefix or under its state dir are ever
 // looked at. The one leftover finder: npm run clean, the stress run, the
 // tests and the verify scripts all look through findLeftovers().
@@ -16,14 +16,15 @@ import { BRIDGE, deleteInterface, liveLeases } from '../../shared/net.ts'
 import { removeContainerDir } from '../../shared/overlay.ts'
 import { isRunning } from '../../shared/procfs.ts'
 import { containersDir, PREFIX, stateDir } from '../../shared/settings.ts'
+import { RUNC_ROOT } from '../matrix/runc.ts'
 import { findKeys, findSegments, keyctl_invalidate, shmctl_rmid } from './kernel-objects.ts'
 import { invokingUser } from './owner.ts'
-import { listDir, readText } from './files.ts'
+import { listDir, onPath, readText } from './files.ts'
 import { cmdline, findProcesses } from './procfs.ts'
 
 /** Something the project made: what it is, whether a running container still uses it, how to remove it. */
 export interface Leftover {
-  kind: 'mount' | 'cgroup' | 'interface' | 'netns' | 'container dir' | 'lease' | 'lock' | 'key' | 'shm'
+  kind: 'mount' | 'cgroup' | 'interface' | 'netns' | 'container dir' | 'lease' | 'lock' | 'runc container' | 'key' | 'shm'
   name: string
   inUse: string | false // why it must stay, if it must
   remove: () => unknown // may return a promise
@@ -35,6 +36,7 @@ export function findLeftovers(kinds?: Leftover['kind'][]): Leftover[] {
   const wanted = (...some: Leftover['kind'][]) => !kinds || some.some((kind) => kinds.includes(kind))
   return [
     ...(wanted('mount') ? mounts() : []),
+    ...(wanted('runc container') ? runcContainers() : []),
     ...(wanted('cgroup') ? cgroups() : []),
     ...(wanted('interface') ? interfaces() : []),
     ...(wanted('netns') ? netns() : []),
@@ -73,8 +75,8 @@ export async function clean(all = false): Promise<{ removed: Leftover[]; kept: L
   const removed: Leftover[] = []
   const kept: Leftover[] = []
   const failed: { item: Leftover; error: string }[] = []
-  // Order matters: cgroups first (kills processes), then mounts, then the rest.
-  const order = ['cgroup', 'mount', 'interface', 'netns', 'container dir', 'lease', 'lock', 'key', 'shm']
+  // Order matters: runc's containers and cgroups first (kills processes), then mounts, then the rest.
+  const order = ['runc container', 'cgroup', 'mount', 'interface', 'netns', 'container dir', 'lease', 'lock', 'key', 'shm']
   const items = findLeftovers().sort((a, b) => order.indexOf(a.kind) - order.indexOf(b.kind))
   for (const item of items) {
     if (item.inUse && !all) {
@@ -120,11 +122,39 @@ function mounts(): Leftover[] {
     })
 }
 
-// cfs-* directories at the root of every cgroup hierarchy, v1 and v2.
+// The isolation matrix's runc containers (runc.ts), in the project's own
+// runc state directory; in use while the matrix run named in their id
+// (cfs-matrix-<pid>-runc) lives. runc delete --force kills what runs in one
+// and removes its cgroups.
+function runcContainers(): Leftover[] {
+  if (!onPath('runc') || !existsSync(RUNC_ROOT)) return []
+  let list: { id: string }[] = []
+  try {
+    list = JSON.parse(execFileSync('runc', ['--root', RUNC_ROOT, 'list', '--format', 'json'], { encoding: 'utf8' })) ?? []
+  } catch {
+    return []
+  }
+  return list.map(({ id }) => {
+    const pid = Number(/-(\d+)-/.exec(id)?.[1])
+    return {
+      kind: 'runc container' as const,
+      name: `${id} (runc --root ${RUNC_ROOT})`,
+      inUse: pid > 0 && isRunning(pid) ? `its matrix run ${pid} is running` : false,
+      remove: () => {
+        execFileSync('runc', ['--root', RUNC_ROOT, 'delete', '--force', id], { stdio: 'ignore' })
+        if (listDir(RUNC_ROOT).length === 0) rmdirSync(RUNC_ROOT)
+      },
+    }
+  })
+}
+
+// cfs-* directories at the root of every cgroup hierarchy, v1 and v2; not
+// those of runc's containers, which runc removes with them.
 function cgroups(): Leftover[] {
+  const runc = new Set(runcContainers().map((c) => c.name.split(' ')[0]))
   return findHierarchies().flatMap((h) =>
     listDir(h.mountPoint)
-      .filter((name) => name.startsWith(`${PREFIX}-`))
+      .filter((name) => name.startsWith(`${PREFIX}-`) && !runc.has(name))
       .map((name) => {
         const dir = join(h.mountPoint, name)
         const procs = cgroupProcs(dir)

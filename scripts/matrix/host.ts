@@ -8,8 +8,8 @@
 // Everything the matrix makes on the host is under one directory,
 // /tmp/cfs-matrix-<pid>, or carries the name cfsm-*-<pid>/cfs-matrix-<pid>-*
 // (the segment: key 0x636673NN, "cfs" and a byte of the PID), and is
-// removed in a `finally` (the runs' own sleeps, throwaway cgroups and
-// files are runner.ts's).
+// removed in a `finally` (the runs' own sleeps, throwaway cgroups, files
+// and runc containers are runner.ts's).
 
 import { spawn, spawnSync } from 'node:child_process'
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'

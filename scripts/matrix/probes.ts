@@ -10,14 +10,14 @@ import type { Host } from './host.ts'
 /**
  * A cell of the matrix: the probe could not do it, it could; the kernel has
  * no such thing to try (why: n/a); the column was not measured (why:
- * skipped); or the probe itself failed (why).
+ * skipped, runc missing); or the probe itself failed (why).
  */
 export type Cell = 'isolated' | 'leaks' | { na: string } | { skipped: string } | { error: string }
 
 /** What one container run of the probe script produced, with what the host saw meanwhile. */
 export interface StepRun {
-  step: string
-  u: string // unique name part of this run: <pid>-<step number>
+  step: string // the column: a step, or runc
+  u: string // unique name part of this run: <pid>-<step number>, or <pid>-runc
   out: Record<string, string> // KEY=VALUE lines the script printed
   stdout: string
   stderr: string
@@ -29,7 +29,7 @@ export interface StepRun {
   killedHostSleep: boolean // the host's target sleep died of SIGTERM
   reachedListener: boolean // the host's 127.0.0.1 listener got this run's token
   reachedAnyListener: boolean // the host's 0.0.0.0 listener got this run's token
-  limited: boolean // the run asked for --pids-limit and --memory (the step accepts them)
+  limited: boolean // the run asked for --pids-limit and --memory (the step accepts them), or runc for the same in its config
   injected: string // at the handshake, the host bind-mounted its file in: `ok`, or why not
   ownIpcNamespace?: boolean // at the handshake, the script's IPC namespace was not the host's
   hostFileChanged: boolean // after the run, the host's file had other content or mode

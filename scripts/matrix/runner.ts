@@ -1,7 +1,8 @@
-// Running the isolation matrix: one container run per step that executes
-// every probe, bounded by a throwaway cgroup (the PID and memory probes,
-// before step 06 has limits of its own) and a watchdog, then every cell
-// judged. The rows are probes.ts's; the targets, host.ts's.
+// Running the isolation matrix: one container run per column that executes
+// every probe (a run of each step, bounded by a throwaway cgroup, for the
+// PID and memory probes before step 06 has limits of its own; then one by
+// runc), each under a watchdog, then every cell judged. The rows are
+// probes.ts's; the targets, host.ts's; the runc container, runc.ts's.
 
 import { spawn, spawnSync } from 'node:child_process'
 import { chmodSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs'
@@ -14,6 +15,7 @@ import { cmdline, descendants } from '../lib/procfs.ts'
 import { tsx } from '../lib/verify.ts'
 import { disposeHost, prepareHost, restoreHostname, type Host } from './host.ts'
 import { ENV_SECRET, HOST_FILE_TARGET, hostFileToken, LIMITS, PROBES, probeScript, type Cell, type StepRun } from './probes.ts'
+import { prepareRunc, RUNC, runcMissing, type RuncContainer } from './runc.ts'
 
 /** Limits of the throwaway cgroup that bounds each run, the step's own Node processes included. */
 const THROWAWAY = { pids: 400, memory: 1024 ** 3 }
@@ -26,31 +28,45 @@ export function allSteps(): string[] {
   return readdirSync(join(repoDir, 'steps')).filter((name) => /^\d\d-/.test(name)).sort()
 }
 
+/** The matrix's columns: every step, in order, then runc. */
+export function allColumns(): string[] {
+  return [...allSteps(), RUNC]
+}
+
 /**
- * Run every probe at each step and return the cells, probes down, steps
- * across. `signal` (Ctrl-C in npm run matrix) stops the run in progress and
- * skips the rest; the host is cleaned up either way.
+ * Run every probe in each column and return the cells, probes down,
+ * columns across. Where runc is missing its column is skipped, every cell
+ * saying why. `signal` (Ctrl-C in npm run matrix) stops the run in
+ * progress and skips the rest; the host is cleaned up either way.
  */
 export async function runMatrix(
-  steps = allSteps(),
+  columns = allColumns(),
   log: (line: string) => void = () => {},
   signal?: AbortSignal,
 ): Promise<{ cells: Record<string, Record<string, Cell>>; runs: StepRun[] }> {
   const host = await prepareHost()
   const runs: StepRun[] = []
+  const skipped: Record<string, Cell> = {}
   try {
-    const options = await Promise.all(steps.map(stepOptions))
-    for (const [i, step] of steps.entries()) {
+    const steps = columns.filter((column) => column !== RUNC)
+    const options = new Map(await Promise.all(steps.map(async (step) => [step, await stepOptions(step)] as const)))
+    for (const column of columns) {
       if (signal?.aborted) break
+      const missing = column === RUNC ? runcMissing() : undefined
+      if (missing) {
+        skipped[column] = { skipped: missing }
+        log(`${column}: skipped: ${missing}`)
+        continue
+      }
       const started = Date.now()
-      runs.push(await probeStep(host, step, options[i], signal))
-      log(`${step}: probed in ${((Date.now() - started) / 1000).toFixed(1)} s`)
+      runs.push(await probeColumn(host, column, options.get(column), signal))
+      log(`${column}: probed in ${((Date.now() - started) / 1000).toFixed(1)} s`)
     }
   } finally {
     await disposeHost(host)
   }
   const cells: Record<string, Record<string, Cell>> = {}
-  for (const probe of PROBES) cells[probe.id] = Object.fromEntries(runs.map((run) => [run.step, probe.judge(run, host)]))
+  for (const probe of PROBES) cells[probe.id] = { ...skipped, ...Object.fromEntries(runs.map((run) => [run.step, probe.judge(run, host)])) }
   return { cells, runs }
 }
 
@@ -71,37 +87,47 @@ export function stepEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
   return env
 }
 
-// One container run at `step` that executes every probe.
-async function probeStep(host: Host, step: string, options: { limits: boolean; image: boolean }, signal?: AbortSignal): Promise<StepRun> {
-  const u = `${process.pid}-${step.slice(0, 2)}`
+// One container run in `column` (a step, or runc) that executes every probe.
+async function probeColumn(host: Host, column: string, options = { limits: false, image: false }, signal?: AbortSignal): Promise<StepRun> {
+  // Names of this run's things: the step's number, or runc (its sleep, 00: no step has that number).
+  const tag = column === RUNC ? RUNC : column.slice(0, 2)
+  const u = `${process.pid}-${tag}`
   const run: StepRun = {
-    step, u, out: {}, stdout: '', stderr: '', exitCode: null, timedOut: false, ready: false,
+    step: column, u, out: {}, stdout: '', stderr: '', exitCode: null, timedOut: false, ready: false,
     hostnameLeaked: false, mountLeaked: false, killedHostSleep: false, reachedListener: false, reachedAnyListener: false,
-    limited: options.limits, injected: '', hostFileChanged: false,
+    limited: column === RUNC || options.limits, injected: '', hostFileChanged: false,
   }
   // A sleep only this run may kill; SIGTERM is what the probe sends.
-  const target = spawn('sleep', [`301.${process.pid}${step.slice(0, 2)}`], { stdio: 'ignore' })
+  const target = spawn('sleep', [`301.${process.pid}${column === RUNC ? '00' : tag}`], { stdio: 'ignore' })
   const targetEnded = new Promise<NodeJS.Signals | null>((resolve) => target.on('exit', (_, signal) => resolve(signal)))
-  const script = `cfs-probe-${step.slice(0, 2)}.sh`
+  const script = `cfs-probe-${tag}.sh`
   writeFileSync(join(host.rootfs, script), probeScript(host, u, target.pid!))
   // The host's file for the host-file probe: root's, 0644, a token in it.
   const hostFile = join(host.dir, `host-file-${u}`)
   writeFileSync(hostFile, `${hostFileToken(u)}\n`)
   chmodSync(hostFile, 0o644)
-  // From 03 on the image is `/`; before, the script is found by its host path.
-  const command = `[ -f /${script} ] && exec sh /${script} / || exec sh ${host.rootfs}/${script} ${host.rootfs}`
-  const args = [
-    ...(options.image ? ['--image', host.rootfs] : []),
-    ...(options.limits ? ['--pids-limit', String(LIMITS.pids), '--memory', `${LIMITS.memoryMiB}M`] : []),
-    'sh', '-c', command,
-  ]
   let throwaway: Cgroup | undefined
+  let runc: RuncContainer | undefined
   try {
-    throwaway = createCgroup(`matrix-${u}`, { pids: THROWAWAY.pids, memory: THROWAWAY.memory })
-    // The wrapper joins the throwaway cgroup, then becomes the step: all of
-    // the step's processes, and the container before step 06, are bounded by it.
-    const join = throwaway.dirs.map((d) => `echo $$ > ${d.dir}/cgroup.procs`).join(' && ')
-    const child = spawn('sh', ['-c', `${join} && unset NODE_OPTIONS && exec "$@"`, 'sh', tsx, `steps/${step}`, 'run', ...args], {
+    let argv: string[]
+    if (column === RUNC) {
+      runc = await prepareRunc(host, u, script)
+      argv = runc.command
+    } else {
+      // From 03 on the image is `/`; before, the script is found by its host path.
+      const command = `[ -f /${script} ] && exec sh /${script} / || exec sh ${host.rootfs}/${script} ${host.rootfs}`
+      const args = [
+        ...(options.image ? ['--image', host.rootfs] : []),
+        ...(options.limits ? ['--pids-limit', String(LIMITS.pids), '--memory', `${LIMITS.memoryMiB}M`] : []),
+        'sh', '-c', command,
+      ]
+      throwaway = createCgroup(`matrix-${u}`, { pids: THROWAWAY.pids, memory: THROWAWAY.memory })
+      // The wrapper joins the throwaway cgroup, then becomes the step: all of
+      // the step's processes, and the container before step 06, are bounded by it.
+      const join = throwaway.dirs.map((d) => `echo $$ > ${d.dir}/cgroup.procs`).join(' && ')
+      argv = ['sh', '-c', `${join} && unset NODE_OPTIONS && exec "$@"`, 'sh', tsx, `steps/${column}`, 'run', ...args]
+    }
+    const child = spawn(argv[0], argv.slice(1), {
       cwd: repoDir, env: stepEnv({ CFS_MATRIX_SECRET: ENV_SECRET, MATRIX_TOKEN: ENV_SECRET }), detached: true, stdio: ['pipe', 'pipe', 'pipe'],
     })
     const stop = () => {
@@ -109,7 +135,9 @@ async function probeStep(host: Host, step: string, options: { limits: boolean; i
         process.kill(-child.pid!, 'SIGKILL')
       } catch {}
       // Before step 06 the container's processes are in the throwaway cgroup, maybe in a group of their own.
-      for (const d of throwaway!.dirs) for (const pid of cgroupProcs(d.dir)) process.kill(pid, 'SIGKILL')
+      for (const d of throwaway?.dirs ?? []) for (const pid of cgroupProcs(d.dir)) process.kill(pid, 'SIGKILL')
+      // runc's are in its cgroup: runc kills them.
+      runc?.kill()
     }
     const watchdog = setTimeout(() => {
       run.timedOut = true
@@ -136,9 +164,14 @@ async function probeStep(host: Host, step: string, options: { limits: boolean; i
     clearTimeout(watchdog)
     signal?.removeEventListener('abort', stop)
     run.exitCode = ended.exitCode
+  } catch (err) {
+    // Setting up runc's container failed: every cell of the column says why.
+    if (column !== RUNC) throw err
+    run.stderr += (err as Error).message
   } finally {
     restoreHostname(host)
     if (throwaway) await removeCgroup(throwaway)
+    if (runc) await runc.remove()
     if (target.exitCode === null && target.signalCode === null) target.kill('SIGKILL')
     // The container is gone: what it did to the host's file is final.
     run.hostFileChanged = hostFileChanged(hostFile, u)

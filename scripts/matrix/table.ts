@@ -2,7 +2,7 @@
 // the markdown table in notes/isolation-matrix.md, which is also what the
 // matrix is expected to be (test/matrix.test.ts compares them cell by cell).
 // Under the table, a line for each reason cells are n/a (the kernel has no
-// such thing) or a column is skipped (not measured on this host).
+// such thing) or a column is skipped (runc is not installed).
 
 import chalk from 'chalk'
 import { readFileSync, writeFileSync } from 'node:fs'
@@ -15,7 +15,7 @@ export const EXPECTED_FILE = join(repoDir, 'notes/isolation-matrix.md')
 const BEGIN = '<!-- matrix:begin -->'
 const END = '<!-- matrix:end -->'
 
-/** Cells by probe id, then by column (a step). */
+/** Cells by probe id, then by column (a step, or runc). */
 export type Cells = Record<string, Record<string, Cell>>
 
 /** A cell as a word: isolated, leaks, n/a, skipped, or error. */
@@ -77,7 +77,7 @@ export function renderTerminal(cells: Cells, columns: string[], expected?: Cells
   return lines.join('\n')
 }
 
-/** The markdown table: a column for the probe's id, one for what it tries, one per step; under it, why cells are n/a or skipped. */
+/** The markdown table: a column for the probe's id, one for what it tries, one per step and runc; under it, why cells are n/a or skipped. */
 export function renderMarkdown(cells: Cells, columns: string[]): string {
   const lines = [
     `| probe | what it tries | ${columns.join(' | ')} |`,
