@@ -27,6 +27,7 @@ function bind(lib: LibraryHandle) {
     mknod: lib.func('int mknod(const char *pathname, unsigned int mode, unsigned long dev)'),
     prctl: lib.func('int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)'),
     kill: lib.func('int kill(int pid, int sig)'),
+    _exit: lib.func('void _exit(int status)'),
     setgroups: lib.func('int setgroups(size_t size, const uint32_t *list)'),
     setresuid: lib.func('int setresuid(uint32_t ruid, uint32_t euid, uint32_t suid)'),
     setresgid: lib.func('int setresgid(uint32_t rgid, uint32_t egid, uint32_t sgid)'),

@@ -1,6 +1,7 @@
 // The calling process itself: its directory, its file descriptors, its
 // death signal, and exec, which replaces it with the container's command.
 
+import { writeSync } from 'node:fs'
 import { userInfo } from 'node:os'
 import { check, raw } from './libc.ts'
 import { EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, UsageError } from './errors.ts'
@@ -32,7 +33,9 @@ export function fcntl(fd: number, cmd: number, arg = 0): number {
 
 /** prctl(2) */
 export function prctl(option: number, arg2 = 0): void {
-  check('prctl', raw.prctl(option, arg2, 0, 0, 0))
+  check('prctl', raw.prctl(option, arg2, 0, 0, 0), undefined, {
+    EPERM: 'this option needs a capability the calling thread does not have (see prctl(2))',
+  })
 }
 
 /** kill(2): send a signal; returns false if the process does not exist. */
@@ -112,11 +115,13 @@ export function execCommand(command: string[], env: string[]): never {
     execvpe(file, args, env)
   } catch (err) {
     const code = (err as { code?: string }).code
-    if (code === 'ENOENT') throw new UsageError(`${file}: command not found`, EXIT_NOT_FOUND)
-    if (code === 'EACCES' || code === 'ENOEXEC') {
-      throw new UsageError(`${file}: permission denied (not an executable)`, EXIT_NOT_EXECUTABLE)
-    }
-    throw err
+    const [message, exitCode] = code === 'ENOENT' ? [`${file}: command not found`, EXIT_NOT_FOUND]
+      : code === 'EACCES' || code === 'ENOEXEC' ? [`${file}: permission denied (not an executable)`, EXIT_NOT_EXECUTABLE]
+      : [`exec \`${file}\`: ${(err as Error).message}`, EXIT_NOT_EXECUTABLE]
+    // Nothing is left to do but say why: write it and _exit(2) at once. Node's
+    // own exit would use libuv's io_uring, which step 10's filter refuses.
+    writeSync(2, `cfs: ${message}\n`)
+    return raw._exit(exitCode) as never
   }
 }
 
