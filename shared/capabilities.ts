@@ -26,10 +26,14 @@ export const PR_CAP_AMBIENT = 47
 export const PR_CAP_AMBIENT_CLEAR_ALL = 4
 const _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
-/** The capabilities this kernel knows (`/proc/sys/kernel/cap_last_cap`): older kernels have fewer than CAPABILITIES. */
-export function kernelCapabilities(): Capability[] {
+/**
+ * The bit numbers of every capability this kernel has, 0 to
+ * `/proc/sys/kernel/cap_last_cap`: fewer than CAPABILITIES on an older
+ * kernel, more on a newer one (CAPABILITIES[bit] is then undefined).
+ */
+export function kernelCapabilityBits(): number[] {
   const last = Number(readFileSync('/proc/sys/kernel/cap_last_cap', 'utf8'))
-  return CAPABILITIES.slice(0, last + 1)
+  return Array.from({ length: last + 1 }, (_, bit) => bit)
 }
 
 /** A set as the kernel stores it, one bit per capability: what CapEff, CapBnd… in /proc/PID/status show in hex. */
@@ -63,10 +67,11 @@ export function capset(sets: { effective: Iterable<Capability>; permitted: Itera
 }
 
 /**
- * Docker's --cap-add and --cap-drop applied to `defaults`: names with or
- * without CAP_, in any case, and ALL (`--cap-drop ALL --cap-add NET_RAW`
- * keeps only NET_RAW). A name both added and dropped is dropped. An
- * unknown name is a UsageError.
+ * Docker's --cap-add and --cap-drop applied to `defaults`, as Docker does
+ * (moby's TweakCapabilities): names with or without CAP_, in any case.
+ * `--cap-add ALL`: every capability but the dropped ones; `--cap-drop ALL`:
+ * only the added ones; else the defaults, minus the dropped, plus the
+ * added (a name both dropped and added is kept). An unknown name is a UsageError.
  */
 export function capabilitiesFrom(defaults: readonly Capability[], add: string[] = [], drop: string[] = []): Capability[] {
   const parse = (flag: string, names: string[]) => names.flatMap((name) => name.split(',')).map((name) => {
@@ -77,9 +82,10 @@ export function capabilitiesFrom(defaults: readonly Capability[], add: string[] 
   })
   const added = parse('--cap-add', add)
   const dropped = parse('--cap-drop', drop)
-  // ALL sets the base: every capability, or none; the named ones then go in or out.
-  const base = added.includes('ALL') ? CAPABILITIES : dropped.includes('ALL') ? [] : defaults
-  const kept = new Set<Capability>([...base, ...added.filter((cap) => cap !== 'ALL') as Capability[]])
-  for (const cap of dropped) if (cap !== 'ALL') kept.delete(cap)
-  return CAPABILITIES.filter((cap) => kept.has(cap))
+  const kept = added.includes('ALL')
+    ? CAPABILITIES.filter((cap) => !dropped.includes(cap))
+    : dropped.includes('ALL')
+      ? added
+      : [...defaults.filter((cap) => !dropped.includes(cap)), ...added]
+  return CAPABILITIES.filter((cap) => kept.includes(cap))
 }

@@ -6,6 +6,7 @@ import { delimiter, dirname, join } from 'node:path'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { exitWithError, UsageError } from './errors.ts'
 import { DEFAULT_PATH, execvp, keepStdio } from './process.ts'
+import { ARCHITECTURES } from './seccomp.ts'
 
 type OptionSpec = NonNullable<ParseArgsConfig['options']>
 type OptionValues<T extends OptionSpec> = {
@@ -54,10 +55,13 @@ export function parseRunArgs<const T extends OptionSpec>(argv: string[], options
 export function securityOptions(opts: string[] = []): { seccomp: boolean; noNewPrivileges: boolean } {
   const result = { seccomp: true, noNewPrivileges: true }
   for (const opt of opts) {
-    const [key, value = 'true'] = opt.split(/[=:]/, 2)
-    if (key === 'seccomp' && value === 'unconfined') result.seccomp = false
-    else if (key === 'no-new-privileges' && /^(true|false)$/.test(value)) result.noNewPrivileges = value === 'true'
+    const nnp = /^no-new-privileges(?:[=:](true|false))?$/.exec(opt)
+    if (/^seccomp[=:]unconfined$/.test(opt)) result.seccomp = false
+    else if (nnp) result.noNewPrivileges = nnp[1] !== 'false'
     else throw new UsageError(`--security-opt ${opt}: expected seccomp=unconfined or no-new-privileges[=true|false] (see --help)`)
+  }
+  if (result.seccomp && !(process.arch in ARCHITECTURES)) {
+    throw new UsageError(`seccomp: no system call table for ${process.arch} (x64 and arm64 only): add --security-opt seccomp=unconfined`)
   }
   return result
 }

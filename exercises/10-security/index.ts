@@ -8,6 +8,7 @@
 // Docker's 14 (bounding set, ambient, capset), then no_new_privs, then a
 // seccomp filter, a BPF program built from a table, that refuses the
 // system calls containers have no business making (policy.ts says why).
+// With no_new_privs off, the filter goes in before the capabilities do.
 //
 // Usage: npx tsx exercises/10-security run [--image NAME|DIR] [--keep] [--pids-limit N|max]
 //          [--memory SIZE] [--cpus N] [--cpu-shares N] [--cap-add CAP] [--cap-drop CAP]
@@ -20,7 +21,7 @@ import { chownSync, existsSync, mkdirSync, statSync, writeFileSync } from 'node:
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import {
-  capabilitiesFrom, capset, kernelCapabilities, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, PR_CAPBSET_DROP, type Capability,
+  capabilitiesFrom, CAPABILITIES, capset, kernelCapabilityBits, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, PR_CAPBSET_DROP, type Capability,
 } from '../../shared/capabilities.ts'
 import { parseRunArgs, securityOptions } from '../../shared/cli.ts'
 import {
@@ -79,7 +80,7 @@ interface Container {
   rootless: boolean // run by a user, without sudo
   capabilities: Capability[] // what container root keeps
   seccomp: boolean // install the filter
-  noNewPrivileges: boolean
+  noNewPrivileges: boolean // no exec may gain privileges (PR_SET_NO_NEW_PRIVS)
 }
 
 async function main(argv: string[]): Promise<void> {
@@ -215,14 +216,17 @@ function child(container: Container): void {
   // Parts of /proc and /sys that read or change the host's kernel, not the
   // container's: hidden, or read-only. Now, while we may still mount.
   // TODO: hide each of MASKED_PATHS (maskPath), and make each of READONLY_PATHS read-only (readOnlyPath).
-  const filter = container.seccomp ? seccompFilter(BLOCKED_CALLS) : undefined
+  // The filter, as a BPF program: BLOCKED_CALLS, but the rows whose capability we keep (--cap-add).
+  const filter = container.seccomp ? seccompFilter(BLOCKED_CALLS, container.capabilities) : undefined
   // Without no_new_privs, only a process with CAP_SYS_ADMIN may install a
   // filter (or it could trick a setuid program): then before it goes, as runc does.
   if (filter && !container.noNewPrivileges) seccomp(filter)
   // Capabilities. The bounding set is the most any exec can ever give back:
-  // drop the rest from it for good. For root, exec gives bounding ∪
-  // inheritable, and unshare --keep-caps raised inheritable and ambient:
-  // clear both. Then this process's own sets.
+  // drop the rest from it for good, by bit, so a capability newer than our
+  // table goes too. First: the drop needs CAP_SETPCAP, which capset may
+  // take away. For root, exec gives bounding ∪ inheritable, and unshare
+  // --keep-caps raised inheritable and ambient: clear both (an empty
+  // inheritable set empties ambient too; runc clears it by name as well).
   // TODO: drop from the bounding set every capability this kernel knows that
   // container.capabilities does not keep (prctl, by its bit number).
   // TODO: clear the ambient set.
@@ -231,7 +235,8 @@ function child(container: Container): void {
   // capabilities; inherited by every child, and it cannot be unset.
   // TODO: set it, unless --security-opt no-new-privileges=false said not to.
   // Last, the seccomp filter: from here on the kernel checks every system
-  // call we and the command make against BLOCKED_CALLS.
+  // call this thread and the command make against it (Node's other threads
+  // are not filtered, and end with the exec).
   // TODO: install the filter, if there is one and it was not installed above.
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))
@@ -259,8 +264,9 @@ function maskPath(path: string): void {
 }
 
 // Make `path` read-only: bind it onto itself, then remount that bind
-// read-only. In a user namespace the remount must keep the flags the mount
-// has (nosuid, nodev, noexec), or the kernel refuses it (EPERM).
+// read-only. A bind remount sets every flag anew: repeat the ones /proc has
+// (nosuid, nodev, noexec), or they are cleared; on a mount the host's
+// namespace handed us, where they are locked, leaving one out is EPERM.
 function readOnlyPath(path: string): void {
   if (!existsSync(path)) return
   // TODO: the bind, then the remount (MS_REMOUNT | MS_BIND and the flags above).
