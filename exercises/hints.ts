@@ -109,7 +109,7 @@ export const exercises: Record<string, Exercise> = {
     hints: [
       'The TODOs are all in child() and its two helpers, in the order the kernel needs: masks (mounts, while we may still mount), capabilities, no_new_privs, the filter. steps/10-security/policy.ts has the tables; shared/capabilities.ts and shared/seccomp.ts the calls.',
       'maskPath: statSync(path).isDirectory() ? mount(\'tmpfs\', path, \'tmpfs\', MS_RDONLY) : mount(\'/dev/null\', path, null, MS_BIND). readOnlyPath: mount(path, path, null, MS_BIND | MS_REC), then mount(null, path, null, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC).',
-      'for (const [bit, cap] of kernelCapabilities().entries()) if (!container.capabilities.includes(cap)) prctl(PR_CAPBSET_DROP, bit); prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL); capset({ effective: container.capabilities, permitted: container.capabilities, inheritable: [] }); if (container.noNewPrivileges) prctl(PR_SET_NO_NEW_PRIVS, 1); if (filter && container.noNewPrivileges) seccomp(filter).',
+      'for (const bit of kernelCapabilityBits()) if (!container.capabilities.includes(CAPABILITIES[bit])) prctl(PR_CAPBSET_DROP, bit); prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL); capset({ effective: container.capabilities, permitted: container.capabilities, inheritable: [] }); if (container.noNewPrivileges) prctl(PR_SET_NO_NEW_PRIVS, 1); if (filter && container.noNewPrivileges) seccomp(filter). The bounding set goes before capset: dropping from it needs CAP_SETPCAP.',
     ],
   },
 
