@@ -3,7 +3,7 @@
 // credentials, starting Node in a new user namespace (Node, multithreaded,
 // cannot make one for itself), and an image whose owners are the mapped ids.
 
-import { execFileSync, spawn, type ChildProcess, type StdioOptions } from 'node:child_process'
+import { execFileSync, spawn, spawnSync, type ChildProcess, type StdioOptions } from 'node:child_process'
 import {
   chmodSync, existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync,
 } from 'node:fs'
@@ -107,25 +107,58 @@ export function writeIdMaps(pid: number, map: IdMap): void {
   writeFileSync(`/proc/${pid}/gid_map`, line)
 }
 
-/** Rootless, stop with usernsForbidden's sentence if the host forbids users to make user namespaces; as root, nothing to check. */
+/** Rootless, stop with usernsForbidden's sentence if the kernel refuses users a user namespace; as root, nothing to check. */
 export function requireUserns(): void {
   const forbidden = rootless ? usernsForbidden() : undefined
   if (forbidden) throw new UsageError(forbidden)
 }
 
-/** The kernel's answer to "may this user make a user namespace?": undefined if yes, else the setting that says no and how to change it. */
+/**
+ * The kernel's answer to "may a user make a user namespace?": undefined if
+ * yes, else one sentence with the cause and how to change it. The kernel
+ * is asked: unshare(1) makes one and maps root in it (as root, this asks
+ * for nobody, uid 65534), and the errno it reports says which kind of no:
+ *   ENOSPC  the count is at user.max_user_namespaces (per user, in this
+ *           namespace or one above); 0 there allows none, root's included
+ *   EPERM   kernel.unprivileged_userns_clone=0 (Debian's patch),
+ *           kernel.apparmor_restrict_unprivileged_userns=1 (Ubuntu 24.04:
+ *           the namespace is made, its capabilities denied, so writing
+ *           the map fails), or, with neither, a chroot or a seccomp filter
+ *           (a container's), which refuse everyone
+ *   EUSERS  32 user namespaces nested already, the kernel's limit
+ */
 export function usernsForbidden(): string | undefined {
-  const settings = [
-    ['/proc/sys/kernel/unprivileged_userns_clone', '0', 'kernel.unprivileged_userns_clone=1'],
-    ['/proc/sys/kernel/apparmor_restrict_unprivileged_userns', '1', 'kernel.apparmor_restrict_unprivileged_userns=0'],
-    ['/proc/sys/user/max_user_namespaces', '0', 'user.max_user_namespaces=15000'],
-  ]
-  for (const [file, no, yes] of settings) {
-    if (existsSync(file) && readFileSync(file, 'utf8').trim() === no) {
-      return `this host forbids unprivileged user namespaces (${file.slice(10).replaceAll('/', '.')} = ${no}): allow them with \`sudo sysctl ${yes}\`, or run as root`
-    }
+  const asUser = process.getuid?.() === 0 ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'] : []
+  const [file, ...args] = [...asUser, 'unshare', '--user', '--map-root-user', 'true']
+  // LC_ALL=C: unshare reports the errno as strerror's English text.
+  const probe = spawnSync(file, args, { encoding: 'utf8', env: { ...process.env, LC_ALL: 'C' } })
+  if (probe.error) return `${file} did not run (${(probe.error as NodeJS.ErrnoException).code}): apt-get install util-linux`
+  if (probe.status === 0) return undefined
+  const said = probe.stderr.trim().split('\n').at(-1) ?? ''
+  const code = Object.entries(strerror).find(([, text]) => said.endsWith(`: ${text}`))?.[0]
+  const sysctl = (name: string) => {
+    const path = `/proc/sys/${name.replaceAll('.', '/')}`
+    return existsSync(path) ? readFileSync(path, 'utf8').trim() : undefined
   }
-  return undefined
+  if (code === 'ENOSPC') {
+    const max = sysctl('user.max_user_namespaces')
+    if (max === '0') return 'this host allows no user namespaces, not even root\'s (user.max_user_namespaces = 0): allow them with `sudo sysctl user.max_user_namespaces=15000`'
+    return `the kernel says ENOSPC: this user has as many user namespaces as it may (user.max_user_namespaces = ${max ?? '?'}, per user, here or in a namespace above): end some, or raise the limit with \`sudo sysctl user.max_user_namespaces=<more>\``
+  }
+  if (code === 'EPERM' && sysctl('kernel.unprivileged_userns_clone') === '0') {
+    return 'this host forbids unprivileged user namespaces (kernel.unprivileged_userns_clone = 0): allow them with `sudo sysctl kernel.unprivileged_userns_clone=1`, or run as root'
+  }
+  if (code === 'EPERM' && sysctl('kernel.apparmor_restrict_unprivileged_userns') === '1') {
+    return 'AppArmor denies unprivileged user namespaces their capabilities on this host (kernel.apparmor_restrict_unprivileged_userns = 1): allow them with `sudo sysctl kernel.apparmor_restrict_unprivileged_userns=0`, or run as root'
+  }
+  if (code === 'EPERM') return 'the kernel says EPERM to a user namespace, and no setting forbids them: in a chroot, or under a seccomp filter (in a container, say), no one may make one; run it outside'
+  if (code === 'EUSERS') return 'the kernel says EUSERS: user namespaces are nested 32 deep here already, its limit'
+  return `the kernel refuses a user namespace: ${said || `unshare exited ${probe.status ?? probe.signal}`}`
+}
+
+// strerror(3) in the C locale, for the errnos unshare(2) and writing a map can fail with.
+const strerror = {
+  EPERM: 'Operation not permitted', ENOSPC: 'No space left on device', EUSERS: 'Too many users', EINVAL: 'Invalid argument', ENOMEM: 'Cannot allocate memory',
 }
 
 /** setgroups(2): the supplementary groups; [] drops them all. */
