@@ -5,15 +5,17 @@
 // /sys/fs/cgroup/memory, ...), cgroup v2 (one tree, controllers listed in
 // cgroup.controllers), or both ("hybrid": a controller lives in one or the
 // other). So each controller is looked up on its own: v2 first, then v1.
-// A container's cgroup is `cfs-<id>` at the root of each hierarchy it uses.
+// A container's cgroup is `cfs-<id>` at the root of each hierarchy it uses;
+// rootless (step 09), in the cgroup v2 the host delegates to the user, if any.
 
-import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs'
+import { accessSync, constants, existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
-import { join } from 'node:path'
+import { join, relative } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { UsageError } from './errors.ts'
 import { readMountInfo } from './mounts.ts'
 import { kill, SIGKILL } from './process.ts'
+import { parentPid } from './procfs.ts'
 import { PREFIX, rootless } from './settings.ts'
 
 export type Controller = 'pids' | 'memory' | 'cpu'
@@ -24,6 +26,7 @@ export interface Hierarchy {
   version: 1 | 2
   mountPoint: string
   controllers: string[]
+  root?: string // the cgroup mounted there, as /proc/PID/cgroup names it (mountinfo's root): usually /
 }
 
 /** Every cgroup hierarchy mounted on this host, from /proc/self/mountinfo. */
@@ -32,7 +35,7 @@ export function findHierarchies(mountinfo = readMountInfo()): Hierarchy[] {
     if (m.fstype === 'cgroup2') {
       const file = join(m.mountPoint, 'cgroup.controllers')
       const controllers = existsSync(file) ? readFileSync(file, 'utf8').trim().split(/\s+/).filter(Boolean) : []
-      return [{ version: 2, mountPoint: m.mountPoint, controllers }]
+      return [{ version: 2, mountPoint: m.mountPoint, controllers, root: m.root }]
     }
     if (m.fstype === 'cgroup') {
       // v1: the controllers are in the super options, e.g. `rw,cpu,cpuacct`.
@@ -78,6 +81,7 @@ export interface Cgroup {
   name: string
   dirs: { version: 1 | 2; dir: string; controllers: Controller[] }[]
   writes: { dir: string; file: string; value: string }[]
+  delegation?: Delegation // rootless, in a cgroup delegated to the user
 }
 
 /** The cgroup name for a container id. */
@@ -89,18 +93,25 @@ export function cgroupName(id: string): string {
  * Where the container's cgroup goes on this host and what to write to set
  * `limits`: the data only (a step makes the directories and writes the
  * files itself). The pids controller always, since the cgroup also tells
- * who is alive; memory and cpu when limited. Rootless (step 09): none, and
- * one line that says the limits are off.
+ * who is alive; memory and cpu when limited.
+ *
+ * Rootless (step 09) the cgroup tree is root's, except a cgroup the host
+ * delegates to the user (findDelegation): then the container's cgroup goes
+ * in there, and this process first moves to a leaf beside it (enterLeaf),
+ * until it exits. Without one: no cgroup, and one line that says the
+ * limits are off and how to get them.
  */
-export function cgroupFor(id: string, limits: Limits, hierarchies = findHierarchies()): Cgroup {
-  // Rootless: the cgroup tree is root's (unless the host delegates a subtree), so no cgroup.
-  if (rootless) {
-    process.stderr.write('cfs: rootless: the cgroups are root\'s, so limits are off\n')
-    return { name: cgroupName(id), dirs: [], writes: [] }
-  }
+export function cgroupFor(id: string, limits: Limits, hierarchies = findHierarchies(), asUser = rootless): Cgroup {
   const wanted = new Set<Controller>(['pids'])
   if (limits.memory !== undefined) wanted.add('memory')
   if (limits.cpus !== undefined || limits.cpuShares !== undefined) wanted.add('cpu')
+  const delegated = asUser ? findDelegation([...wanted], hierarchies) : undefined
+  if (delegated && 'why' in delegated) {
+    process.stderr.write(`cfs: rootless: ${delegated.why}, so limits are off; for limits, start it in a cgroup of your own (cgroup v2 with systemd): systemd-run --user --scope -p Delegate=yes npx tsx ${stepShown()} run …\n`)
+    return { name: cgroupName(id), dirs: [], writes: [] }
+  }
+  // Delegated: the user's cgroup is the top of the only hierarchy we may use.
+  if (delegated) hierarchies = [{ version: 2, mountPoint: delegated.dir, controllers: delegated.controllers }]
   const where = findControllers(hierarchies)
   const cgroup: Cgroup = { name: cgroupName(id), dirs: [], writes: [] }
   for (const controller of wanted) {
@@ -117,6 +128,7 @@ export function cgroupFor(id: string, limits: Limits, hierarchies = findHierarch
       for (const [file, value] of limitFiles(version, controller, limits)) cgroup.writes.push({ dir, file, value })
     }
   }
+  if (delegated) cgroup.delegation = enterLeaf(id, delegated, missingControllers(delegated.dir, [...wanted]))
   return cgroup
 }
 
@@ -140,9 +152,183 @@ export function createCgroup(id: string, limits: Limits, hierarchies = findHiera
 // v2: a child cgroup gets a controller only if its parent lists it in
 // cgroup.subtree_control. Add what is missing (only what we need).
 function enableControllers(parent: string, controllers: Controller[]): Cgroup['writes'] {
-  const enabled = readFileSync(join(parent, 'cgroup.subtree_control'), 'utf8').split(/\s+/)
-  const missing = controllers.filter((c) => !enabled.includes(c))
+  const missing = missingControllers(parent, controllers)
   return missing.length ? [{ dir: parent, file: 'cgroup.subtree_control', value: missing.map((c) => `+${c}`).join(' ') }] : []
+}
+
+// The controllers of `controllers` that `parent` does not give its children yet.
+function missingControllers(parent: string, controllers: Controller[]): Controller[] {
+  const enabled = readFileSync(join(parent, 'cgroup.subtree_control'), 'utf8').split(/\s+/)
+  return controllers.filter((c) => !enabled.includes(c))
+}
+
+/**
+ * Rootless, the cgroup a user may manage: cgroup v2 lets root delegate a
+ * subtree by giving a user its directory and its cgroup.procs,
+ * cgroup.subtree_control and cgroup.threads (cgroup-v2.rst, "Delegation");
+ * systemd does so for a unit with Delegate=yes. `dir` is that cgroup, the
+ * one this process started in; `leaf`, `dir`/cfs-<id>-step, is where the
+ * run's own processes wait meanwhile (enterLeaf), and its name lists what
+ * the run added to `dir`'s cgroup.subtree_control (`-step+pids+memory`), so
+ * that `npm run clean` can take it back after a crash.
+ */
+export interface Delegation {
+  dir: string
+  leaf: string
+  enabled: Controller[] // added to dir's cgroup.subtree_control by this run
+  moved: number[] // this process and those that started it (npx, tsx), as found in dir
+}
+
+/**
+ * Rootless, on cgroup v2: whether this process's own cgroup is delegated
+ * to its user, for the `wanted` controllers. It is if the user may write
+ * the directory, its cgroup.procs and cgroup.subtree_control, its
+ * cgroup.controllers offers them all, and its processes are this one and
+ * those that started it (the kernel enables controllers only in a cgroup
+ * without processes of its own, so they must all move: see enterLeaf).
+ * Otherwise `why`, in a few words.
+ */
+export function findDelegation(
+  wanted: Controller[], hierarchies = findHierarchies(), ownCgroup = readFileSync('/proc/self/cgroup', 'utf8'), pid = process.pid,
+): { dir: string; controllers: string[]; processes: number[] } | { why: string } {
+  const v2 = hierarchies.find((h) => h.version === 2)
+  if (!v2) return { why: 'this host has no cgroup v2, the only kind a user can be given' }
+  const offered = wanted.filter((c) => v2.controllers.includes(c))
+  if (offered.length < wanted.length) {
+    return { why: `this host keeps ${wanted.filter((c) => !offered.includes(c)).join(' and ')} on cgroup v1, whose cgroups are root's` }
+  }
+  // `0::/path` (cgroups(7)): the path from the mount's root (mountinfo's root field, usually /).
+  const path = /^0::(\/.*)$/m.exec(ownCgroup)?.[1]
+  const below = path === undefined ? undefined : relative(v2.root ?? '/', path)
+  if (below === undefined || below.startsWith('..')) return { why: `this process's cgroup (${path ?? 'none'}) is not under ${v2.mountPoint}` }
+  const dir = join(v2.mountPoint, below)
+  const mayWrite = (file: string) => {
+    try {
+      accessSync(join(dir, file), constants.W_OK)
+      return true
+    } catch {
+      return false
+    }
+  }
+  if (!['', 'cgroup.procs', 'cgroup.subtree_control'].every(mayWrite)) return { why: `your cgroup, ${dir}, is not yours to change` }
+  const controllers = readFileSync(join(dir, 'cgroup.controllers'), 'utf8').split(/\s+/).filter(Boolean)
+  const missing = wanted.filter((c) => !controllers.includes(c))
+  if (missing.length) return { why: `your cgroup, ${dir}, offers ${controllers.join(' ') || 'no controllers'} but not ${missing.join(' ')}` }
+  const run = new Set<number>()
+  for (let p = pid; p > 0 && !run.has(p); p = parentPid(p)) run.add(p)
+  const processes = cgroupProcs(dir)
+  const others = processes.filter((p) => !run.has(p))
+  if (others.length) {
+    return { why: `your cgroup, ${dir}, holds processes other than this run's (${others.slice(0, 5).join(' ')}${others.length > 5 ? ' …' : ''}), and the kernel gives controllers only to a cgroup with none of its own` }
+  }
+  return { dir, controllers, processes }
+}
+
+// How the learner started this program, for the one line: steps/09-userns (or the exercise).
+function stepShown(): string {
+  const script = relative(process.cwd(), process.argv[1] ?? '')
+  return script.replace(/\/index\.ts$/, '') || 'steps/09-userns'
+}
+
+/** A leaf's name: `cfs-<id>-step`, and each controller the run added to its parent's cgroup.subtree_control: `+pids+memory`. */
+export function leafName(id: string, enabled: Controller[]): string {
+  return `${cgroupName(id)}-step${enabled.map((c) => `+${c}`).join('')}`
+}
+
+/** What leafName put in a name: the container id and the controllers, or undefined for another name. */
+export function parseLeafName(name: string): { id: string; enabled: Controller[] } | undefined {
+  const match = new RegExp(`^${PREFIX}-([0-9a-f]{12})-step((?:\\+[a-z]+)*)$`).exec(name)
+  return match ? { id: match[1], enabled: match[2].split('+').filter(Boolean) as Controller[] } : undefined
+}
+
+/**
+ * Move this process, and those that started it, from the delegated cgroup
+ * into a leaf of their own: the "no internal processes" rule
+ * (cgroup-v2.rst) lets a cgroup other than the root give controllers to
+ * children (cgroup.subtree_control) only while no process is in it. Node
+ * runs its 'exit' event however the run ends (exit, error, a signal the
+ * step caught); leaveLeaf puts everything back then. A SIGKILL leaves it
+ * all to `npm run clean`.
+ */
+export function enterLeaf(id: string, found: { dir: string; processes: number[] }, enabled: Controller[]): Delegation {
+  const delegation: Delegation = { dir: found.dir, leaf: join(found.dir, leafName(id, enabled)), enabled, moved: [] }
+  mkdirSync(delegation.leaf)
+  process.once('exit', () => leaveLeaf(delegation))
+  try {
+    for (const pid of found.processes) {
+      try {
+        writeFileSync(join(delegation.leaf, 'cgroup.procs'), String(pid))
+        delegation.moved.push(pid)
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err // ESRCH: it ended meanwhile
+      }
+    }
+  } catch (err) {
+    leaveLeaf(delegation)
+    throw new UsageError(`rootless: cannot move this run into ${delegation.leaf}: ${(err as Error).message}`)
+  }
+  return delegation
+}
+
+/**
+ * Put back what enterLeaf and the run changed in the delegated cgroup,
+ * once the container's cgroup is gone: take back the controllers the run
+ * added to cgroup.subtree_control (unless another run's cgroup there is in
+ * use), move every process of the leaf back, remove the leaf. Synchronous:
+ * it runs in Node's 'exit' event. If the kernel refuses a process back,
+ * one line says why, and the leaf is left to `npm run clean`.
+ */
+export function leaveLeaf(delegation: Delegation): void {
+  const { dir, leaf, enabled } = delegation
+  if (!existsSync(leaf)) return
+  const inUse = listCgroups(dir).filter((name) => name.startsWith(`${PREFIX}-`) && join(dir, name) !== leaf && cgroupPopulated(join(dir, name)))
+  const problems: string[] = []
+  if (enabled.length && !inUse.length) {
+    try {
+      writeFileSync(join(dir, 'cgroup.subtree_control'), enabled.map((c) => `-${c}`).join(' '))
+    } catch (err) {
+      problems.push(`cgroup.subtree_control keeps ${enabled.join(' ')} (${(err as NodeJS.ErrnoException).code})`)
+    }
+  }
+  const stuck: number[] = []
+  for (const pid of cgroupProcs(leaf)) {
+    try {
+      writeFileSync(join(dir, 'cgroup.procs'), String(pid))
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      if (code === 'ESRCH') continue
+      stuck.push(pid)
+      if (!problems.length) problems.push(`${code}${code === 'EBUSY' ? `: it takes no process while its cgroup.subtree_control gives controllers to ${inUse.join(' ') || 'its children'}` : ''}`)
+    }
+  }
+  if (stuck.length) {
+    process.stderr.write(`cfs: rootless: processes ${stuck.join(' ')} stay in ${leaf}: the kernel refused them back into ${dir} (${problems.join('; ')}); \`npm run clean\` removes it once they have ended\n`)
+    return
+  }
+  try {
+    rmdirSync(leaf)
+  } catch (err) {
+    problems.push(`rmdir: ${(err as NodeJS.ErrnoException).code}`)
+  }
+  if (problems.length) process.stderr.write(`cfs: rootless: ${dir} is not quite as it was: ${problems.join('; ')}; \`npm run clean\` tries again\n`)
+}
+
+/** The cgroups directly below `dir` (its subdirectories). */
+export function listCgroups(dir: string): string[] {
+  try {
+    return readdirSync(dir, { withFileTypes: true }).filter((entry) => entry.isDirectory()).map((entry) => entry.name)
+  } catch {
+    return []
+  }
+}
+
+/** v2: whether a process is in the cgroup or below it (`populated 1` in cgroup.events); v1: in it. */
+export function cgroupPopulated(dir: string): boolean {
+  try {
+    return /^populated 1$/m.test(readFileSync(join(dir, 'cgroup.events'), 'utf8'))
+  } catch {
+    return cgroupProcs(dir).length > 0
+  }
 }
 
 /** The files and values that set `limits` for one controller, v1 or v2. */

@@ -12,3 +12,13 @@ export function isRunning(pid: number): boolean {
     return false
   }
 }
+
+/** A process's parent PID (from /proc/PID/stat), or 0 if it is gone. */
+export function parentPid(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+  } catch {
+    return 0
+  }
+}

@@ -1,14 +1,19 @@
 // The cgroup v2 code path against a FAKE cgroup2 tree (plain files in a
 // temporary directory). This host's controllers are on v1, so this is the
 // only way to exercise v2 here; `npm run test:cgroup2` runs it for real in
-// a VM with a v2-only kernel.
+// a VM with a v2-only kernel, the rootless delegated cgroup included.
 
-import t from 'tap'
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import t, { type Test } from 'tap'
+import { spawnSync } from 'node:child_process'
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { cgroupLayout, createCgroup, findControllers, findHierarchies, joinCgroup } from '../shared/cgroups.ts'
+import {
+  cgroupFor, cgroupLayout, createCgroup, findControllers, findDelegation, findHierarchies, joinCgroup, leafName, parseLeafName,
+} from '../shared/cgroups.ts'
+import type { Hierarchy } from '../shared/cgroups.ts'
 import type { MountInfo } from '../shared/mounts.ts'
+import { repoDir } from '../shared/settings.ts'
 
 const mountLine = (mountPoint: string, fstype: string, superOptions: string): MountInfo => ({
   id: 1, parent: 0, root: '/', mountPoint, options: 'rw', propagation: '', fstype, source: fstype, superOptions,
@@ -50,4 +55,75 @@ t.test('fake hybrid host (like this one): v1 controllers, an empty v2 tree', asy
   t.equal(cgroupLayout(hierarchies), 'hybrid', 'layout: hybrid')
   const where = findControllers(hierarchies)
   t.same([...where].map(([c, h]) => `${c}:v${h.version}:${h.mountPoint.slice(root.length)}`), ['pids:v1:/pids', 'memory:v1:/memory', 'cpu:v1:/cpu,cpuacct'], 'each controller from its v1 hierarchy, cpu from the co-mounted cpu,cpuacct')
+})
+
+// Rootless, a FAKE delegated cgroup: the user's own cgroup in a fake v2 tree
+// (as systemd's Delegate=yes makes it), with this test's process and its
+// parent in it. The real thing, with a real kernel's rules, is in the VM
+// (npm run test:cgroup2): here only the decisions and the plan. The fake
+// cgroup is at this process's real cgroup path, which cgroupFor reads.
+const ownPath = /^0::(\/.*)$/m.exec(readFileSync('/proc/self/cgroup', 'utf8'))?.[1] ?? '/'
+const own = `0::${ownPath}\n`
+function fakeDelegated(t: Test, controllers = 'cpu memory pids', procs = [process.pid, process.ppid]) {
+  const root = mkdtempSync(join(tmpdir(), 'cfs-fake-delegated-'))
+  t.teardown(() => rmSync(root, { recursive: true, force: true }))
+  const dir = join(root, ownPath).replace(/(.)\/$/, '$1')
+  mkdirSync(dir, { recursive: true })
+  writeFileSync(join(dir, 'cgroup.controllers'), `${controllers}\n`)
+  writeFileSync(join(dir, 'cgroup.subtree_control'), '\n')
+  writeFileSync(join(dir, 'cgroup.procs'), procs.map((pid) => `${pid}\n`).join(''))
+  // What the tree's root offers (its own cgroup.controllers may be the delegated one's, here at /).
+  const hierarchies: Hierarchy[] = [{ version: 2, mountPoint: root, controllers: ['cpuset', 'cpu', 'io', 'memory', 'pids'], root: '/' }]
+  return { root, dir, hierarchies }
+}
+
+t.test('fake delegated cgroup: found, and each way it is not says why', async (t) => {
+  const fake = fakeDelegated(t)
+  t.same(findDelegation(['pids', 'memory'], fake.hierarchies, own), { dir: fake.dir, controllers: ['cpu', 'memory', 'pids'], processes: [process.pid, process.ppid] },
+    'this process\'s cgroup, under the v2 mount, with the controllers, holding this process and its parent: delegated')
+  const scope = fakeDelegated(t)
+  mkdirSync(join(scope.root, 'run-u7.scope'))
+  for (const file of ['cgroup.procs', 'cgroup.subtree_control', 'cgroup.controllers']) writeFileSync(join(scope.root, 'run-u7.scope', file), '')
+  const subtree = scope.hierarchies.map((h) => ({ ...h, root: '/user.slice' }))
+  t.match(findDelegation(['pids'], subtree, '0::/user.slice/run-u7.scope\n'), { why: new RegExp(`your cgroup, ${scope.root}/run-u7.scope, offers no controllers`) },
+    'a mount of a subtree (mountinfo root /user.slice): the path is taken from there')
+  t.match(findDelegation(['pids'], subtree, '0::/system.slice/x.service\n'), { why: /is not under/ }, '…and a cgroup outside that subtree is not under the mount: why says so')
+  t.match(findDelegation(['pids'], [], own), { why: /no cgroup v2/ }, 'no v2 mount: why says so')
+  const hybrid = fake.hierarchies.map((h) => ({ ...h, controllers: ['memory'] }))
+  t.match(findDelegation(['pids', 'memory'], hybrid, own), { why: /keeps pids on cgroup v1/ }, 'v2 without pids (a hybrid host like this one): why names the controller')
+  const fewer = fakeDelegated(t, 'pids')
+  t.match(findDelegation(['pids', 'memory'], fewer.hierarchies, own), { why: /offers pids but not memory/ }, 'a delegated cgroup without memory, for --memory: why names it')
+  const shared = fakeDelegated(t, 'cpu memory pids', [process.pid, 999999])
+  t.match(findDelegation(['pids'], shared.hierarchies, own), { why: /holds processes other than this run's \(999999\)/ }, 'a process that did not start this one in it: why names it')
+})
+
+t.test('fake delegated cgroup: a user who may not write it is refused (as nobody)', async (t) => {
+  const fake = fakeDelegated(t)
+  chmodSync(fake.root, 0o755) // mkdtemp's 0700 would shut nobody out of the whole tree
+  // `env -u NODE_OPTIONS`: tap's preloads (see test/helpers.ts) would write to .tap/, which nobody may not.
+  const ask = () => spawnSync('env', ['-u', 'NODE_OPTIONS', 'setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '--input-type=module', '-e', `
+    import { findDelegation, findHierarchies } from ${JSON.stringify(join(repoDir, 'shared/cgroups.ts'))}
+    const hierarchies = findHierarchies([{ id: 1, parent: 0, root: '/', mountPoint: ${JSON.stringify(fake.root)}, options: 'rw', propagation: '', fstype: 'cgroup2', source: 'cgroup2', superOptions: 'rw' }])
+    console.log(JSON.stringify(findDelegation(['pids'], hierarchies, ${JSON.stringify(own)})))
+  `], { encoding: 'utf8' })
+  const rootOwned = ask()
+  t.match(JSON.parse(rootOwned.stdout || '{}'), { why: /is not yours to change/ }, `root's directory and files: not the user's (stderr: ${rootOwned.stderr.trim() || 'none'})`)
+  for (const file of ['', 'cgroup.procs', 'cgroup.subtree_control']) chownSync(join(fake.dir, file), 65534, 65534)
+  writeFileSync(join(fake.dir, 'cgroup.procs'), '') // nobody's node is no process of this test's lineage: none in it
+  const delegated = ask()
+  t.match(JSON.parse(delegated.stdout || '{}'), { dir: fake.dir }, `chowned to the user as systemd does (the directory, cgroup.procs, cgroup.subtree_control): delegated (stderr: ${delegated.stderr.trim() || 'none'})`)
+})
+
+t.test('fake delegated cgroup: the plan, and the leaf this process moves to', async (t) => {
+  const fake = fakeDelegated(t, 'cpu memory pids', [process.pid])
+  const cgroup = cgroupFor('0123456789ab', { pids: 20, memory: 32 * 1024 ** 2 }, fake.hierarchies, true)
+  const leaf = join(fake.dir, 'cfs-0123456789ab-step+pids+memory')
+  t.same(cgroup.dirs, [{ version: 2, dir: join(fake.dir, 'cfs-0123456789ab'), controllers: ['pids', 'memory'] }], 'the container\'s cgroup goes in the delegated cgroup')
+  t.same(cgroup.writes[0], { dir: fake.dir, file: 'cgroup.subtree_control', value: '+pids +memory' }, 'first the delegated cgroup gives its children pids and memory')
+  t.same(cgroup.writes.slice(1).map((w) => `${w.file}=${w.value}`), ['pids.max=20', `memory.max=${32 * 1024 ** 2}`, 'memory.swap.max=0'], 'then the limits, in the container\'s cgroup')
+  t.same(cgroup.delegation, { dir: fake.dir, leaf, enabled: ['pids', 'memory'], moved: [process.pid] }, 'the leaf, named after what the run adds, holds the moved processes')
+  t.equal(readFileSync(join(leaf, 'cgroup.procs'), 'utf8'), String(process.pid), 'this process was written to the leaf\'s cgroup.procs')
+  t.same(parseLeafName('cfs-0123456789ab-step+pids+memory'), { id: '0123456789ab', enabled: ['pids', 'memory'] }, 'npm run clean reads the id and the controllers back from the name')
+  t.equal(parseLeafName('cfs-0123456789ab'), undefined, '…and a container\'s cgroup is no leaf')
+  t.equal(leafName('0123456789ab', []), 'cfs-0123456789ab-step', 'a run that added nothing: no controllers in the name')
 })

@@ -3,6 +3,7 @@
 // Whether one is running is shared/procfs.ts's isRunning, which steps use.
 
 import { readdirSync, readFileSync } from 'node:fs'
+import { parentPid } from '../../shared/procfs.ts'
 
 /** A process's command line as its argv. Empty if it is gone. */
 export function cmdline(pid: number): string[] {
@@ -13,15 +14,7 @@ export function cmdline(pid: number): string[] {
   }
 }
 
-/** A process's parent PID (from /proc/PID/stat), or 0 if it is gone. */
-export function parentPid(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
-  } catch {
-    return 0
-  }
-}
+export { parentPid } from '../../shared/procfs.ts'
 
 /** PIDs of all processes whose argv matches `test`. */
 export function findProcesses(test: (argv: string[]) => boolean): number[] {
