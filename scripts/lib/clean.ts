@@ -1,6 +1,7 @@
 // Finding and removing what the project may have left on the host after a
 // crash (a parent killed with SIGKILL cannot clean up after itself):
-// mounts under the state dir, cfs-* cgroups, cfs* interfaces and netns,
+// mounts under the state dir, cfs-* cgroups (at the top, and, of a rootless
+// step 09 or 10, in a user's delegated cgroup), cfs* interfaces and netns,
 // container directories, stale address leases, and the isolation matrix's
 // runc containers, cfsm-* keys and "cfs" System V shared memory segments.
 // Only things with the project's prefix or under its state dir are ever
@@ -8,9 +9,11 @@
 // tests and the verify scripts all look through findLeftovers().
 
 import { execFileSync } from 'node:child_process'
-import { existsSync, readlinkSync, rmdirSync, rmSync, statSync } from 'node:fs'
-import { join } from 'node:path'
-import { cgroupProcs, findHierarchies, removeCgroup } from '../../shared/cgroups.ts'
+import { existsSync, readlinkSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { basename, dirname, join } from 'node:path'
+import {
+  cgroupPopulated, cgroupProcs, findHierarchies, listCgroups, parseLeafName, removeCgroup,
+} from '../../shared/cgroups.ts'
 import { MNT_DETACH, readMountInfo, umount2 } from '../../shared/mounts.ts'
 import { BRIDGE, deleteInterface, liveLeases } from '../../shared/net.ts'
 import { removeContainerDir } from '../../shared/overlay.ts'
@@ -148,25 +151,76 @@ function runcContainers(): Leftover[] {
   })
 }
 
-// cfs-* directories at the root of every cgroup hierarchy, v1 and v2; not
-// those of runc's containers, which runc removes with them.
+// cfs-* directories at the root of every cgroup hierarchy, v1 and v2, made
+// by root; and, on v2, anywhere below, what a rootless step 09 made in a
+// cgroup delegated to its user (its container's cfs-<id>, and
+// cfs-<id>-step…, the leaf its own processes moved to; see Delegation in
+// shared/cgroups.ts). A cfs-* cgroup at the root that root gave to a user
+// is such a delegated cgroup (the cgroup2 VM test makes one): the user's,
+// not a leftover. Not those of runc's containers, which runc removes with
+// them. Deepest first, a container's cgroup before its run's leaf: each is
+// removed only once what is below it is gone.
 function cgroups(): Leftover[] {
   const runc = new Set(runcContainers().map((c) => c.name.split(' ')[0]))
-  return findHierarchies().flatMap((h) =>
-    listDir(h.mountPoint)
-      .filter((name) => name.startsWith(`${PREFIX}-`) && !runc.has(name))
-      .map((name) => {
-        const dir = join(h.mountPoint, name)
-        const procs = cgroupProcs(dir)
-        return {
-          kind: 'cgroup' as const,
-          name: dir,
-          inUse: procs.length ? `${procs.length} processes in it` : starting(name) ? 'its container is starting' : false,
-          remove: () => removeCgroup({ name, dirs: [{ version: h.version, dir, controllers: [] }] }),
-          id: idIn(name.slice(PREFIX.length + 1)),
-        }
-      }),
-  )
+  const ours = (h: { mountPoint: string }, dir: string) => {
+    const name = basename(dir)
+    if (!name.startsWith(`${PREFIX}-`) || runc.has(name)) return false
+    if (dirname(dir) !== h.mountPoint) return idIn(name.slice(PREFIX.length + 1)) !== undefined || parseLeafName(name) !== undefined
+    return ownerOf(dir) === 0
+  }
+  const found = findHierarchies().flatMap((h) => {
+    const dirs = h.version === 2 ? treeBelow(h.mountPoint) : listCgroups(h.mountPoint).map((name) => join(h.mountPoint, name))
+    return dirs.filter((dir) => ours(h, dir)).map((dir) => cgroupLeftover(h.version, dir))
+  })
+  const depth = (item: Leftover) => item.name.split('/').length
+  const isLeaf = (item: Leftover) => Number(parseLeafName(basename(item.name)) !== undefined)
+  return found.sort((a, b) => depth(b) - depth(a) || isLeaf(a) - isLeaf(b))
+}
+
+function ownerOf(path: string): number | undefined {
+  try {
+    return statSync(path).uid
+  } catch {
+    return undefined
+  }
+}
+
+// Every cgroup below `top` in a v2 tree (not `top` itself).
+function treeBelow(top: string): string[] {
+  return listCgroups(top).flatMap((name) => [join(top, name), ...treeBelow(join(top, name))])
+}
+
+function cgroupLeftover(version: 1 | 2, dir: string): Leftover {
+  const name = basename(dir)
+  const leaf = parseLeafName(name)
+  const id = leaf?.id ?? idIn(name.slice(PREFIX.length + 1))
+  const procs = cgroupProcs(dir).length
+  // A rootless run's leaf holds the step (and npx, tsx) while it runs.
+  const stepAlive = !leaf && id !== undefined && listCgroups(dirname(dir)).some((other) => parseLeafName(other)?.id === id && cgroupPopulated(join(dirname(dir), other)))
+  return {
+    kind: 'cgroup' as const,
+    name: dir,
+    inUse: procs ? `${procs} processes in it` : cgroupPopulated(dir) ? 'processes in a cgroup below it'
+      : stepAlive ? 'its rootless step is running' : !leaf && starting(name) ? 'its container is starting' : false,
+    // A leaf holds none of the container's processes, only the user's own (the step, npx,
+    // tsx): it is never killed, even with --all; rmdir says EBUSY while they live.
+    remove: async () => {
+      if (!leaf) return removeCgroup({ name, dirs: [{ version, dir, controllers: [] }] })
+      if (existsSync(dir)) rmdirSync(dir)
+      giveBackControllers(dirname(dir), leaf.enabled)
+    },
+    id,
+  }
+}
+
+// After a rootless run's leaf: take back from the delegated cgroup's
+// cgroup.subtree_control the controllers that run added (its leaf's name
+// lists them), once no cfs-* cgroup is left there to need them.
+function giveBackControllers(parent: string, enabled: string[]): void {
+  if (listCgroups(parent).some((name) => name.startsWith(`${PREFIX}-`))) return
+  const on = readText(join(parent, 'cgroup.subtree_control')).split(/\s+/)
+  const off = enabled.filter((c) => on.includes(c))
+  if (off.length) writeFileSync(join(parent, 'cgroup.subtree_control'), off.map((c) => `-${c}`).join(' '))
 }
 
 // A container's cgroup is empty until its parent puts the child in. Meanwhile
