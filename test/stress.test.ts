@@ -1,4 +1,4 @@
-// A short stress run (npm run stress does 200): containers of steps 04-08
+// A short stress run (npm run stress does 200): containers of steps 04-09
 // ended every way there is, a few at a time, and nothing left behind.
 
 import t from 'tap'
@@ -6,7 +6,7 @@ import { EXIT_PATHS, runStress, STRESS_STEPS } from '../scripts/stress/stress.ts
 import { summary } from '../scripts/stress/summary.ts'
 import { rootOnly } from './helpers.ts'
 
-// One container per (step, exit path): 5 steps × 5 paths.
+// One container per (step, exit path): 6 steps × 5 paths.
 const COUNT = STRESS_STEPS.length * EXIT_PATHS.length
 
 // Ctrl-C reaches tsx's launcher too, which SIGKILLs the step unless it

@@ -1,6 +1,7 @@
-// Many containers of steps 04-08, ended every way a container can end, a few
+// Many containers of steps 04-09, ended every way a container can end, a few
 // at a time, and then a look for anything left behind: mounts, cgroups,
-// container directories, interfaces, leases, processes.
+// container directories, interfaces, leases, processes. Step 09 runs as
+// root here (its root is host uid 100000), on its shifted copy of the image.
 //
 // Exit paths: a normal exit, a non-zero exit, Ctrl-C (SIGINT to the step's
 // process group), SIGTERM to the step's own process, and SIGKILL to it
@@ -19,6 +20,7 @@ import { join } from 'node:path'
 import { BRIDGE, liveLeases } from '../../shared/net.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { imagesDir, repoDir } from '../../shared/settings.ts'
+import { ROOT_MAP } from '../../shared/userns.ts'
 import { clean, findLeftovers, leftoversOf } from '../lib/clean.ts'
 import { copyImage, removeTree } from '../lib/private-image.ts'
 import { findProcesses } from '../lib/procfs.ts'
@@ -29,8 +31,8 @@ import { waitFor } from '../lib/wait.ts'
 export type ExitPath = 'exit 0' | 'exit 3' | 'SIGINT to the group' | 'SIGTERM to the step' | 'SIGKILL + npm run clean'
 export const EXIT_PATHS: ExitPath[] = ['exit 0', 'exit 3', 'SIGINT to the group', 'SIGTERM to the step', 'SIGKILL + npm run clean']
 
-/** The steps that make mounts, cgroups, overlays and veths. */
-export const STRESS_STEPS = ['04-pid-proc', '05-mount-ns', '06-cgroups', '07-overlay', '08-net']
+/** The steps that make mounts, cgroups, overlays and veths (and, at 09, a user namespace and its launcher). */
+export const STRESS_STEPS = ['04-pid-proc', '05-mount-ns', '06-cgroups', '07-overlay', '08-net', '09-userns']
 
 /** One container's story. */
 export interface Outcome {
@@ -81,12 +83,14 @@ export async function runStress(
       while (next < count) {
         const n = next++
         // A round is one container per exit path. Rounds go through the steps
-        // and alternate PID 1s that trap signals with ones that do not: with
-        // 5 steps, every (step, path, traps) comes round once in 50 containers.
+        // and alternate PID 1s that trap signals with ones that do not, and
+        // each pass through the steps swaps the two (with an even number of
+        // steps, `round % 2` alone would tie each step to one kind): with 6
+        // steps, every (step, path, traps) comes round once in 60 containers.
         const round = Math.floor(n / EXIT_PATHS.length)
         const path = EXIT_PATHS[n % EXIT_PATHS.length]
         const step = steps[round % steps.length]
-        const traps = round % 2 === 1
+        const traps = (round + Math.floor(round / steps.length)) % 2 === 1
         const outcome = await runOne({ n, step, path, traps, image, imageDir, gate })
         outcomes.push(outcome)
         log(`${String(n + 1).padStart(4)}/${count} ${step} ${path}${traps ? ' (traps)' : ''}: exit ${outcome.exitCode}${outcome.expected ? '' : ` UNEXPECTED: ${outcome.why}`}${outcome.leftovers.length ? ` LEFT: ${outcome.leftovers.join(', ')}` : ''}`)
@@ -109,6 +113,8 @@ export async function runStress(
     }
   } finally {
     removeTree(imageDir)
+    // Step 09 as root runs on a copy of the image owned by uid 100000 (shiftedImage), made once and kept in the store.
+    removeTree(`${imageDir}@${ROOT_MAP.outside}`)
   }
 }
 
