@@ -5,30 +5,31 @@
 // real v2-only host it runs as in the VM; it makes and removes cfs-* cgroups
 // and a busybox image, as the steps do.)
 //
-// One line per check, as the verify scripts print them, then step 06's own
-// verify.ts (if there is one), then `CGROUP2-RESULT: pass N fail M`, the
-// line the host looks for.
+// One line per check, as the verify scripts print them: step 06's cgroups,
+// then step 09 rootless in a cgroup delegated to a user, then steps 06's
+// and 09's own verify.ts (if there are), then `CGROUP2-RESULT: pass N fail
+// M`, the line the host looks for.
 //
 // Usage (in the VM only): tsx scripts/cgroup2-guest.ts
 
 import { spawn, spawnSync } from 'node:child_process'
-import { existsSync, readdirSync, watch } from 'node:fs'
-import { availableParallelism } from 'node:os'
-import { join } from 'node:path'
+import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmdirSync, rmSync, statSync, watch, writeFileSync } from 'node:fs'
+import { availableParallelism, tmpdir } from 'node:os'
+import { basename, join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { setTimeout as delay } from 'node:timers/promises'
 import { $ } from 'zx'
 import {
-  cgroupLayout, cgroupProcs, CONTROLLERS, createCgroup, findControllers, findHierarchies, joinCgroup, removeCgroup,
+  cgroupLayout, cgroupProcs, CONTROLLERS, createCgroup, findControllers, findHierarchies, joinCgroup, listCgroups, removeCgroup,
 } from '../shared/cgroups.ts'
 import { readText } from './lib/files.ts'
-import { findProcesses } from './lib/procfs.ts'
+import { findProcesses, parentPid } from './lib/procfs.ts'
 import { isRunning } from '../shared/procfs.ts'
-import { waitFor } from './lib/wait.ts'
+import { scaled, waitFor } from './lib/wait.ts'
 import { imageRootfs } from '../shared/rootfs.ts'
 import { imagesDir, repoDir } from '../shared/settings.ts'
 import { readResults, resultsFile, sortResults, type ClaimResult } from './lib/results.ts'
-import { checkSignalEnds, Checks, findStepProcess, killSleeper, runStep, shown, tsx, type Sleeper } from './lib/verify.ts'
+import { checkSignalEnds, Checks, findStepProcess, killSleeper, runStep, shown, stepCommand, tsx, type Sleeper } from './lib/verify.ts'
 
 const step = '06-cgroups'
 const root = '/sys/fs/cgroup'
@@ -160,17 +161,172 @@ c.equal('…and once the container ended, its cgroup is gone', oomDir ? existsSy
 const direct = await runStep(step, ['--memory', '20M', ...hog])
 c.equal('a hog that is PID 1 takes the container down: the step exits 137', direct.exitCode, 137, shown(step, ['--memory', '20M', ...hog]))
 
+// Step 09 rootless, in a cgroup delegated to a user (see checkDelegated).
+if (existsSync(join(repoDir, 'steps/09-userns/index.ts'))) await checkDelegated()
+
 // Nothing left behind by all of the above.
 c.equal('no cfs-* cgroup is left in /sys/fs/cgroup', readdirSync(root).filter((name) => name.startsWith('cfs-')), [], `ls -d ${root}/cfs-*`)
 
-// Step 06's own verify.ts, if it is there yet: its claims count here too.
-if (existsSync(join(repoDir, 'steps', step, 'verify.ts'))) {
-  console.log(`steps/${step}/verify.ts:`)
-  const verify = await runVerify()
-  for (const claim of verify.claims) c.add(claim)
-  if (verify.exitCode !== 0 && verify.claims.every((claim) => claim.pass)) c.ok(`steps/${step}/verify.ts exits 0`, false, { expected: 'exit 0', got: `exit ${verify.exitCode}` })
-} else console.log(`steps/${step}/verify.ts: not there yet, skipped`)
+// Steps 06's and 09's own verify.ts, if they are there yet: their claims count here too.
+for (const verified of [step, '09-userns']) {
+  if (existsSync(join(repoDir, 'steps', verified, 'verify.ts'))) {
+    console.log(`steps/${verified}/verify.ts:`)
+    const verify = await runVerify(verified)
+    for (const claim of verify.claims) c.add(claim)
+    if (verify.exitCode !== 0 && verify.claims.every((claim) => claim.pass)) c.ok(`steps/${verified}/verify.ts exits 0`, false, { expected: 'exit 0', got: `exit ${verify.exitCode}` })
+  } else console.log(`steps/${verified}/verify.ts: not there yet, skipped`)
+}
 finish()
+
+/**
+ * Step 09 rootless with limits, in a cgroup delegated to a user the way
+ * systemd's Delegate=yes makes one, by hand: a cfs-delegated-<pid> cgroup
+ * under the root, pids and memory in the root's cgroup.subtree_control, the
+ * directory and its cgroup.procs, cgroup.subtree_control and cgroup.threads
+ * chowned to the user (CFS_GUEST_UID, made by the VM's init; else nobody).
+ * Root moves a shell of that user into it, and the shell runs the step
+ * (steps/09-userns/index.ts, as CFS_VERIFY_LAUNCHER=node runs steps),
+ * ended four ways: SIGTERM, an error, exit 3, SIGKILL and `npm run clean`.
+ * From here, root reads the files.
+ */
+async function checkDelegated(): Promise<void> {
+  const rootless = '09-userns'
+  const user = Number(process.env.CFS_GUEST_UID || 65534)
+  const dir = join(root, `cfs-delegated-${process.pid}`)
+  const inRoot = `/${basename(dir)}` // as /proc/PID/cgroup names it
+  const home = mkdtempSync(join(tmpdir(), 'cfs-guest-user-'))
+  chownSync(home, user, user)
+  const env = { ...process.env, HOME: home, CFS_HOME: join(home, 'state'), XDG_CACHE_HOME: join(home, 'cache') }
+  const asUser = ['setpriv', `--reuid=${user}`, `--regid=${user}`, '--clear-groups']
+  const limits = ['--pids-limit', '20', '--memory', '32M']
+  const subtree = () => readText(join(dir, 'cgroup.subtree_control'))
+  mkdirSync(dir)
+  try {
+    // The root cgroup may hold processes and still give its children controllers.
+    writeFileSync(join(root, 'cgroup.subtree_control'), '+pids +memory')
+    for (const file of ['', 'cgroup.procs', 'cgroup.subtree_control', 'cgroup.threads']) chownSync(join(dir, file), user, user)
+
+    // The user's own image: made by the user, its files are the user's, root inside.
+    const prepare = `const { prepareImage } = await import(${JSON.stringify(join(repoDir, 'shared/rootfs.ts'))}); console.log(await prepareImage({ source: 'busybox', log: () => {} }))`
+    const made = spawnSync(asUser[0], [...asUser.slice(1), process.execPath, '--input-type=module', '-e', prepare], { cwd: repoDir, env, encoding: 'utf8' })
+    const image = made.stdout.trim()
+    c.ok(`rootless: uid ${user} prepares a busybox image of their own, in their state dir`, made.status === 0 && existsSync(join(image, 'bin/sh')) && statSync(image).uid === user, {
+      ran: `setpriv --reuid=${user} … prepareImage({ source: 'busybox' })  # CFS_HOME=${env.CFS_HOME}`,
+      expected: 'exit 0, an image owned by the user',
+      got: `exit ${made.status}, ${image ? `${image} owned by ${existsSync(image) ? statSync(image).uid : '?'}` : made.stderr.trim()}`,
+    })
+
+    // A: a sleeper with limits; the files during the run; SIGTERM; the files after.
+    const a = userShell(limits, 'sleep')
+    const sleep = await waitFor(() => findProcesses((argv) => argv[0] === 'sleep' && argv[1] === a.marker)[0])
+    const stepPid = findStepProcess(rootless, a.marker)
+    const path = sleep ? readText(`/proc/${sleep}/cgroup`) : 'no sleep found'
+    const id = /^0::\/[^/]+\/cfs-([0-9a-f]{12})$/.exec(path)?.[1] ?? 'none'
+    const cgroup = join(dir, `cfs-${id}`)
+    const leaf = join(dir, `cfs-${id}-step+pids+memory`)
+    c.ok(`rootless, in a delegated cgroup (${dir}, uid ${user}'s): the container's cgroup is in it, cfs-<id>`, path === `0::${inRoot}/cfs-${id}` && existsSync(cgroup), {
+      ran: `cat /proc/<sleep>/cgroup  # during ${a.shown}`, expected: `0::${inRoot}/cfs-<id>, a directory that exists`, got: path,
+    })
+    c.equal('…--pids-limit 20: its pids.max is 20', readText(join(cgroup, 'pids.max')), '20', `cat ${cgroup}/pids.max`)
+    c.equal('…--memory 32M: its memory.max is 33554432', readText(join(cgroup, 'memory.max')), String(32 * 1024 ** 2), `cat ${cgroup}/memory.max`)
+    c.equal('…the container\'s PID 1 is in it, alone', cgroupProcs(cgroup), sleep ? [sleep] : ['a sleep'], `cat ${cgroup}/cgroup.procs`)
+    c.equal('…and the user made it (uid of the directory)', existsSync(cgroup) ? statSync(cgroup).uid : 'no directory', user, `stat -c %u ${cgroup}`)
+    // unshare(1), the launcher, stays on the host's side: the step's child, the container's parent.
+    const launcher = sleep ? parentPid(sleep) : 0
+    c.equal('the user\'s shell, the step and its launcher (unshare) wait in a leaf beside it, cfs-<id>-step+pids+memory (no internal processes)', cgroupProcs(leaf).sort(), [a.shell.pid!, stepPid ?? 0, launcher].sort(), `cat ${leaf}/cgroup.procs`)
+    c.ok('…so the delegated cgroup holds no process, and gives its children pids and memory', cgroupProcs(dir).length === 0 && subtree() === 'memory pids', {
+      ran: `cat ${dir}/cgroup.procs ${dir}/cgroup.subtree_control`, expected: 'no PID; memory pids', got: `${cgroupProcs(dir).join(' ') || 'no PID'}; ${subtree()}`,
+    })
+    const signalled = Date.now()
+    if (stepPid) process.kill(stepPid, 'SIGTERM')
+    const endA = await Promise.race([a.ended, delay(scaled(10_000)).then(() => undefined)])
+    c.ok('SIGTERM to the step ends it within 6 s (exit 137: PID 1, a sleep, ignores it and is SIGKILLed after 2 s)', endA?.exit === 137 && Date.now() - signalled < scaled(6000), {
+      ran: `kill -TERM <step>  # during ${a.shown}`, expected: 'exit 137 within 6 s', got: endA ? `exit ${endA.exit} after ${Date.now() - signalled} ms (stderr: ${endA.stderr.trim()})` : 'still running after 10 s',
+    })
+    checkAsFound(dir, inRoot, endA, 'after SIGTERM')
+
+    // B: an error after the move (the state dir's `containers` is a file): exit 125, one line, all put back.
+    const broken = join(home, 'broken')
+    mkdirSync(broken)
+    writeFileSync(join(broken, 'containers'), '')
+    const b = userShell(['--pids-limit', '20', '--image', image, 'true'], undefined, { CFS_HOME: broken })
+    const endB = await b.ended
+    c.ok('an error once the step has moved (its state dir\'s `containers` is a file): exit 125, one line', endB.exit === 125 && endB.stderr.trim().split('\n').length === 1, {
+      ran: `${b.shown}  # CFS_HOME=${broken}`, expected: 'exit 125, one line on stderr', got: `exit ${endB.exit}: ${endB.stderr.trim()}`,
+    })
+    checkAsFound(dir, inRoot, endB, 'after the error')
+
+    // C: a plain exit 3.
+    const d = userShell(['--pids-limit', '20', 'sh', '-c', 'exit 3'])
+    const endD = await d.ended
+    c.equal('exit 3 comes back', endD.exit, 3, `${d.shown}  (stderr: ${endD.stderr.trim()})`)
+    checkAsFound(dir, inRoot, endD, 'after exit 3')
+
+    // D: SIGKILL to the step, then `npm run clean`, as root, as after any crash.
+    const k = userShell(limits, 'sleep')
+    const sleepK = await waitFor(() => findProcesses((argv) => argv[0] === 'sleep' && argv[1] === k.marker)[0])
+    const idK = /\/cfs-([0-9a-f]{12})$/.exec(sleepK ? readText(`/proc/${sleepK}/cgroup`) : '')?.[1] ?? 'none'
+    const stepK = findStepProcess(rootless, k.marker)
+    if (stepK) process.kill(stepK, 'SIGKILL')
+    const endK = await Promise.race([k.ended, delay(scaled(10_000)).then(() => undefined)])
+    const left = listCgroups(dir)
+    c.ok('SIGKILL to the step: its container ends (PR_SET_PDEATHSIG); its cgroup and the leaf stay, with the user\'s shell left in the leaf', endK?.exit === 137 && endK.cgroup === `0::${inRoot}/cfs-${idK}-step+pids+memory` && left.includes(`cfs-${idK}`), {
+      ran: `kill -KILL <step>  # during ${k.shown}; ls ${dir}`, expected: `exit 137, the shell in ${inRoot}/cfs-${idK}-step+pids+memory, cfs-${idK} there`,
+      got: endK ? `exit ${endK.exit}, the shell in ${endK.cgroup}, ${left.join(' ') || 'nothing'} there` : 'still running after 10 s',
+    })
+    const cleaned = spawnSync(process.execPath, ['scripts/clean.ts'], { cwd: repoDir, encoding: 'utf8', env: { ...process.env, FORCE_COLOR: '0' } })
+    const removed = cleaned.stdout.split('\n').filter((line) => line.startsWith('removed ') && line.includes(`${dir}/`))
+    c.ok('`npm run clean` removes both, and takes pids and memory back from the delegated cgroup\'s cgroup.subtree_control', cleaned.status === 0 && removed.length === 2 && listCgroups(dir).length === 0 && subtree() === '', {
+      ran: `npm run clean; ls ${dir}; cat ${dir}/cgroup.subtree_control`, expected: `removed cgroup: ${dir}/cfs-${idK}, removed cgroup: …-step+pids+memory; nothing left; empty`,
+      got: `exit ${cleaned.status}: ${(cleaned.stdout + cleaned.stderr).trim().replace(/\n/g, ' | ')}; ${listCgroups(dir).join(' ') || 'nothing'} left; \`${subtree()}\``,
+    })
+  } finally {
+    // What a failed check above may have left: the final check (no cfs-* cgroup left) reports it.
+    for (const cgroupDir of [...listCgroups(dir).map((name) => join(dir, name)), dir]) {
+      try {
+        rmdirSync(cgroupDir)
+      } catch {}
+    }
+    rmSync(home, { recursive: true, force: true })
+  }
+
+  /**
+   * As `user`, a shell that root moves into the delegated cgroup (only root
+   * may: a move needs write access to cgroup.procs in the common ancestor,
+   * here the root), then lets run the step, then says how it ended and
+   * where it is itself: back in the delegated cgroup, or still in the leaf.
+   */
+  function userShell(args: string[], sleeper?: 'sleep', extraEnv: NodeJS.ProcessEnv = {}) {
+    const marker = `100.${process.pid}${++runs}`
+    const command = sleeper ? [...args, 'sh', '-c', 'hostname; exec sleep "$0"', marker] : args
+    const script = 'read go; "$@"; echo "exit: $?"; cat /proc/self/cgroup'
+    const shell = spawn(asUser[0], [...asUser.slice(1), 'sh', '-c', script, 'sh', ...stepCommand(rootless), 'run', ...command], {
+      cwd: repoDir, env: { ...env, ...extraEnv }, stdio: ['pipe', 'pipe', 'pipe'],
+    })
+    writeFileSync(join(dir, 'cgroup.procs'), String(shell.pid))
+    shell.stdin!.end('go\n')
+    let stdout = ''
+    let stderr = ''
+    shell.stdout!.on('data', (chunk) => (stdout += chunk))
+    shell.stderr!.on('data', (chunk) => (stderr += chunk))
+    const ended = new Promise<{ exit?: number; cgroup?: string; stderr: string }>((resolve) => shell.on('close', () => resolve({
+      exit: Number(/^exit: (\d+)$/m.exec(stdout)?.[1] ?? NaN), cgroup: /^0::.*$/m.exec(stdout)?.[0], stderr,
+    })))
+    return { shell, marker, ended, shown: `setpriv --reuid=${user} … ${shown(rootless, command)}` }
+  }
+}
+
+// After a rootless run in the delegated cgroup: nothing of it there, its
+// cgroup.subtree_control empty as found, and the user's shell back in it.
+function checkAsFound(dir: string, inRoot: string, end: { cgroup?: string } | undefined, when: string): void {
+  const left = listCgroups(dir)
+  const subtree = readText(join(dir, 'cgroup.subtree_control'))
+  c.ok(`…${when}, the delegated cgroup is as found: no cgroup in it, cgroup.subtree_control empty, the user's shell back in it`, left.length === 0 && subtree === '' && end?.cgroup === `0::${inRoot}`, {
+    ran: `ls ${dir}; cat ${dir}/cgroup.subtree_control; cat /proc/self/cgroup  # in the shell, after the step`,
+    expected: `nothing; empty; 0::${inRoot}`,
+    got: `${left.join(' ') || 'nothing'}; \`${subtree}\`; ${end?.cgroup ?? 'the shell said nothing'}`,
+  })
+}
 
 /** Print the tally and the line the host looks for, then exit. */
 function finish(reason?: string): never {
@@ -240,11 +396,11 @@ function watchWrites(file: string | undefined): () => number {
   return () => writes
 }
 
-/** Run step 06's verify.ts as verify.test.ts does, echoing its lines; its claims, from the results it records. */
-async function runVerify(): Promise<{ claims: ClaimResult[]; exitCode: number }> {
+/** Run a step's verify.ts as verify.test.ts does, echoing its lines; its claims, from the results it records. */
+async function runVerify(verified: string): Promise<{ claims: ClaimResult[]; exitCode: number }> {
   const results = resultsFile()
   try {
-    const verify = here({ env: { ...process.env, CFS_VERIFY_JSON: results.file } })`${tsx} ${`steps/${step}/verify.ts`}`
+    const verify = here({ env: { ...process.env, CFS_VERIFY_JSON: results.file } })`${tsx} ${`steps/${verified}/verify.ts`}`
     for await (const line of createInterface({ input: verify.stdout })) console.log(line)
     const result = await verify
     if (result.stderr.trim()) console.log(`    stderr: ${result.stderr.trim().replace(/\n/g, '\n    ')}`)

@@ -31,8 +31,8 @@ export function stepPath(step: string): string {
  * CFS_VERIFY_LAUNCHER=node starts it as `node <stepPath>/index.ts` instead:
  * the same code without tsx's loader, which costs seconds per start under
  * emulation. Only the cgroup v2 VM test (scripts/vm/initramfs.ts) sets it,
- * for step 06's verify; a verify that looks for tsx's launcher process
- * (step 08's) needs the default.
+ * for steps 06's and 09's verify; a verify that looks for tsx's launcher
+ * process (step 08's) needs the default.
  */
 export function stepCommand(step: string): string[] {
   const launcher = process.env.CFS_VERIFY_LAUNCHER || 'tsx'

@@ -12,6 +12,8 @@ const defaultStateDir = '/var/lib/containers-from-scratch'
 /** Where the guest mounts the host's results directory (boot()'s `resultsDir`), and the file in it its checks record to. */
 const guestResultsDir = '/cfs-vm-results'
 export const guestResults = 'results.jsonl'
+/** A user made in the guest, not root: step 09 runs rootless as them (see checkDelegated in scripts/cgroup2-guest.ts). */
+const guestUser = { name: 'cfs-guest', uid: 1500 }
 /**
  * How much longer the checks in the guest wait for things (CFS_WAIT_SCALE,
  * see scripts/lib/wait.ts): a container start takes 2-3 s under tcg, against
@@ -62,6 +64,8 @@ function initScripts(kernel: Kernel, busybox: string, accelerator: string): { in
     // stepCommand): 2-3 s a container under tcg, against 6-7 s through tsx.
     'CFS_VERIFY_LAUNCHER=node',
     `CFS_WAIT_SCALE=${waitScale(accelerator)}`,
+    // The user that runs step 09 rootless in a delegated cgroup (stage 2 adds it to the guest's /etc/passwd).
+    `CFS_GUEST_UID=${guestUser.uid}`,
     // The checks record their results here too, one JSON line each: on the host, in this run's results dir.
     `CFS_VERIFY_JSON=${guestResultsDir}/${guestResults}`,
   ]
@@ -103,6 +107,9 @@ echo "CGROUP2-BOOTED: $(cut -d' ' -f1 /proc/uptime) s, $(uname -r), cgroup2 cont
 exec switch_root /newroot ${busybox} sh /cfs-vm-stage2
 `
   const stage2 = `cd ${repoDir}
+# A user of the guest's own (its /etc is the overlay's: nothing reaches the host).
+echo '${guestUser.name}:x:${guestUser.uid}:${guestUser.uid}:rootless user of the cgroup2 VM test:/nonexistent:/bin/sh' >> /etc/passwd
+echo '${guestUser.name}:x:${guestUser.uid}:' >> /etc/group
 /usr/bin/env -i ${env.join(' ')} sh -c '${process.env.CFS_VM_GUEST_CMD ?? `exec ${guest.join(' ')}`}'
 echo "CGROUP2-EXIT: $?"
 ${busybox} poweroff -f

@@ -10,8 +10,13 @@ import { basename, join } from 'node:path'
 import { UsageError } from '../../shared/errors.ts'
 import { onPath } from '../lib/files.ts'
 
-/** The modules the guest needs to reach the host's files (with what they depend on). */
-const wantedModules = ['virtio_pci', '9pnet_virtio', '9p', 'overlay']
+/**
+ * The modules the guest needs (with what they depend on): to reach the
+ * host's files, and, for step 09 as root, the bridge and veth pairs of its
+ * network (the guest cannot load modules on demand: its modprobe is the
+ * host's, with the host's /lib/modules).
+ */
+const wantedModules = ['virtio_pci', '9pnet_virtio', '9p', 'overlay', 'bridge', 'veth']
 
 /** An unpacked kernel: <dir>/vmlinuz, and <dir>/modules/<name>.ko to load in this order. */
 export interface Kernel {
@@ -19,12 +24,19 @@ export interface Kernel {
   package: string // e.g. `linux-image-6.1.0-56-amd64 6.1.192-2`
   release: string // uname -r
   modules: string[] // names, dependencies first
+  wanted?: string[] // the wantedModules they were unpacked for
 }
 
-/** The cached kernel in `vmDir`, or Debian's current one, downloaded and unpacked there (not installed). */
+/**
+ * The cached kernel in `vmDir`, or Debian's current one, downloaded and
+ * unpacked there (not installed). A cache unpacked for fewer modules than
+ * wantedModules now lists is downloaded again (once).
+ */
 export function ensureKernel(vmDir: string): Kernel {
-  const cached = readdirSync(vmDir).filter((name) => existsSync(join(vmDir, name, 'kernel.json'))).sort().at(-1)
-  if (cached) return { ...JSON.parse(readFileSync(join(vmDir, cached, 'kernel.json'), 'utf8')), dir: join(vmDir, cached) } as Kernel
+  const kernels = readdirSync(vmDir).filter((name) => existsSync(join(vmDir, name, 'kernel.json'))).sort()
+    .map((name) => ({ ...JSON.parse(readFileSync(join(vmDir, name, 'kernel.json'), 'utf8')), dir: join(vmDir, name) }) as Kernel)
+  const cached = kernels.filter((k) => wantedModules.every((name) => k.wanted?.includes(name))).at(-1)
+  if (cached) return cached
   const tmp = join(vmDir, `download-${process.pid}`)
   mkdirSync(tmp)
   try {
@@ -39,7 +51,10 @@ export function ensureKernel(vmDir: string): Kernel {
     const version = dpkgField(join(tmp, deb), 'Version')
     execFileSync('dpkg-deb', ['-x', join(tmp, deb), join(tmp, 'x')])
     const release = readdirSync(join(tmp, 'x/lib/modules'))[0]
-    const dir = join(vmDir, `${real}_${version}`)
+    // Beside a cache of the same kernel unpacked for fewer modules, not over
+    // it: a run of older code may be reading that one.
+    const plain = join(vmDir, `${real}_${version}`)
+    const dir = existsSync(plain) ? `${plain}-m${wantedModules.length}` : plain
     const staging = join(tmp, 'kernel')
     mkdirSync(join(staging, 'modules'), { recursive: true })
     copyFileSync(join(tmp, 'x/boot', `vmlinuz-${release}`), join(staging, 'vmlinuz'))
@@ -47,7 +62,7 @@ export function ensureKernel(vmDir: string): Kernel {
       writeFileSync(join(staging, 'modules', `${moduleName(file)}.ko`), decompress(file))
       return moduleName(file)
     })
-    const kernel = { package: `${real} ${version}`, release, modules }
+    const kernel = { package: `${real} ${version}`, release, modules, wanted: wantedModules }
     writeFileSync(join(staging, 'kernel.json'), `${JSON.stringify(kernel, null, 2)}\n`) // last: marks it complete
     try {
       renameSync(staging, dir)
