@@ -4,8 +4,9 @@
 // its controllers on v1 (or be hybrid); so boot Debian's own kernel under
 // qemu with `cgroup_no_v1=all`, give it this host's root read-only over 9p
 // (with a tmpfs overlay on top, so it can write), and run
-// scripts/cgroup2-guest.ts in there: npm run doctor, step 06's verify.ts and
-// checks of the v2 files themselves. The guest prints one line per check on
+// scripts/cgroup2-guest.ts in there: npm run doctor, checks of the v2 files
+// themselves, step 09 rootless in a cgroup delegated to a user, and steps
+// 06's and 09's verify.ts. The guest prints one line per check on
 // the serial console and ends with `CGROUP2-RESULT: pass N fail M`; it also
 // records them as data (CFS_VERIFY_JSON, see scripts/lib/results.ts) in a
 // directory of this run's that it mounts over 9p, which this run passes on
