@@ -1,6 +1,6 @@
 // npm run stress [-- --count N] [--concurrency N]
 //
-// Start N containers (default 200) of steps 04-09, a few at a time, and end
+// Start N containers (default 200) of steps 04-10, a few at a time, and end
 // them every way a container can end: exit 0, exit 3, Ctrl-C, SIGTERM, and
 // SIGKILL followed by `npm run clean`. Then look for anything left behind.
 // Prints, per exit path, how many ran, how many ended as expected, and what

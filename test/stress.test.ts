@@ -1,4 +1,4 @@
-// A short stress run (npm run stress does 200): containers of steps 04-09
+// A short stress run (npm run stress does 200): containers of steps 04-10
 // ended every way there is, a few at a time, and nothing left behind.
 
 import t from 'tap'

@@ -54,8 +54,8 @@ Run <command> as PID 1 of new UTS, PID, mount, IPC and network namespaces, on a
 copy-on-write overlay of an image (pivot_root), with /proc, /sys and a
 minimal /dev, in its own cgroup, with eth0 on the host's ${BRIDGE} bridge,
 as root of a new user namespace: host uid 100000, or yours without sudo
-(rootless: no limits, and lo but no eth0), with Docker's 14 capabilities,
-no_new_privs and a seccomp filter.
+(rootless: lo but no eth0, and limits only in a delegated cgroup), with
+Docker's 14 capabilities, no_new_privs and a seccomp filter.
 
 Options:
   --image NAME|DIR    image name (see npm run rootfs) or a root filesystem directory
@@ -111,7 +111,7 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
   try {
     // A cgroup is a directory in a cgroup filesystem: one in each hierarchy
     // that holds a controller we use (v2: one tree; v1: one per controller).
-    // Rootless, cgroupFor plans none and says the limits are off: the cgroup tree is root's.
+    // Rootless, the tree is root's: cgroupFor plans one in a cgroup delegated to the user, else none.
     const cgroup = cgroupFor(container.id, limits)
     // At the end, however it ends: rmdir, which the kernel allows once no
     // process is left in it (rmdirCgroup SIGKILLs the rest first).

@@ -1,7 +1,7 @@
-// Many containers of steps 04-09, ended every way a container can end, a few
+// Many containers of steps 04-10, ended every way a container can end, a few
 // at a time, and then a look for anything left behind: mounts, cgroups,
-// container directories, interfaces, leases, processes. Step 09 runs as
-// root here (its root is host uid 100000), on its shifted copy of the image.
+// container directories, interfaces, leases, processes. Steps 09 and 10 run
+// as root here (their root is host uid 100000), on the shifted copy of the image.
 //
 // Exit paths: a normal exit, a non-zero exit, Ctrl-C (SIGINT to the step's
 // process group), SIGTERM to the step's own process, and SIGKILL to it
@@ -32,7 +32,7 @@ export type ExitPath = 'exit 0' | 'exit 3' | 'SIGINT to the group' | 'SIGTERM to
 export const EXIT_PATHS: ExitPath[] = ['exit 0', 'exit 3', 'SIGINT to the group', 'SIGTERM to the step', 'SIGKILL + npm run clean']
 
 /** The steps that make mounts, cgroups, overlays and veths (and, at 09, a user namespace and its launcher). */
-export const STRESS_STEPS = ['04-pid-proc', '05-mount-ns', '06-cgroups', '07-overlay', '08-net', '09-userns']
+export const STRESS_STEPS = ['04-pid-proc', '05-mount-ns', '06-cgroups', '07-overlay', '08-net', '09-userns', '10-security']
 
 /** One container's story. */
 export interface Outcome {
@@ -85,8 +85,8 @@ export async function runStress(
         // A round is one container per exit path. Rounds go through the steps
         // and alternate PID 1s that trap signals with ones that do not, and
         // each pass through the steps swaps the two (with an even number of
-        // steps, `round % 2` alone would tie each step to one kind): with 6
-        // steps, every (step, path, traps) comes round once in 60 containers.
+        // steps, `round % 2` alone would tie each step to one kind): with 7
+        // steps, every (step, path, traps) comes round once in 70 containers.
         const round = Math.floor(n / EXIT_PATHS.length)
         const path = EXIT_PATHS[n % EXIT_PATHS.length]
         const step = steps[round % steps.length]
@@ -113,7 +113,7 @@ export async function runStress(
     }
   } finally {
     removeTree(imageDir)
-    // Step 09 as root runs on a copy of the image owned by uid 100000 (shiftedImage), made once and kept in the store.
+    // Steps 09 and 10 as root run on a copy of the image owned by uid 100000 (shiftedImage), made once and kept in the store.
     removeTree(`${imageDir}@${ROOT_MAP.outside}`)
   }
 }
