@@ -4,7 +4,7 @@
 import type { ChildProcess, StdioOptions } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { closeSync, readSync, statSync, writeSync } from 'node:fs'
-import { flushCompileCache } from 'node:module'
+import * as nodeModule from 'node:module'
 import { constants } from 'node:os'
 import { join, resolve } from 'node:path'
 import { UsageError } from './errors.ts'
@@ -15,8 +15,10 @@ import { fcntl, F_GETFL, F_SETFL, O_NONBLOCK, reclaimTerminal } from './process.
 // The child (see reexecChild) never exits: it execs. Node writes its compile
 // cache at exit, so a child writes it here, while the cache's directory is
 // still in view (before chroot or pivot_root). ES modules are all compiled
-// before any of them runs, so by now the whole step is.
-if (process.argv[2] === 'child') flushCompileCache()
+// before any of them runs, so by now the whole step is. (A namespace
+// import: a Node too old to have it must get to checkNodeVersion's one line,
+// not fail to link this module.)
+if (process.argv[2] === 'child') nodeModule.flushCompileCache?.()
 
 /** A short random id, as Docker's: 12 hex digits. Also the hostname. */
 export function newContainerId(): string {

@@ -5,7 +5,7 @@
 
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { checkNodeVersion, parseRunArgs } from '../shared/cli.ts'
 import { UsageError } from '../shared/errors.ts'
@@ -39,6 +39,27 @@ t.test('checkNodeVersion: 22.18 is the oldest Node that runs the steps (type str
   for (const ok of ['22.18.0', '22.20.1', '24.21.0', '25.0.0']) t.doesNotThrow(() => checkNodeVersion(ok), `${ok} is new enough`)
   for (const old of ['20.20.2', '22.17.1', '18.0.0']) t.throws(() => checkNodeVersion(old), UsageError, `${old} is refused`)
   t.throws(() => checkNodeVersion('20.20.2'), /^Node 20\.20\.2 is too old: the workshop needs Node 22\.18 or newer/, 'the line names both versions')
+})
+
+// A real old Node, where the machine has one (this CI machine's /usr/bin/node
+// is 20): every step must get as far as the version check, so nothing it
+// imports may fail to link there (a named import Node 20 lacks did, once).
+const oldNode = spawnSync('/usr/bin/node', ['--version'], { encoding: 'utf8' }).stdout?.trim().slice(1)
+const tooOld = oldNode !== undefined && oldNode !== '' && (() => {
+  try {
+    checkNodeVersion(oldNode)
+    return false
+  } catch {
+    return true
+  }
+})()
+t.test(`every step under the machine's old Node (${oldNode || 'none'}): one line, exit 125`, { skip: tooOld ? false : 'no Node older than 22.18 at /usr/bin/node' }, async (t) => {
+  const steps = readdirSync(join(repoDir, 'steps')).filter((name) => /^\d\d-/.test(name)).sort()
+  for (const step of steps) {
+    const result = spawnSync('/usr/bin/node', [join(repoDir, 'node_modules/tsx/dist/cli.mjs'), `steps/${step}`, 'run', 'true'], { encoding: 'utf8', cwd: repoDir })
+    t.equal(result.status, 125, `${step}: exit 125 (stderr: ${result.stderr.trim().slice(-300)})`)
+    t.match(result.stderr, /^cfs: Node [\d.]+ is too old: the workshop needs Node 22\.18 or newer.*\n$/, `${step}: one line`)
+  }
 })
 
 t.test('-e KEY=VALUE as given; -e KEY takes the host\'s value, or nothing', async (t) => {
