@@ -15,7 +15,7 @@ const SYS_shmctl = arm64 ? 195 : 31
 const SYS_add_key = arm64 ? 217 : 248
 const SYS_keyctl = arm64 ? 219 : 250
 
-const KEY_SPEC_USER_KEYRING = -4
+const KEY_SPEC_PROCESS_KEYRING = -2
 const KEYCTL_SET_TIMEOUT = 15
 const KEYCTL_INVALIDATE = 21
 const IPC_CREAT = 0o1000
@@ -26,13 +26,15 @@ const IPC_RMID = 0
 export const SHM_KEY_BASE = 0x63667300
 
 /**
- * add_key(2): a `user` key named `description` in the caller's user keyring
- * (@u), which outlives the caller. It expires after `timeoutS` seconds
- * (keyctl KEYCTL_SET_TIMEOUT) even if nothing removes it. Returns its serial.
+ * add_key(2): a `user` key named `description` in the caller's process
+ * keyring (@p), which the caller always holds, even under sudo in someone
+ * else's session keyring, and which dies with it (a crash leaves no key).
+ * It also expires after `timeoutS` seconds (keyctl KEYCTL_SET_TIMEOUT).
+ * Any process of the same uid may view it in /proc/keys. Returns its serial.
  */
 export function add_key(description: string, payload: string, timeoutS: number): number {
   const serial = check('add_key', raw.syscall(SYS_add_key, 'const char *', 'user', 'const char *', description,
-    'const char *', payload, 'size_t', Buffer.byteLength(payload), 'int', KEY_SPEC_USER_KEYRING) as number, description)
+    'const char *', payload, 'size_t', Buffer.byteLength(payload), 'int', KEY_SPEC_PROCESS_KEYRING) as number, description)
   check('keyctl KEYCTL_SET_TIMEOUT', raw.syscall(SYS_keyctl, 'int', KEYCTL_SET_TIMEOUT, 'int', serial, 'unsigned int', timeoutS) as number, description)
   return serial
 }

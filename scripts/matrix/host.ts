@@ -2,8 +2,8 @@
 // container run and removed after the last: a private copy of the image (so
 // chroot steps write nothing into the shared one), the probe helper in it,
 // a secret file, a tmpfs only the host has mounted, a `sleep` to see, a
-// loop device, TCP listeners on 127.0.0.1 and on all addresses, a key in
-// root's keyring, a System V shared memory segment.
+// loop device, TCP listeners on 127.0.0.1 and on all addresses, a key of
+// root's, a System V shared memory segment.
 //
 // Everything the matrix makes on the host is under one directory,
 // /tmp/cfs-matrix-<pid>, or carries the name cfsm-*-<pid>/cfs-matrix-<pid>-*
@@ -43,7 +43,7 @@ export interface Host {
   anyPort: number
   tokens: Set<string> // what the listeners received
   hostname: string // the host's hostname before any run
-  key?: { description: string; serial: number } // a key in root's user keyring, cfsm-hostkey-<pid> (if the kernel has keys)
+  key?: { description: string; serial: number } // a key of root's in our process keyring, cfsm-hostkey-<pid> (if the kernel has keys)
   shm?: { key: number; id: number } // a System V shared memory segment of the host's (if the kernel has System V IPC)
   kernel: Kernel
 }
@@ -105,7 +105,7 @@ export async function prepareHost(): Promise<Host> {
       keys: existsSync('/proc/keys'),
       sysvipc: existsSync('/proc/sysvipc'),
     }
-    // Root's user keyring (@u): any process of host uid 0 may view the key.
+    // In our process keyring (@p): any process of host uid 0 may view the key, and it dies with us.
     const description = `cfsm-hostkey-${process.pid}`
     if (host.kernel.keys) host.key = { description, serial: add_key(description, 'cfsm', KEY_TIMEOUT_S) }
     const key = SHM_KEY_BASE + (process.pid % 256)
