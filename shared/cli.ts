@@ -116,8 +116,13 @@ export function requireRoot(args = rerunArgs ?? process.argv.slice(2)): void {
     if (process.env.CFS_SUDO) throw new UsageError(`${why}, and sudo ran it as uid ${process.getuid?.()}: run it as root`)
     const sudo = findInPath('sudo')
     if (!sudo) throw new UsageError(`${why}, and there is no sudo: run it as root`)
+    const without = 'steps 01, 09 and 10 run without it'
     if (!hasTerminal() && spawnSync(sudo, ['-n', 'true'], { stdio: 'ignore' }).status !== 0) {
-      throw new UsageError(`${why}, and sudo needs a password but there is no terminal to ask on: run \`sudo -v\` first, or run it as root`)
+      throw new UsageError(`${why}, and sudo wants a password (or does not let you in) with no terminal to ask on: run \`sudo -v\` first, or run it as root; ${without}`)
+    }
+    // Ask sudo first, as a child: if it says no (no sudo rights, no password), we still get to say so in one line.
+    if (hasTerminal() && spawnSync(sudo, ['-v'], { stdio: 'inherit' }).status !== 0) {
+      throw new UsageError(`${why}, and sudo did not let you in: run it as root, or as a user with sudo rights; ${without}`)
     }
     process.stderr.write(`cfs: ${why}: re-running under sudo\n`)
     const settings = Object.entries(process.env).filter(([key]) => key.startsWith('CFS_')).map(([key, value]) => `${key}=${value}`)
