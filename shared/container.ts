@@ -10,6 +10,7 @@ import { join, resolve } from 'node:path'
 import { UsageError } from './errors.ts'
 import { spawnInNamespaces } from './namespaces.ts'
 import { compileCacheDir } from './settings.ts'
+import { forgetContainer, prepareRecord, recordStart } from './state.ts'
 import { fcntl, F_GETFL, F_SETFL, O_NONBLOCK, reclaimTerminal } from './process.ts'
 
 // The child (see reexecChild) never exits: it execs. Node writes its compile
@@ -31,12 +32,17 @@ export function newContainerId(): string {
  * script. The config travels as one JSON argument. The child is plain
  * `node` on the step's .ts file, which Node runs by stripping its types:
  * started through tsx again, it would pay about 170 ms for the loader.
+ * Once it has started, its state file says so (shared/state.ts).
  */
 export function reexecChild(config: object, cloneFlags = 0, stdio: StdioOptions = 'inherit'): ChildProcess {
+  prepareRecord()
   // Node's compile cache keeps the stripped and compiled modules between
   // runs: the child starts in about half the time (see README, What it costs).
   const env = { ...process.env, NODE_COMPILE_CACHE: compileCacheDir }
-  return spawnInNamespaces(cloneFlags, process.execPath, [scriptFile(), 'child', JSON.stringify(config)], { stdio, env })
+  const child = spawnInNamespaces(cloneFlags, process.execPath, [scriptFile(), 'child', JSON.stringify(config)], { stdio, env })
+  // From now until it ends, `npm run ps` lists it (see shared/state.ts).
+  if (child.pid) recordStart(config, child.pid)
+  return child
 }
 
 // The file this program runs from: `npx tsx steps/04-pid-proc` names a
@@ -158,6 +164,8 @@ export class Cleanup {
   }
 
   constructor() {
+    // The container's state file goes last (shared/state.ts).
+    this.defer(forgetContainer)
     for (const signal of STOP_SIGNALS) process.on(signal, this.onSignal)
   }
 

@@ -22,3 +22,19 @@ export function parentPid(pid: number): number {
     return 0
   }
 }
+
+/**
+ * When a process started, in clock ticks after boot (field 22 of
+ * /proc/PID/stat), or undefined if it is gone. With its PID, it names one
+ * process for good: a PID is reused once its process is gone, and the
+ * new process has a later start.
+ */
+export function startTime(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    // Fields after the command, which is in parentheses and may hold spaces: state is field 3, starttime 22.
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19])
+  } catch {
+    return undefined
+  }
+}

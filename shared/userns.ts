@@ -12,6 +12,7 @@ import { UsageError } from './errors.ts'
 import { check, raw } from './libc.ts'
 import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS } from './namespaces.ts'
 import { compileCacheDir, imagesDir, rootless } from './settings.ts'
+import { prepareRecord, recordPid1, recordStart } from './state.ts'
 
 /** One line of /proc/PID/uid_map (and gid_map): `count` ids from `inside` are `outside`… on the host. */
 export interface IdMap {
@@ -63,7 +64,11 @@ export function reexecChildInUserNamespace(config: object, flags: number, stdio:
   const env = { ...process.env, NODE_COMPILE_CACHE: compileCacheDir }
   const script = statSync(resolve(process.argv[1])).isDirectory() ? join(resolve(process.argv[1]), 'index.ts') : resolve(process.argv[1])
   const [file, ...args] = launcher(flags, [process.execPath, script, 'child', JSON.stringify(config)])
-  return spawn(file, args, { stdio, env })
+  prepareRecord()
+  const child = spawn(file, args, { stdio, env })
+  // Its state file names the launcher as PID 1 until signalContainer learns the real one.
+  if (child.pid) recordStart(config, child.pid)
+  return child
 }
 
 /** The host PID of the container's PID 1: the launcher's only child (proc(5), /proc/PID/task/TID/children). */
@@ -79,10 +84,12 @@ export function containerPid(launcherPid: number): number {
  * SIGINT and SIGTERM while it waits for its child, and passes nothing on.
  * A SIGKILL also goes to unshare itself: util-linux before 2.40 reports a
  * child that died of SIGKILL as exit 1 (it cannot re-raise SIGKILL), and a
- * launcher killed by SIGKILL is 137, as Docker says.
+ * launcher killed by SIGKILL is 137, as Docker says. From now on the
+ * container's state file (shared/state.ts) names `pid` as its PID 1.
  */
 export function signalContainer(child: ChildProcess, pid: number): void {
   const launcher = child.pid!
+  recordPid1(pid)
   child.kill = (signal?: NodeJS.Signals | number) => {
     try {
       process.kill(pid, signal)
