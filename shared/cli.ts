@@ -7,6 +7,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { exitWithError, UsageError } from './errors.ts'
 import { DEFAULT_PATH, execvp, keepStdio } from './process.ts'
 import { ARCHITECTURES } from './seccomp.ts'
+import { setName } from './state.ts'
 
 type OptionSpec = NonNullable<ParseArgsConfig['options']>
 type OptionValues<T extends OptionSpec> = {
@@ -37,6 +38,8 @@ export function parseRunArgs<const T extends OptionSpec>(argv: string[], options
     throw new UsageError('containers need a Linux kernel: on macOS or Windows use the VM in vagrant/ (see README.md)')
   }
   const env = ((values.env ?? []) as string[]).flatMap(hostValue)
+  // Only the parent knows the name: it claims it and writes it in the state file, the child never sees it.
+  if (values.name !== undefined) setName(values.name as string)
   // If requireRoot() re-runs this under sudo, the host's values of `-e KEY`
   // go along as `-e KEY=VALUE`: sudo gives the new process a fresh environment.
   rerunArgs = ['run', ...tokens.flatMap((token) => {
@@ -70,7 +73,11 @@ export function securityOptions(opts: string[] = []): { seccomp: boolean; noNewP
 const commonOptions = {
   help: { type: 'boolean', short: 'h' },
   env: { type: 'string', short: 'e', multiple: true },
+  name: { type: 'string' },
 } as const satisfies OptionSpec
+
+// --name, which steps' usage texts do not list: exitWithUsage adds it after their -e line.
+const NAME_HELP = ['--name NAME', 'a name for the container, unique among running ones (see npm run ps)'] as const
 
 // `-e KEY=VALUE` as it is; `-e KEY` takes the host's value, or nothing if
 // the host has none (as Docker does).
@@ -182,6 +189,16 @@ function joinNegativeValues(args: string[], options: OptionSpec): string[] {
 }
 
 function exitWithUsage(usage: string): never {
-  process.stdout.write(usage.trimStart())
+  process.stdout.write(withCommonOptions(usage).trimStart())
   process.exit(0)
+}
+
+// A step's usage text with --name added below its -e line, its description in the same column.
+function withCommonOptions(usage: string): string {
+  const lines = usage.split('\n')
+  const at = lines.findIndex((line) => /^\s+-e KEY\[=VALUE\]\s/.test(line))
+  if (at < 0) return `${usage.trimEnd()}\n  ${NAME_HELP.join('  ')}\n`
+  const column = /^\s+-e KEY\[=VALUE\]\s+/.exec(lines[at])![0].length
+  lines.splice(at + 1, 0, `  ${NAME_HELP[0]}`.padEnd(column) + NAME_HELP[1])
+  return lines.join('\n')
 }

@@ -10,7 +10,7 @@ import { join, resolve } from 'node:path'
 import { UsageError } from './errors.ts'
 import { spawnInNamespaces } from './namespaces.ts'
 import { compileCacheDir } from './settings.ts'
-import { forgetContainer, prepareRecord, recordStart } from './state.ts'
+import { claimName, forgetContainer, prepareRecord, recordStart } from './state.ts'
 import { fcntl, F_GETFL, F_SETFL, O_NONBLOCK, reclaimTerminal } from './process.ts'
 
 // The child (see reexecChild) never exits: it execs. Node writes its compile
@@ -164,7 +164,9 @@ export class Cleanup {
   }
 
   constructor() {
-    // The container's state file goes last (shared/state.ts).
+    // The container's --name is taken before anything of it is made, and
+    // given back last, with its state file (shared/state.ts).
+    claimName()
     this.defer(forgetContainer)
     for (const signal of STOP_SIGNALS) process.on(signal, this.onSignal)
   }

@@ -1,15 +1,20 @@
 // The state file of each running container, <state dir>/run/<id>.json, for
 // `npm run ps`: what only the step knows about its container (the id, the
-// step, the command, its own PID and PID 1's, when it started).
+// --name, the step, the command, its own PID and PID 1's, when it started).
 // What the kernel can say live, the container's cgroup and address, ps
 // reads from /proc. The parent writes the file once the container's
 // process has started and removes it when the container ends, in the
 // clean-up (steps 04-10: Cleanup) or at its exit (steps 01-03); a parent
 // killed by SIGKILL leaves it, stale, for `npm run clean`.
+//
+// A --name is claimed before anything of the container is made, in
+// run/names/<name>: one file per name, taken under a lock, so two
+// containers started at once cannot both have it.
 
 import { randomBytes } from 'node:crypto'
-import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { basename, dirname, join, resolve } from 'node:path'
+import { UsageError } from './errors.ts'
 import { isRunning, startTime } from './procfs.ts'
 import { stateDir } from './settings.ts'
 
@@ -22,6 +27,7 @@ export interface ProcessRef {
 /** What a state file holds. */
 export interface ContainerState {
   id: string
+  name?: string
   step: string // the step's directory, e.g. 04-pid-proc
   command: string[]
   parent: ProcessRef // the step's own process: it waits for the container and cleans up
@@ -29,23 +35,65 @@ export interface ContainerState {
   started: string // ISO 8601
 }
 
+/** What a --name claim holds: who took it, and, once it started, their container's id. */
+interface Claim extends ProcessRef {
+  id?: string
+}
+
 /** A container's state as `npm run ps` shows it, from whether its two processes still run. */
 export type Status = 'running' | 'parent gone' | 'stopping' | 'stale'
+
+/** Docker's rule for container names. */
+export const NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/
 
 /** The directory of state files under a state dir: root's, or a user's for the rootless steps 09-10. */
 export function runDir(dir = stateDir): string {
   return join(dir, 'run')
 }
 
-// This process's container (a step runs one): its state file.
+// This process's container (a step runs one): its --name, claim and state file.
+let name: string | undefined
+let claimFile: string | undefined
 let stateFile: string | undefined
 let state: ContainerState | undefined
 
+/** Parent, from parseRunArgs: the container's --name, checked against Docker's rule; claimed later (claimName). */
+export function setName(value: string): void {
+  if (!NAME_PATTERN.test(value)) {
+    throw new UsageError(`--name \`${value}\`: expected letters, digits, \`_\`, \`.\` and \`-\`, starting with a letter or digit (see --help)`)
+  }
+  name = value
+}
+
 /**
- * Parent, just before the container's process starts: the directory of
- * state files there, so that what can fail here fails before it runs.
+ * Parent, before anything of the container is made (new Cleanup, or
+ * reexecChild at steps 01-03): take the --name, if one was given, or stop
+ * with one line if a running container has it, or one that is starting.
+ */
+export function claimName(): void {
+  if (name === undefined || claimFile) return
+  const file = join(runDir(), 'names', name)
+  mkdirSync(dirname(file), { recursive: true })
+  withLock(() => {
+    const holder = readJson<Claim>(file)
+    if (holder && claimAlive(holder)) {
+      const who = holder.id ? `container ${holder.id}` : `a container that is starting (process ${holder.pid})`
+      throw new UsageError(`the name \`${name}\` is already in use by ${who}: choose another, or stop that one (see npm run ps)`)
+    }
+    // None, or one whose container is gone (its parent was killed): ours now.
+    writeJson(file, self())
+  })
+  claimFile = file
+  forgetAtExit()
+}
+
+/**
+ * Parent, just before the container's process starts: its name claimed
+ * (steps 01-03 have no Cleanup, which claims it first) and the directory
+ * of state files there, so that what can fail here fails before it runs.
  */
 export function prepareRecord(): void {
+  claimName()
   mkdirSync(runDir(), { recursive: true })
 }
 
@@ -58,6 +106,7 @@ export function recordStart(config: object, pid: number): void {
   const { id, command } = config as { id?: unknown; command?: unknown }
   state = {
     id: typeof id === 'string' ? id : randomBytes(6).toString('hex'), // step 01 has none: one as newContainerId makes
+    ...(name === undefined ? {} : { name }),
     step: stepName(),
     command: Array.isArray(command) ? command.map(String) : [],
     parent: self(),
@@ -67,6 +116,7 @@ export function recordStart(config: object, pid: number): void {
   stateFile = join(runDir(), `${state.id}.json`)
   forgetAtExit()
   write(stateFile, state)
+  if (claimFile) write(claimFile, { ...self(), id: state.id })
 }
 
 /** Parent, steps 09-10: the container's PID 1 is `pid`, the launcher's child, from now on. */
@@ -85,10 +135,10 @@ function write(file: string, value: object): void {
   }
 }
 
-/** Parent, when the container has ended: remove its state file. Safe to call again. */
+/** Parent, when the container has ended: remove its state file and give its name back. Safe to call again. */
 export function forgetContainer(): void {
-  if (stateFile) rmSync(stateFile, { force: true })
-  stateFile = state = undefined
+  for (const file of [stateFile, claimFile]) if (file) rmSync(file, { force: true })
+  stateFile = claimFile = state = undefined
   process.off('exit', forgetContainer)
 }
 
@@ -108,6 +158,16 @@ export function readStates(dir = runDir()): { file: string; state: ContainerStat
     })
 }
 
+/** The --name claims in `dir` (see runDir): the name, its file, its container's id once known, and whether it still holds. */
+export function readClaims(dir = runDir()): { name: string; file: string; id?: string; inUse: boolean }[] {
+  return listNames(join(dir, 'names'))
+    .filter((file) => !file.startsWith('.'))
+    .map((file) => {
+      const claim = readJson<Claim>(join(dir, 'names', file))
+      return { name: file, file: join(dir, 'names', file), id: claim?.id, inUse: claim !== undefined && claimAlive(claim, dir) }
+    })
+}
+
 /** Whether the container still runs, and its parent with it; stale: both are gone, only `npm run clean` removes the file. */
 export function statusOf(state: ContainerState): Status {
   const parent = alive(state.parent)
@@ -118,6 +178,13 @@ export function statusOf(state: ContainerState): Status {
 /** Whether this very process still runs: the PID is there, not a zombie, and started when it did (not a reuse). */
 export function alive(ref: ProcessRef): boolean {
   return isRunning(ref.pid) && startTime(ref.pid) === ref.since
+}
+
+// A claim holds while its parent lives, or, once it has an id, while that container does.
+function claimAlive(claim: Claim, dir = runDir()): boolean {
+  if (alive(claim)) return true
+  const state = claim.id ? readJson<ContainerState>(join(dir, `${claim.id}.json`)) : undefined
+  return state !== undefined && statusOf(state) !== 'stale'
 }
 
 // This process, as a ProcessRef.
@@ -151,5 +218,31 @@ function listNames(dir: string): string[] {
     return readdirSync(dir)
   } catch {
     return []
+  }
+}
+
+// The claim is read and written under a lock, a directory as in net.ts (mkdir(2)
+// either creates it or fails); one older than 10 s is left over from a crash.
+// Synchronous: Cleanup's constructor claims. The wait is a few milliseconds.
+function withLock(fn: () => void): void {
+  const lock = join(runDir(), 'lock')
+  const deadline = Date.now() + 15_000
+  for (;;) {
+    try {
+      mkdirSync(lock)
+      break
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+      try {
+        if (Date.now() - statSync(lock).mtimeMs > 10_000) rmdirSync(lock)
+      } catch {}
+      if (Date.now() > deadline) throw new UsageError(`timed out waiting for ${lock} (npm run clean removes a stale one)`)
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5) // sleep 5 ms
+    }
+  }
+  try {
+    fn()
+  } finally {
+    rmdirSync(lock)
   }
 }

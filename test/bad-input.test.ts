@@ -16,6 +16,7 @@ import { cmdline, descendants, findProcesses } from '../scripts/lib/procfs.ts'
 import { waitFor } from '../scripts/lib/wait.ts'
 import { ensureImage } from '../shared/rootfs.ts'
 import { containersDir, repoDir, stateDir } from '../shared/settings.ts'
+import { readStates } from '../shared/state.ts'
 import { shown, tsx } from '../scripts/lib/verify.ts'
 import { rootOnly } from './helpers.ts'
 
@@ -121,6 +122,7 @@ t.test('bad input: one line, the documented exit code, nothing left', rootOnly()
     { name: '--cap-add BOGUS', steps: from('10-security'), args: ['--cap-add', 'BOGUS', 'true'], exitCode: 125, stderr: /--cap-add BOGUS: no such capability/ },
     { name: '--security-opt label=x', steps: from('10-security'), args: ['--security-opt', 'label=x', 'true'], exitCode: 125, stderr: /--security-opt label=x: expected seccomp=unconfined/ },
     { name: 'not root', steps: needRoot, args: ['true'], asNobody: true, exitCode: 125, stderr: /needs root/ },
+    { name: '--name no/slash', steps: ALL, args: ['--name', 'no/slash', 'true'], exitCode: 125, stderr: /--name `no\/slash`: expected letters, digits/ },
   ]
 
   const rows: string[][] = []
@@ -141,6 +143,32 @@ t.test('bad input: one line, the documented exit code, nothing left', rootOnly()
       t.same(left, [], `${what}: nothing left behind`, { ran })
       rows.push([c.name, step, `${c.exitCode}`, `${exitCode}`, lines.join(' / ')])
     }
+  }
+
+  // Name clash: a running container (step 01, sleeping) has the name first.
+  {
+    const name = `clash-${process.pid}`
+    const marker = `100.${process.pid}9`
+    const holder = spawn('env', ['-u', 'NODE_OPTIONS', tsx, 'steps/01-exec', 'run', '--name', name, 'sleep', marker], { cwd: repoDir, stdio: 'ignore' })
+    const ended = new Promise<void>((resolve) => holder.on('exit', () => resolve()))
+    const id = await waitFor(() => readStates().find(({ state }) => state.name === name)?.state.id, 20_000)
+    t.ok(id, `name clash: the first container, named ${name}, is running`)
+    for (const step of ALL) {
+      const before = snapshot()
+      const result = await runStep(step, ['--name', name, 'true'])
+      const lines = result.stderr.trim().split('\n')
+      const what = `--name ${name} while container ${id} has it, at ${step}`
+      const ran = shown(step, ['--name', name, 'true'])
+      t.equal(result.exitCode, 125, `${what}: exit 125`, { ran, stderr: result.stderr })
+      t.equal(lines.length, 1, `${what}: one line on stderr`, { ran, stderr: result.stderr })
+      t.match(result.stderr, `cfs: the name \`${name}\` is already in use by container ${id}`, `${what}: it says which container has it`, { ran })
+      // The line names the first container's id: that one is not this run's.
+      t.same(await leftBy({ ...result, ids: result.ids.filter((other) => other !== id) }, before), [], `${what}: nothing left behind`, { ran })
+      rows.push([`--name clash`, step, '125', String(result.exitCode), lines.join(' / ')])
+    }
+    holder.kill('SIGTERM')
+    await ended
+    t.same(leftoversOf(id ? [id] : [], undefined, [marker]), [], 'name clash: nothing of the first container is left once it is stopped')
   }
 
   // Interface name collision: an interface named like this id's veth is there first.

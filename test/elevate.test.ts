@@ -5,7 +5,7 @@
 
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { chmodSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { checkNodeVersion, parseRunArgs } from '../shared/cli.ts'
 import { UsageError } from '../shared/errors.ts'
@@ -13,8 +13,8 @@ import { repoDir } from '../shared/settings.ts'
 import { rootOnly } from './helpers.ts'
 
 // Step 02 as `nobody`, with only `env` as its environment.
-function asNobody(env: string[]) {
-  return spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'env', '-i', ...env, process.execPath, join(repoDir, 'steps/02-uts/index.ts'), 'run', 'hostname'],
+function asNobody(env: string[], args = ['hostname']) {
+  return spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'env', '-i', ...env, process.execPath, join(repoDir, 'steps/02-uts/index.ts'), 'run', ...args],
     { encoding: 'utf8', cwd: '/' })
 }
 
@@ -33,6 +33,22 @@ t.test('re-run by sudo, yet still not root: no loop, one line, exit 125', rootOn
   const result = asNobody(['PATH=/usr/bin:/bin', 'CFS_SUDO=1'])
   t.equal(result.status, 125, `exit 125 (stderr: ${result.stderr})`)
   t.match(result.stderr, /^cfs: needs root .*, and sudo ran it as uid 65534: run it as root\n$/, 'one line, and no second sudo')
+})
+
+t.test('--name goes along when the step re-runs itself under sudo', rootOnly(), async (t) => {
+  // A stand-in sudo that prints what it was asked to run: requireRoot execs it.
+  const bin = mkdtempSync('/tmp/cfs-fake-sudo-')
+  try {
+    writeFileSync(join(bin, 'sudo'), '#!/bin/sh\nprintf "%s\\n" "$@"\n', { mode: 0o755 })
+    chmodSync(bin, 0o755)
+    const result = asNobody([`PATH=${bin}:/usr/bin:/bin`], ['--name', 'web', '-e', 'A=1', 'hostname'])
+    const args = result.stdout.split('\n')
+    const run = args.indexOf('run')
+    t.equal(result.status, 0, `the stand-in sudo ran (stderr: ${result.stderr})`)
+    t.same(args.slice(run, run + 7), ['run', '--name', 'web', '--env', 'A=1', '--', 'hostname'], 'sudo is asked to run the step with --name web, before the command', { stdout: result.stdout })
+  } finally {
+    rmSync(bin, { recursive: true, force: true })
+  }
 })
 
 t.test('checkNodeVersion: 22.18 is the oldest Node that runs the steps (type stripping)', async (t) => {
