@@ -18,8 +18,9 @@ try {
     console.log(`Usage: npm run clean [-- --all]
 
 Remove what containers left behind after a crash: mounts under ${stateDir},
-cfs-* cgroups, cfs* interfaces and netns, container directories, stale leases,
-and the isolation matrix's runc containers, cfsm-* keys and shared memory.
+cfs-* cgroups, cfs* interfaces and netns, container directories, stale leases
+and state files (npm run ps), and the isolation matrix's runc containers,
+cfsm-* keys and shared memory.
 Anything a running container still uses is left alone.
 
   --all   also stop running containers and remove directories kept with --keep`)

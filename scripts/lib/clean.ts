@@ -19,15 +19,16 @@ import { BRIDGE, deleteInterface, liveLeases } from '../../shared/net.ts'
 import { removeContainerDir } from '../../shared/overlay.ts'
 import { isRunning } from '../../shared/procfs.ts'
 import { containersDir, PREFIX, stateDir } from '../../shared/settings.ts'
+import { alive, readClaims, readStates, runDir, statusOf } from '../../shared/state.ts'
 import { RUNC_ROOT } from '../matrix/runc.ts'
 import { findKeys, findSegments, keyctl_invalidate, shmctl_rmid } from './kernel-objects.ts'
-import { invokingUser } from './owner.ts'
+import { invokingUser, invokingUserDataDir } from './owner.ts'
 import { listDir, onPath, readText } from './files.ts'
 import { cmdline, findProcesses } from './procfs.ts'
 
 /** Something the project made: what it is, whether a running container still uses it, how to remove it. */
 export interface Leftover {
-  kind: 'mount' | 'cgroup' | 'interface' | 'netns' | 'container dir' | 'lease' | 'lock' | 'runc container' | 'key' | 'shm'
+  kind: 'mount' | 'cgroup' | 'interface' | 'netns' | 'container dir' | 'lease' | 'lock' | 'runc container' | 'key' | 'shm' | 'state file'
   name: string
   inUse: string | false // why it must stay, if it must
   remove: () => unknown // may return a promise
@@ -47,6 +48,7 @@ export function findLeftovers(kinds?: Leftover['kind'][]): Leftover[] {
     ...(wanted('lease', 'lock') ? leases() : []),
     ...(wanted('key') ? keys() : []),
     ...(wanted('shm') ? segments() : []),
+    ...(wanted('state file', 'lock') ? stateFiles() : []),
   ].filter((item) => wanted(item.kind))
 }
 
@@ -60,7 +62,7 @@ export function findLeftovers(kinds?: Leftover['kind'][]): Leftover[] {
  */
 export function leftoversOf(ids: string[], imageDir: string | undefined, markers: string[]): string[] {
   const wanted = new Set(ids)
-  const found = findLeftovers(['cgroup', 'container dir', 'interface', 'lease', 'mount'])
+  const found = findLeftovers(['cgroup', 'container dir', 'interface', 'lease', 'mount', 'state file'])
     .filter((item) => (item.id !== undefined && wanted.has(item.id)) || (imageDir !== undefined && item.kind === 'mount' && item.name.includes(` on ${imageDir}/`)))
     .map((item) => `${item.kind}: ${item.name}`)
   const leasesDir = join(stateDir, 'net', 'leases')
@@ -79,7 +81,7 @@ export async function clean(all = false): Promise<{ removed: Leftover[]; kept: L
   const kept: Leftover[] = []
   const failed: { item: Leftover; error: string }[] = []
   // Order matters: runc's containers and cgroups first (kills processes), then mounts, then the rest.
-  const order = ['runc container', 'cgroup', 'mount', 'interface', 'netns', 'container dir', 'lease', 'lock', 'key', 'shm']
+  const order = ['runc container', 'cgroup', 'mount', 'interface', 'netns', 'container dir', 'lease', 'lock', 'key', 'shm', 'state file']
   const items = findLeftovers().sort((a, b) => order.indexOf(a.kind) - order.indexOf(b.kind))
   for (const item of items) {
     if (item.inUse && !all) {
@@ -316,6 +318,36 @@ function segments(): Leftover[] {
     inUse: isRunning(creator) ? `its maker ${creator} is running` : false,
     remove: () => shmctl_rmid(id),
   }))
+}
+
+// State files (shared/state.ts), root's and, under sudo, the invoking user's
+// (rootless steps 09-10): in use while the container's parent or PID 1
+// runs; a --name claim while it holds; and the claims' lock after a crash.
+// --all stops a container that still runs by a SIGKILL to its PID 1, as
+// removing its cgroup does from step 06 on.
+function stateFiles(): Leftover[] {
+  const dirs = [...new Set([stateDir, invokingUserDataDir() ?? stateDir])].map(runDir)
+  return dirs.flatMap((dir) => {
+    const found: Leftover[] = readStates(dir).map(({ file, state }) => {
+      const status = statusOf(state)
+      return {
+        kind: 'state file' as const,
+        name: file,
+        inUse: status === 'stale' ? false : `its container is ${status === 'parent gone' ? `running as PID ${state.pid1.pid}, its parent gone` : status}`,
+        remove: () => {
+          if (alive(state.pid1)) process.kill(state.pid1.pid, 'SIGKILL')
+          rmSync(file, { force: true })
+        },
+        id: idIn(state.id),
+      }
+    })
+    for (const claim of readClaims(dir)) {
+      found.push({ kind: 'state file', name: claim.file, inUse: claim.inUse && 'its container is running', remove: () => rmSync(claim.file, { force: true }), id: idIn(claim.id) })
+    }
+    const lock = join(dir, 'lock')
+    if (existsSync(lock) && Date.now() - statSync(lock).mtimeMs > 10_000) found.push({ kind: 'lock', name: lock, inUse: false, remove: () => rmdirSync(lock) })
+    return found
+  })
 }
 
 // A container id (12 hex digits, see newContainerId), or undefined.

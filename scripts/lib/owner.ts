@@ -32,3 +32,13 @@ export function userStateDir(): string {
   const base = user ? join(user.home, '.local', 'state') : process.env.XDG_STATE_HOME || join(process.env.HOME ?? '/tmp', '.local', 'state')
   return join(base, 'containers-from-scratch')
 }
+
+/**
+ * Under sudo, the invoking user's own state dir for containers (stateDir, as
+ * they would see it: the rootless steps 09-10 keep theirs there); undefined
+ * without sudo. XDG_DATA_HOME is theirs to set and sudo drops it: the default.
+ */
+export function invokingUserDataDir(): string | undefined {
+  const user = invokingUser()
+  return user && (process.env.CFS_HOME || join(user.home, '.local', 'share', 'containers-from-scratch'))
+}
