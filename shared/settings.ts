@@ -29,6 +29,9 @@ export const stateDir = process.env.CFS_HOME || (process.getuid?.() === 0
 export const imagesDir = join(stateDir, 'images')
 export const containersDir = join(stateDir, 'containers')
 
+/** Root's state dir (see stateDir), whoever asks: `npm run ps` run by a user lists root's containers too. */
+export const rootStateDir = process.env.CFS_HOME || '/var/lib/containers-from-scratch'
+
 /**
  * Node's compile cache for the steps' children: root's in the state dir, a
  * user's (step 01 runs as you) in ~/.cache. Never in /tmp, where another

@@ -1,0 +1,259 @@
+// npm run ps (scripts/ps.ts) against real containers, started in the
+// background with a sleep whose argument marks them: it lists each with its
+// step, --name, the host PID of its PID 1, cgroup and address, and stops
+// listing it once it ends. A container whose step was killed with SIGKILL
+// while its PID 1 lives on shows as "parent gone"; once PID 1 is gone too
+// its state file is stale, hidden, and npm run clean's finder removes it.
+// Bad options: one line, exit 125. Nothing is left behind.
+
+import t from 'tap'
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { chownSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
+import { join } from 'node:path'
+import { findLeftovers, leftoversOf } from '../scripts/lib/clean.ts'
+import { findProcesses, nsPids } from '../scripts/lib/procfs.ts'
+import { findStepProcess, tsx } from '../scripts/lib/verify.ts'
+import { waitFor } from '../scripts/lib/wait.ts'
+import { cgroupProcs, findHierarchies } from '../shared/cgroups.ts'
+import { liveLeases } from '../shared/net.ts'
+import { isRunning } from '../shared/procfs.ts'
+import { repoDir } from '../shared/settings.ts'
+import { runDir } from '../shared/state.ts'
+import { usernsForbidden } from '../shared/userns.ts'
+import { rootOnly, runTool } from './helpers.ts'
+
+/** A row of `npm run ps -- --format json`. */
+interface Row {
+  id: string
+  name: string | null
+  step: string
+  command: string[]
+  pid: number
+  parentPid: number
+  status: string
+  user: string
+  cgroup: string | null
+  address: string | null
+  stateFile: string
+}
+
+/** A container started in the background: its launcher (tsx), its sleep's host PID, and its end. */
+interface Started {
+  child: ChildProcess
+  sleep: number
+  ended: Promise<number | null>
+  output: () => string
+}
+
+const ids: string[] = []
+const markers: string[] = []
+let n = 0
+
+// A marker sleep's argument: a number sleep takes, unique to this test and run.
+function marker(): string {
+  const mark = `1000.${process.pid}${n++}`
+  markers.push(mark)
+  return mark
+}
+
+// `tsx steps/<step> run <args>`, as a learner would start it (without tap's
+// preloads), in a process group of its own; resolves once the sleep runs.
+async function start(step: string, args: string[], mark: string, options: { env?: NodeJS.ProcessEnv; asUser?: number } = {}): Promise<Started> {
+  const command = ['env', '-u', 'NODE_OPTIONS', tsx, `steps/${step}`, 'run', ...args]
+  const argv = options.asUser === undefined ? command : ['setpriv', `--reuid=${options.asUser}`, `--regid=${options.asUser}`, '--clear-groups', ...command]
+  const child = spawn(argv[0], argv.slice(1), { cwd: repoDir, detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FORCE_COLOR: '0', ...options.env } })
+  let output = ''
+  child.stdout!.on('data', (chunk) => (output += chunk))
+  child.stderr!.on('data', (chunk) => (output += chunk))
+  // 'exit', not 'close': a PID 1 that outlives its step holds the pipes open.
+  const ended = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
+  const sleep = await Promise.race([ended.then(() => undefined), waitFor(() => findProcesses((a) => a[0] === 'sleep' && a[1] === mark)[0], 30_000)])
+  if (sleep === undefined) {
+    stopGroup(child, 'SIGKILL')
+    throw new Error(`${step} run ${args.join(' ')} did not start its sleep: ${output.trim()}`)
+  }
+  return { child, sleep, ended, output: () => output }
+}
+
+function stopGroup(child: ChildProcess, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-child.pid!, signal)
+  } catch {}
+}
+
+// npm run ps, as JSON, run as root or as `asUser`.
+async function ps(args: string[] = [], options: { env?: NodeJS.ProcessEnv; asUser?: number } = {}): Promise<Row[]> {
+  const result = options.asUser === undefined
+    ? await runTool('scripts/ps.ts', ['--format', 'json', ...args], options.env)
+    : await asUser(options.asUser, ['scripts/ps.ts', '--format', 'json', ...args], options.env)
+  if (result.exitCode !== 0) throw new Error(`npm run ps exited ${result.exitCode}: ${result.stderr}`)
+  return JSON.parse(result.stdout) as Row[]
+}
+
+// runTool, as another user (setpriv).
+function asUser(uid: number, args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ stdout: string; stderr: string; exitCode: number | null }> {
+  const child = spawn('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', 'env', '-u', 'NODE_OPTIONS', tsx, ...args], {
+    cwd: repoDir, env: { ...process.env, FORCE_COLOR: '0', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (chunk) => (stdout += chunk))
+  child.stderr.on('data', (chunk) => (stderr += chunk))
+  return new Promise((resolve) => child.on('close', (exitCode) => resolve({ stdout, stderr, exitCode })))
+}
+
+// The container's IPv4 address on eth0, asked inside its network namespace.
+function eth0Address(pid: number): string {
+  const out = execFileSync('nsenter', [`--net=/proc/${pid}/ns/net`, 'ip', '-4', '-o', 'addr', 'show', 'dev', 'eth0'], { encoding: 'utf8' })
+  return /inet (\d+\.\d+\.\d+\.\d+)\//.exec(out)?.[1] ?? `none in: ${out.trim()}`
+}
+
+// Whether some cgroup hierarchy has this cgroup, with `pid` in it.
+function inCgroup(path: string, pid: number): boolean {
+  return findHierarchies().some((h) => existsSync(join(h.mountPoint, path)) && cgroupProcs(join(h.mountPoint, path)).includes(pid))
+}
+
+t.teardown(() => {
+  // Whatever a failed check left running.
+  for (const pid of findProcesses((argv) => argv[0] === 'sleep' && markers.includes(argv[1]))) {
+    try {
+      process.kill(pid, 'SIGKILL')
+    } catch {}
+  }
+})
+
+t.test('a running container of step 08: its step, name, PID 1, cgroup and address, then gone', rootOnly(), async (t) => {
+  const mark = marker()
+  const name = `ps-test-${process.pid}`
+  const c = await start('08-net', ['--name', name, 'sleep', mark], mark)
+  const row = (await ps()).find((r) => r.name === name)
+  t.ok(row, `ps lists the container named ${name}`)
+  if (!row) return stopGroup(c.child, 'SIGKILL')
+  ids.push(row.id)
+  t.equal(row.step, '08-net', 'its step')
+  t.same(row.command, ['sleep', mark], 'its command')
+  t.equal(row.status, 'running', 'its status')
+  t.equal(row.pid, c.sleep, 'its PID is the host PID of the sleep…')
+  t.equal(nsPids(c.sleep).at(-1), 1, '…which is PID 1 in its own PID namespace')
+  t.equal(row.parentPid, findStepProcess('08-net', mark), 'its parent is the step\'s own process')
+  t.equal(row.cgroup, `/cfs-${row.id}`, 'its cgroup is cfs-<id>, relative to the hierarchy')
+  t.ok(row.cgroup && inCgroup(row.cgroup, c.sleep), 'and PID 1 is in that cgroup', { cgroup: row.cgroup })
+  t.equal(row.address, eth0Address(c.sleep), 'its address is the one on eth0 in its network namespace')
+  t.equal(row.address, liveLeases().find((l) => l.id === row.id)?.address, '…and the one its lease holds')
+  t.notMatch(readFileSync(`/proc/${c.sleep}/environ`, 'utf8'), name, 'the name stays with the parent: the command\'s environment has none of it')
+  t.equal(row.user, 'root', 'root ran it')
+  const asNobody = (await ps([], { asUser: 65534, env: { HOME: '/nonexistent' } })).find((r) => r.id === row.id)
+  t.same(asNobody && [asNobody.pid, asNobody.cgroup, asNobody.address], [row.pid, row.cgroup, row.address], 'a user without sudo sees root\'s container too, the same')
+  const table = await runTool('scripts/ps.ts')
+  const line = table.stdout.split('\n').find((l) => l.startsWith(row.id))
+  t.match(line, new RegExp(`^${row.id}\\s+${name}\\s+08-net\\s+${c.sleep}\\s+\\S+\\s+running\\s+${row.address}\\s+/cfs-${row.id}\\s+sleep ${mark}$`), 'the table has it on one line', { table: table.stdout })
+  t.match(table.stdout, /^CONTAINER ID\s+NAME\s+STEP\s+PID\s+UPTIME\s+STATUS\s+ADDRESS\s+CGROUP\s+COMMAND$/m, 'under a header')
+
+  stopGroup(c.child, 'SIGTERM')
+  t.equal(await c.ended, 137, 'SIGTERM stops it: sleep, PID 1 with no handler, ignores it, and the step SIGKILLs it after 2 s (137)')
+  t.notOk((await ps(['--all'])).some((r) => r.id === row.id), 'once it has ended ps no longer lists it, not even with --all')
+  t.notOk(existsSync(row.stateFile), 'its state file is gone', { file: row.stateFile })
+  t.same(leftoversOf([row.id], undefined, [mark]), [], 'nothing of it is left on the host')
+})
+
+t.test('step 09: PID 1 is the container\'s, not the launcher\'s', rootOnly(), async (t) => {
+  const mark = marker()
+  const c = await start('09-userns', ['sleep', mark], mark)
+  const row = (await ps()).find((r) => r.command[1] === mark)
+  t.ok(row, 'ps lists it')
+  if (!row) return stopGroup(c.child, 'SIGKILL')
+  ids.push(row.id)
+  t.equal(row.step, '09-userns', 'its step')
+  t.equal(row.name, null, 'no --name, no name')
+  t.equal(row.pid, c.sleep, 'its PID is the sleep\'s, past unshare(1)')
+  t.equal(row.cgroup, `/cfs-${row.id}`, 'its cgroup')
+  t.equal(row.address, eth0Address(c.sleep), 'its address')
+  stopGroup(c.child, 'SIGTERM')
+  await c.ended
+  t.notOk((await ps(['--all'])).some((r) => r.id === row.id), 'once it has ended ps no longer lists it')
+  t.same(leftoversOf([row.id], undefined, [mark]), [], 'nothing of it is left on the host')
+})
+
+t.test('step 09 rootless: a user\'s ps lists the user\'s own container, from their state dir', rootOnly(), async (t) => {
+  const forbidden = usernsForbidden()
+  if (forbidden) {
+    if (process.env.CI === 'true') t.fail(`rootless step 09 needs user namespaces: ${forbidden}`)
+    else t.pass('rootless', { skip: forbidden })
+    return
+  }
+  const user = 65534
+  const home = mkdtempSync('/tmp/cfs-ps-rootless-')
+  chownSync(home, user, user)
+  t.teardown(() => rmSync(home, { recursive: true, force: true }))
+  const env = { HOME: home, CFS_HOME: join(home, 'state'), XDG_CACHE_HOME: join(home, 'cache') }
+  const mark = marker()
+  const c = await start('09-userns', ['sleep', mark], mark, { env, asUser: user })
+  const row = (await ps([], { env, asUser: user })).find((r) => r.command[1] === mark)
+  t.ok(row, 'the user\'s ps lists it')
+  if (!row) return stopGroup(c.child, 'SIGKILL')
+  t.equal(row.pid, c.sleep, 'with the sleep as PID 1')
+  t.equal(row.user, 'nobody', 'as the user\'s')
+  t.equal(row.address, null, 'and no address: rootless, it has only lo')
+  t.equal(row.stateFile, join(runDir(env.CFS_HOME), `${row.id}.json`), 'its state file is in the user\'s state dir')
+  t.equal(statSync(row.stateFile).uid, user, '…and the user\'s')
+  stopGroup(c.child, 'SIGTERM')
+  await c.ended
+  t.notOk((await ps(['--all'], { env, asUser: user })).some((r) => r.id === row.id), 'once it has ended ps no longer lists it')
+  t.notOk(existsSync(row.stateFile), 'its state file is gone')
+})
+
+t.test('a SIGKILLed step whose PID 1 lives on: "parent gone", then stale, and clean removes it', rootOnly(), async (t) => {
+  // PR_SET_PDEATHSIG would take PID 1 with its parent, but the kernel clears
+  // it when a process changes its uid: su to nobody, as gosu or su-exec do.
+  const mark = marker()
+  const name = `ps-orphan-${process.pid}`
+  const c = await start('05-mount-ns', ['--name', name, 'su', '-s', '/bin/sh', 'nobody', '-c', `exec sleep ${mark}`], mark)
+  const row = (await ps()).find((r) => r.name === name)
+  t.ok(row, 'ps lists it')
+  if (!row) return stopGroup(c.child, 'SIGKILL')
+  ids.push(row.id)
+  t.equal(row.pid, c.sleep, 'PID 1 is the sleep, now nobody\'s')
+  t.equal(statSync(`/proc/${c.sleep}`).uid, 65534, 'it runs as nobody')
+  process.kill(row.parentPid, 'SIGKILL')
+  await c.ended
+  t.ok(isRunning(c.sleep), 'PID 1 outlives its SIGKILLed step')
+  const orphan = (await ps()).find((r) => r.id === row.id)
+  t.equal(orphan?.status, 'parent gone', 'ps shows it as "parent gone"')
+  t.equal(orphan?.pid, c.sleep, '…with PID 1 still there')
+  const table = await runTool('scripts/ps.ts')
+  t.match(table.stdout, new RegExp(`^${row.id}\\s.*parent gone`, 'm'), 'the table says so too', { table: table.stdout })
+  const clash = await runTool('steps/02-uts', ['run', '--name', name, 'true'])
+  t.equal(clash.exitCode, 125, 'its name is still taken: another container may not have it')
+  const left = findLeftovers(['state file']).filter((l) => l.id === row.id)
+  t.ok(left.length > 0 && left.every((l) => l.inUse), 'clean leaves its state file alone while PID 1 runs', { left: left.map((l) => `${l.name}: ${l.inUse}`) })
+
+  process.kill(c.sleep, 'SIGKILL') // from the host's PID namespace even PID 1 cannot refuse it
+  await waitFor(() => (isRunning(c.sleep) ? undefined : true), 5000)
+  t.notOk((await ps()).some((r) => r.id === row.id), 'with PID 1 gone too, the state file is stale: ps hides it')
+  t.equal((await ps(['--all'])).find((r) => r.id === row.id)?.status, 'stale', '--all shows it as stale')
+  // What npm run clean does, for this container's files only (others' runs may be going on).
+  const stale = findLeftovers(['state file']).filter((l) => l.id === row.id)
+  t.same(stale.map((l) => l.name).sort(), [row.stateFile, join(runDir(), 'names', name)].sort(), 'clean finds its state file and its name\'s claim…')
+  t.ok(stale.every((l) => l.inUse === false), '…as not in use')
+  for (const item of stale) await item.remove()
+  t.notOk((await ps(['--all'])).some((r) => r.id === row.id), 'once removed, not even --all lists it')
+  t.equal((await runTool('steps/01-exec', ['run', '--name', name, 'true'])).exitCode, 0, 'and its name is free again')
+  t.same(leftoversOf([row.id], undefined, [mark]), [], 'nothing of it is left on the host')
+})
+
+t.test('bad options: one line, exit 125; --help', async (t) => {
+  for (const args of [['--bogus'], ['--format', 'yaml'], ['extra']]) {
+    const result = await runTool('scripts/ps.ts', args)
+    const lines = result.stderr.trim().split('\n').filter((line) => !/^npm warn/.test(line))
+    t.equal(result.exitCode, 125, `ps ${args.join(' ')}: exit 125`, { stderr: result.stderr })
+    t.equal(lines.length, 1, `ps ${args.join(' ')}: one line`, { stderr: result.stderr })
+    t.match(lines[0], /^cfs: /, `ps ${args.join(' ')}: the line starts with \`cfs: \``)
+  }
+  const help = await runTool('scripts/ps.ts', ['--help'])
+  t.equal(help.exitCode, 0, '--help exits 0')
+  t.match(help.stdout, /^Usage: npm run ps/, '--help prints the usage')
+})
+
+t.test('nothing of these runs is left', rootOnly(), async (t) => {
+  t.same(leftoversOf(ids, undefined, markers), [], 'no cgroup, directory, lease, interface, mount, state file or marked process')
+})
