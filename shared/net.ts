@@ -12,6 +12,7 @@ import { mkdirSync, readdirSync, readFileSync, rmSync, rmdirSync, statSync, writ
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { UsageError } from './errors.ts'
+import { withLock } from './lock.ts'
 import { isRunning } from './procfs.ts'
 import { PREFIX, stateDir } from './settings.ts'
 
@@ -98,7 +99,8 @@ function ipError(err: unknown, args: string[], input?: string): UsageError {
 export async function allocateNetwork(id: string): Promise<Network> {
   const hostVeth = vethName(id)
   if (interfaceExists(hostVeth)) throw new UsageError(`an interface named ${hostVeth} already exists on this host`)
-  return withLock(async () => {
+  mkdirSync(netDir, { recursive: true })
+  return withLock(lockDir, async () => {
     const address = takeLease(id)
     try {
       await ensureBridge()
@@ -122,7 +124,8 @@ export async function allocateNetwork(id: string): Promise<Network> {
  */
 export async function releaseNetwork(network: Network | undefined): Promise<void> {
   if (!network) return // rootless: none was allocated
-  await withLock(async () => {
+  mkdirSync(netDir, { recursive: true })
+  await withLock(lockDir, async () => {
     rmSync(join(leasesDir, network.address), { force: true })
     if (liveLeases().length === 0) await deleteInterface(BRIDGE)
   })
@@ -206,31 +209,6 @@ async function ensureBridge(): Promise<void> {
   const clash = routes.find((r) => r.dst !== 'default' && SUBNET.contains(r.dst.split('/')[0]))
   if (clash) throw new UsageError(`${SUBNET.cidr} is already routed on this host (via ${clash.dev}): set CFS_SUBNET to a free range`)
   await ipAsync(`link add ${BRIDGE} type bridge`, `addr add ${SUBNET.gateway}/${SUBNET.prefix} dev ${BRIDGE}`, `link set ${BRIDGE} up`)
-}
-
-// A lock shared by all the project's processes: a directory, since mkdir(2)
-// either creates it or fails. A lock older than 10 s is left over from a crash.
-async function withLock<T>(fn: () => Promise<T>): Promise<T> {
-  mkdirSync(netDir, { recursive: true })
-  const deadline = Date.now() + 15_000
-  for (;;) {
-    try {
-      mkdirSync(lockDir)
-      break
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
-      try {
-        if (Date.now() - statSync(lockDir).mtimeMs > 10_000) rmdirSync(lockDir)
-      } catch {}
-      if (Date.now() > deadline) throw new UsageError(`timed out waiting for ${lockDir} (npm run clean removes a stale one)`)
-      await delay(5)
-    }
-  }
-  try {
-    return await fn()
-  } finally {
-    rmdirSync(lockDir)
-  }
 }
 
 /** A /16 to /30 IPv4 subnet: its gateway (.1) and the addresses containers may take (at most 1000). */

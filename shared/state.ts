@@ -15,6 +15,7 @@ import { randomBytes } from 'node:crypto'
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { basename, dirname, join, resolve } from 'node:path'
 import { UsageError } from './errors.ts'
+import { withLockSync } from './lock.ts'
 import { isRunning, startTime } from './procfs.ts'
 import { stateDir } from './settings.ts'
 
@@ -74,7 +75,7 @@ export function claimName(): void {
   if (name === undefined || claimFile) return
   const file = join(runDir(), 'names', name)
   mkdirSync(dirname(file), { recursive: true })
-  withLock(() => {
+  withLockSync(join(runDir(), 'lock'), () => {
     const holder = readJson<Claim>(file)
     if (holder && claimAlive(holder)) {
       const who = holder.id ? `container ${holder.id}` : `a container that is starting (process ${holder.pid})`
@@ -221,28 +222,3 @@ function listNames(dir: string): string[] {
   }
 }
 
-// The claim is read and written under a lock, a directory as in net.ts (mkdir(2)
-// either creates it or fails); one older than 10 s is left over from a crash.
-// Synchronous: Cleanup's constructor claims. The wait is a few milliseconds.
-function withLock(fn: () => void): void {
-  const lock = join(runDir(), 'lock')
-  const deadline = Date.now() + 15_000
-  for (;;) {
-    try {
-      mkdirSync(lock)
-      break
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
-      try {
-        if (Date.now() - statSync(lock).mtimeMs > 10_000) rmdirSync(lock)
-      } catch {}
-      if (Date.now() > deadline) throw new UsageError(`timed out waiting for ${lock} (npm run clean removes a stale one)`)
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5) // sleep 5 ms
-    }
-  }
-  try {
-    fn()
-  } finally {
-    rmdirSync(lock)
-  }
-}

@@ -17,6 +17,7 @@ import {
 import { MNT_DETACH, readMountInfo, umount2 } from '../../shared/mounts.ts'
 import { BRIDGE, deleteInterface, liveLeases } from '../../shared/net.ts'
 import { removeContainerDir } from '../../shared/overlay.ts'
+import { STALE_LOCK_MS } from '../../shared/lock.ts'
 import { isRunning } from '../../shared/procfs.ts'
 import { containersDir, PREFIX, stateDir } from '../../shared/settings.ts'
 import { alive, readClaims, readStates, runDir, statusOf } from '../../shared/state.ts'
@@ -289,7 +290,7 @@ function leases(): Leftover[] {
     return Number(pid) > 0 && isRunning(Number(pid)) ? [] : [{ kind: 'lease' as const, name: file, inUse: false as const, remove: () => rmSync(file, { force: true }), id: idIn(id) }]
   })
   const lock = join(netDir, 'lock')
-  if (existsSync(lock) && Date.now() - statSync(lock).mtimeMs > 10_000) {
+  if (existsSync(lock) && Date.now() - statSync(lock).mtimeMs > STALE_LOCK_MS) {
     stale.push({ kind: 'lock', name: lock, inUse: false, remove: () => rmdirSync(lock) })
   }
   return stale
@@ -345,7 +346,7 @@ function stateFiles(): Leftover[] {
       found.push({ kind: 'state file', name: claim.file, inUse: claim.inUse && 'its container is running', remove: () => rmSync(claim.file, { force: true }), id: idIn(claim.id) })
     }
     const lock = join(dir, 'lock')
-    if (existsSync(lock) && Date.now() - statSync(lock).mtimeMs > 10_000) found.push({ kind: 'lock', name: lock, inUse: false, remove: () => rmdirSync(lock) })
+    if (existsSync(lock) && Date.now() - statSync(lock).mtimeMs > STALE_LOCK_MS) found.push({ kind: 'lock', name: lock, inUse: false, remove: () => rmdirSync(lock) })
     return found
   })
 }
