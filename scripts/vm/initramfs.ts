@@ -51,10 +51,13 @@ export function buildInitramfs(kernel: Kernel, accelerator: string): Buffer {
  * Stage 2 (the host's own busybox, in the new root) runs the checks and
  * powers off.
  */
+/** The guest's TMPDIR: a tmpfs of its own (see the init script). */
+const scratchDir = '/cfs-vm-tmp'
+
 function initScripts(kernel: Kernel, busybox: string, accelerator: string): { init: string; stage2: string } {
   const env = [
     `PATH=${dirname(process.execPath)}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`,
-    'HOME=/root', 'TERM=dumb', 'LANG=C.UTF-8', 'FORCE_COLOR=0', `CI=${process.env.CI ?? ''}`,
+    'HOME=/root', 'TERM=dumb', 'LANG=C.UTF-8', 'FORCE_COLOR=0', `CI=${process.env.CI ?? ''}`, `TMPDIR=${scratchDir}`,
     // Not 0 or unset: Debian's bash, started with a socket as stdin (Node's
     // pipes are socketpairs) and SHLVL below 2, takes itself for an sshd
     // session and reads ~/.bashrc, in every zx command. Whatever the host's
@@ -100,6 +103,9 @@ mount -t devpts devpts /newroot/dev/pts
 for dir in ${tmpfs.join(' ')}; do mount -t tmpfs -o mode=1777 tmpfs /newroot$dir; done
 # The state dir (default path, no CFS_HOME) on tmpfs: images and overlays need a local file system, not overlay.
 mkdir -p /newroot${defaultStateDir} && mount -t tmpfs -o mode=0755 tmpfs /newroot${defaultStateDir}
+# TMPDIR on a tmpfs of its own, always: the rootless runs keep their state (and their overlays) in temporary
+# homes, and /tmp is the overlay above when this repository lives in /tmp (an overlay's upper dir cannot be one).
+mkdir -p /newroot${scratchDir} && mount -t tmpfs -o mode=1777 tmpfs /newroot${scratchDir}
 # The host's directory for the results, writable: the one thing the guest writes to the host.
 mkdir -p /newroot${guestResultsDir} && mount -t 9p -o trans=virtio,version=9p2000.L results /newroot${guestResultsDir} || fail "mount the results directory over 9p"
 cp /stage2 /newroot/cfs-vm-stage2
