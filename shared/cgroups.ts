@@ -70,6 +70,7 @@ export interface Limits {
   memory?: number // bytes
   cpus?: number // CPUs worth of time per period, e.g. 0.5
   cpuShares?: number // relative weight, v1 style (default 1024)
+  asked?: boolean // the command line asked for a limit (not only the default pids.max)
 }
 
 /**
@@ -107,7 +108,10 @@ export function cgroupFor(id: string, limits: Limits, hierarchies = findHierarch
   if (limits.cpus !== undefined || limits.cpuShares !== undefined) wanted.add('cpu')
   const delegated = asUser ? findDelegation([...wanted], hierarchies) : undefined
   if (delegated && 'why' in delegated) {
-    process.stderr.write(`cfs: rootless: ${delegated.why}, so limits are off; for limits, start it in a cgroup of your own (cgroup v2 with systemd): systemd-run --user --scope -p Delegate=yes npx tsx ${stepShown()} run …\n`)
+    // The whole story when the command line asked for a limit; else a short line (the default pids.max is off too).
+    process.stderr.write(limits.asked
+      ? `cfs: rootless: ${delegated.why}, so limits are off; for limits, start it in a cgroup of your own (cgroup v2 with systemd): systemd-run --user --scope -p Delegate=yes npx tsx ${stepShown()} run …\n`
+      : 'cfs: rootless: no cgroup of your own, so no limits (see notes/09-userns.md)\n')
     return { name: cgroupName(id), dirs: [], writes: [] }
   }
   // Delegated: the user's cgroup is the top of the only hierarchy we may use.
@@ -447,5 +451,6 @@ export function limitsFromOptions(options: { 'pids-limit'?: string; memory?: str
     memory: options.memory === undefined ? undefined : parseSize(options.memory),
     cpus: options.cpus === undefined ? undefined : parseCpus(options.cpus),
     cpuShares: shares === undefined ? undefined : Number(shares),
+    asked: [options['pids-limit'], options.memory, options.cpus, shares].some((value) => value !== undefined),
   }
 }
