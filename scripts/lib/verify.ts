@@ -48,8 +48,10 @@ export function runStep(step: string, args: string[], options: { input?: string;
 }
 
 /** The command line a learner would type for the same run, for the report. */
-export function shown(step: string, args: string[]): string {
-  return `npx tsx ${stepPath(step)} run ${args.map((a) => (/^[\w./=:-]+$/.test(a) ? a : `'${a}'`)).join(' ')}`
+export function shown(step: string, args: string[], as: 'root' | 'user' = process.getuid?.() === 0 ? 'root' : 'user'): string {
+  // From 09 on a step typed as yourself runs rootless: a root run, typed, needs sudo (with your PATH, for your Node).
+  const sudo = step >= '09' && as === 'root' ? 'sudo env "PATH=$PATH" ' : ''
+  return `${sudo}npx tsx ${stepPath(step)} run ${args.map((a) => (/^[\w./=:-]+$/.test(a) ? a : `'${a}'`)).join(' ')}`
 }
 
 /** PID of the step's own node process in the run whose argv includes `marker` (not tsx's launcher, its parent). */

@@ -38,7 +38,7 @@ await killSleeper(s)
 const look = ['sh', '-c', 'id -u; grep Groups /proc/self/status; hostname']
 const looked = await $({ cwd: repoDir, nothrow: true, quiet: true })`setpriv --groups 4,27 ${stepCommand(step)} run ${look}`
 const [uid, groups] = looked.stdout.trim().split('\n')
-const lookShown = `setpriv --groups 4,27 ${shown(step, look)}`
+const lookShown = `sudo env "PATH=$PATH" setpriv --groups 4,27 ${shown(step, look, 'user')}`
 c.equal('inside, `id -u` is 0', uid, '0', lookShown)
 c.equal('…with none of the host\'s supplementary groups (the step ran with groups 4 and 27)', groups?.replace(/\s+/g, ' ').trim(), 'Groups:', lookShown)
 const mknod = ['mknod', '/tmp/null', 'c', '1', '3']
@@ -79,7 +79,7 @@ if (forbidden) {
   const inside = ['sh', '-c', 'cat /proc/self/uid_map; id -u; hostname; echo $$; ip -o link | cut -d: -f2; echo hi > /root/made-inside']
   const ran = await asUser`setpriv --reuid=${user} --regid=${user} --clear-groups ${stepCommand(step)} run --keep ${inside}`
   const lines = ran.stdout.trim().split('\n').map((line) => line.trim().replace(/\s+/g, ' '))
-  const ranShown = `setpriv --reuid=${user} --regid=${user} --clear-groups ${shown(step, ['--keep', ...inside])}`
+  const ranShown = `setpriv --reuid=${user} --regid=${user} --clear-groups ${shown(step, ['--keep', ...inside], 'user')}`
   c.equal(`rootless (uid ${user}, no sudo): uid_map maps root inside to that uid, one id`, lines[0], `0 ${user} 1`, ranShown)
   c.equal('…`id -u` inside is 0', lines[1], '0', ranShown)
   c.ok('…its own hostname (UTS) and PID 1 (PID namespace, /proc)', /^[0-9a-f]{12}$/.test(lines[2] ?? '') && lines[3] === '1', {
@@ -91,7 +91,7 @@ if (forbidden) {
   const gone = await asUser`setpriv --reuid=${user} --regid=${user} --clear-groups ${stepCommand(step)} run true`
   const left = existsSync(join(home, 'state/containers')) ? readdirSync(join(home, 'state/containers')).filter((name) => name !== lines[2]) : []
   c.ok('…and a rootless run leaves no container directory behind', gone.exitCode === 0 && left.length === 0, {
-    ran: `${shown(step, ['true'])} as uid ${user}; ls $CFS_HOME/containers`, expected: 'exit 0, nothing new', got: `exit ${gone.exitCode}, ${left.join(' ') || 'nothing'} (stderr: ${gone.stderr.trim()})`,
+    ran: `${shown(step, ['true'], 'user')} as uid ${user}; ls $CFS_HOME/containers`, expected: 'exit 0, nothing new', got: `exit ${gone.exitCode}, ${left.join(' ') || 'nothing'} (stderr: ${gone.stderr.trim()})`,
   })
   rmSync(home, { recursive: true, force: true })
 }

@@ -53,7 +53,7 @@ const probes = seccompProbes()
 const wrong = probes.filter(({ label, expect }) => (expect === 'through' ? withFilter.seen[label] !== without.seen[label] : withFilter.seen[label] !== expect || without.seen[label] === expect))
   .map(({ label, expect }) => `${label}: ${withFilter.seen[label] ?? 'not run'} with the filter, ${without.seen[label] ?? 'not run'} without, expected ${expect === 'through' ? 'the same' : expect}`)
 c.ok(`each of the ${probes.length} probes of policy.ts's ${BLOCKED_CALLS.length} rows fails as the table says, and only with the filter`, withFilter.ran.exitCode === 0 && without.ran.exitCode === 0 && wrong.length === 0, {
-  ran: 'npx tsx scripts/lib/seccomp-calls.ts filtered; … unfiltered  # the step\'s filter, then each call with bad arguments',
+  ran: 'sudo env "PATH=$PATH" npx tsx scripts/lib/seccomp-calls.ts filtered; … unfiltered  # the step\'s filter, then each call with bad arguments',
   expected: 'EPERM (clone3: ENOSYS) with it; the kernel\'s own EINVAL, EFAULT… without; clone without CLONE_NEW*, socket(AF_INET): the same both ways',
   got: withFilter.ran.exitCode === 0 && without.ran.exitCode === 0 ? wrong.join('; ') || 'all as the table says' : `exit ${withFilter.ran.exitCode}/${without.ran.exitCode}: ${(withFilter.ran.stderr + without.ran.stderr).trim().slice(-300)}`,
 })
@@ -151,7 +151,7 @@ if (forbidden) {
   const ran = await $({ cwd: repoDir, nothrow: true, quiet: true, env })`setpriv --reuid=${user} --regid=${user} --clear-groups ${stepCommand(step)} run ${statusLines}`
   const rootless = status(ran.stdout)
   c.equal(`rootless (uid ${user}, no sudo): the same capabilities, no_new_privs and filter`, [rootless.CapEff, rootless.NoNewPrivs, rootless.Seccomp], [dockerMask, '1', '2'],
-    `setpriv --reuid=${user} --regid=${user} --clear-groups ${shown(step, statusLines)}  # stderr: ${ran.stderr.trim().split('\n').at(-1)}`)
+    `setpriv --reuid=${user} --regid=${user} --clear-groups ${shown(step, statusLines, 'user')}  # stderr: ${ran.stderr.trim().split('\n').at(-1)}`)
   rmSync(home, { recursive: true, force: true })
 }
 
