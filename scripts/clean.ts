@@ -13,7 +13,7 @@ import { stateDir } from '../shared/settings.ts'
 exitOnClosedPipe()
 
 try {
-  const { values } = parseArgs({ options: { all: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } })
+  const { values } = parseArgs({ options: { all: { type: 'boolean' }, rootless: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } })
   if (values.help) {
     console.log(`Usage: npm run clean [-- --all]
 
@@ -23,11 +23,14 @@ and state files (npm run ps), and the isolation matrix's runc containers,
 cfsm-* keys and shared memory.
 Anything a running container still uses is left alone.
 
-  --all   also stop running containers and remove directories kept with --keep`)
+  --all        also stop running containers and remove directories kept with --keep
+  --rootless   without sudo: only what your own rootless runs (steps 09 and 10)
+               left, in your state dir and in a cgroup delegated to you`)
     process.exit(0)
   }
-  requireRoot()
-  const { removed, kept, failed } = await clean(values.all)
+  if (values.rootless && process.getuid?.() === 0) throw new UsageError('--rootless is for a user without sudo: as root, npm run clean covers the rootless runs of the user who ran sudo too')
+  if (!values.rootless) requireRoot()
+  const { removed, kept, failed } = await clean(values.all, values.rootless)
   for (const item of removed) console.log(`${chalk.green('removed')}   ${item.kind}: ${item.name}`)
   for (const item of kept) console.log(`${chalk.yellow('left')}      ${item.kind}: ${item.name} (${item.inUse})`)
   for (const { item, error } of failed) console.log(`${chalk.red('failed')}    ${item.kind}: ${item.name}: ${error}`)

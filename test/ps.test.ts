@@ -202,6 +202,36 @@ t.test('step 09 rootless: a user\'s ps lists the user\'s own container, from the
   t.notOk(existsSync(row.stateFile), 'its state file is gone')
 })
 
+t.test('rootless, a SIGKILLed step: the user\'s own `npm run clean -- --rootless`, without sudo, removes what it left', rootOnly(), async (t) => {
+  if (usernsForbidden()) return t.pass('rootless', { skip: usernsForbidden() })
+  const user = 65534
+  const home = mkdtempSync('/tmp/cfs-clean-rootless-')
+  chownSync(home, user, user)
+  t.teardown(() => rmSync(home, { recursive: true, force: true }))
+  const env = { HOME: home, CFS_HOME: join(home, 'state'), XDG_CACHE_HOME: join(home, 'cache') }
+  const mark = marker()
+  const c = await start('10-security', ['sleep', mark], mark, { env, asUser: user })
+  const step = findStepProcess('10-security', mark)
+  t.ok(step, 'the step\'s own process is found')
+  if (step) process.kill(step, 'SIGKILL')
+  await c.ended
+  await waitFor(() => (isRunning(c.sleep) ? undefined : true), 5000)
+  const left = () => ['containers', 'run'].flatMap((dir) => {
+    try {
+      return execFileSync('ls', [join(home, 'state', dir)], { encoding: 'utf8' }).split('\n').filter((name) => /^[0-9a-f]{12}/.test(name))
+    } catch {
+      return []
+    }
+  })
+  t.equal(left().length, 2, `the SIGKILLed step left its container directory and its state file (${left().join(' ')})`)
+  const cleaned = await asUser(user, ['scripts/clean.ts', '--rootless'], env)
+  t.equal(cleaned.exitCode, 0, `npm run clean -- --rootless as the user exits 0 (stderr: ${cleaned.stderr.trim()})`)
+  t.match(cleaned.stdout, /removed 2, left 0 in use, 0 failed/, 'and says it removed both')
+  t.same(left(), [], 'nothing of the run is left in the user\'s state dir')
+  const asRoot = await runTool('scripts/clean.ts', ['--rootless'])
+  t.equal(asRoot.exitCode, 125, 'as root, --rootless is one line and exit 125: plain clean covers it there')
+})
+
 t.test('a SIGKILLed step whose PID 1 lives on: "parent gone", then stale, and clean removes it', rootOnly(), async (t) => {
   // PR_SET_PDEATHSIG would take PID 1 with its parent, but the kernel clears
   // it when a process changes its uid: su to nobody, as gosu or su-exec do.

@@ -36,6 +36,22 @@ export interface Leftover {
   id?: string // the container it belongs to, when its name or content says
 }
 
+/**
+ * What a user's rootless runs (steps 09 and 10, without sudo) may leave, as
+ * that user sees it: container directories and state files in their state
+ * dir, cgroups in a cgroup delegated to them. Only what the user owns.
+ */
+export function ownLeftovers(): Leftover[] {
+  const mine = (item: Leftover) => {
+    try {
+      return statSync(item.name).uid === process.getuid?.()
+    } catch {
+      return false
+    }
+  }
+  return findLeftovers(['container dir', 'cgroup', 'state file']).filter(mine)
+}
+
 /** Everything the project has on this host right now, or only things of these kinds (read-only: removes nothing). */
 export function findLeftovers(kinds?: Leftover['kind'][]): Leftover[] {
   const wanted = (...some: Leftover['kind'][]) => !kinds || some.some((kind) => kinds.includes(kind))
@@ -77,13 +93,13 @@ export function leftoversOf(ids: string[], imageDir: string | undefined, markers
  * Remove the leftovers no running container uses; with `all`, stop running
  * containers' cgroups and remove kept container directories too.
  */
-export async function clean(all = false): Promise<{ removed: Leftover[]; kept: Leftover[]; failed: { item: Leftover; error: string }[] }> {
+export async function clean(all = false, rootless = false): Promise<{ removed: Leftover[]; kept: Leftover[]; failed: { item: Leftover; error: string }[] }> {
   const removed: Leftover[] = []
   const kept: Leftover[] = []
   const failed: { item: Leftover; error: string }[] = []
   // Order matters: runc's containers and cgroups first (kills processes), then mounts, then the rest.
   const order = ['runc container', 'cgroup', 'mount', 'interface', 'netns', 'container dir', 'lease', 'lock', 'key', 'shm', 'state file']
-  const items = findLeftovers().sort((a, b) => order.indexOf(a.kind) - order.indexOf(b.kind))
+  const items = (rootless ? ownLeftovers() : findLeftovers()).sort((a, b) => order.indexOf(a.kind) - order.indexOf(b.kind))
   for (const item of items) {
     if (item.inUse && !all) {
       kept.push(item)
@@ -97,7 +113,7 @@ export async function clean(all = false): Promise<{ removed: Leftover[]; kept: L
     }
   }
   // The bridge goes last, once no container's lease holds it.
-  if (existsSync(`/sys/class/net/${BRIDGE}`) && liveLeases().length === 0) {
+  if (!rootless && existsSync(`/sys/class/net/${BRIDGE}`) && liveLeases().length === 0) {
     const bridge: Leftover = { kind: 'interface', name: `${BRIDGE} (bridge)`, inUse: false, remove: () => deleteInterface(BRIDGE) }
     try {
       await bridge.remove()
