@@ -9,10 +9,10 @@
 import { statSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { exitOnClosedPipe, exitWithError, UsageError } from '../shared/errors.ts'
-import { rootStateDir, stateDir, PREFIX } from '../shared/settings.ts'
+import { PREFIX } from '../shared/settings.ts'
 import { readStates, runDir, statusOf, type ContainerState, type Status } from '../shared/state.ts'
 import { readText } from './lib/files.ts'
-import { invokingUserDataDir } from './lib/owner.ts'
+import { stateDirs } from './lib/containers.ts'
 
 exitOnClosedPipe()
 
@@ -66,13 +66,6 @@ try {
   else console.log(table(rows))
 } catch (err) {
   exitWithError(err)
-}
-
-// Whose state files to read: ours; as root under sudo also the invoking
-// user's (rootless steps 09-10), as a user also root's (steps 02-10 with sudo).
-function stateDirs(): string[] {
-  const other = process.getuid?.() === 0 ? invokingUserDataDir() : rootStateDir
-  return [...new Set([stateDir, other ?? stateDir])]
 }
 
 // Who ran the container: the owner of its state file (root, or the user of a rootless step), by name.

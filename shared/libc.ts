@@ -36,6 +36,22 @@ function bind(lib: LibraryHandle) {
     tcgetpgrp: lib.func('int tcgetpgrp(int fd)'),
     tcsetpgrp: lib.func('int tcsetpgrp(int fd, int pgrp)'),
     pthread_sigmask: lib.func('int pthread_sigmask(int how, const uint8_t *set, _Out_ uint8_t *oldset)'),
+    // posix_spawn(3): a child made by glibc, in C, between its clone and its
+    // exec: the one way a multithreaded Node can start a process that runs
+    // nothing of Node's (see shared/spawn.ts).
+    posix_spawnp: lib.func('int posix_spawnp(_Out_ int *pid, const char *file, void *actions, void *attr, const char **argv, const char **envp)'),
+    posix_spawn_file_actions_init: lib.func('int posix_spawn_file_actions_init(void *actions)'),
+    posix_spawn_file_actions_destroy: lib.func('int posix_spawn_file_actions_destroy(void *actions)'),
+    posix_spawn_file_actions_addopen: lib.func('int posix_spawn_file_actions_addopen(void *actions, int fd, const char *path, int oflag, unsigned int mode)'),
+    posix_spawn_file_actions_addclose: lib.func('int posix_spawn_file_actions_addclose(void *actions, int fd)'),
+    posix_spawn_file_actions_adddup2: lib.func('int posix_spawn_file_actions_adddup2(void *actions, int fd, int newfd)'),
+    posix_spawn_file_actions_addclosefrom_np: lib.func('int posix_spawn_file_actions_addclosefrom_np(void *actions, int from)'),
+    posix_spawnattr_init: lib.func('int posix_spawnattr_init(void *attr)'),
+    posix_spawnattr_destroy: lib.func('int posix_spawnattr_destroy(void *attr)'),
+    posix_spawnattr_setflags: lib.func('int posix_spawnattr_setflags(void *attr, short flags)'),
+    posix_spawnattr_setsigdefault: lib.func('int posix_spawnattr_setsigdefault(void *attr, const uint8_t *set)'),
+    posix_spawnattr_setsigmask: lib.func('int posix_spawnattr_setsigmask(void *attr, const uint8_t *set)'),
+    waitpid: lib.func('int waitpid(int pid, _Out_ int *status, int options)'),
     // syscall(2): for calls glibc has no wrapper for (pivot_root, seccomp).
     syscall: lib.func('long syscall(long number, ...)'),
     strerror: lib.func('const char *strerror(int errnum)'),
@@ -82,4 +98,14 @@ export function check<T extends number | bigint>(
   const code = errnoNames.get(errno) ?? `errno ${errno}`
   const hint = hints[code] ?? commonHints[code]
   throw new SyscallError(syscall, code, errno, raw.strerror(errno) as string, path, hint)
+}
+
+/**
+ * Check a return value that is the error number itself, 0 for success, as
+ * posix_spawn(3) and pthread functions return it (errno is not set).
+ */
+export function checkReturned(call: string, result: number, path?: string): void {
+  if (result === 0) return
+  const code = errnoNames.get(result) ?? `errno ${result}`
+  throw new SyscallError(call, code, result, raw.strerror(result) as string, path, commonHints[code])
 }

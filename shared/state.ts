@@ -34,6 +34,7 @@ export interface ContainerState {
   parent: ProcessRef // the step's own process: it waits for the container and cleans up
   pid1: ProcessRef // the container's PID 1, by the host's numbering
   started: string // ISO 8601
+  config?: Record<string, unknown> // what the parent handed its child (the step's Container): npm run exec reads it
 }
 
 /** What a --name claim holds: who took it, and, once it started, their container's id. */
@@ -113,6 +114,7 @@ export function recordStart(config: object, pid: number): void {
     parent: self(),
     pid1: { pid, since: startTime(pid) ?? 0 },
     started: new Date().toISOString(),
+    config: config as Record<string, unknown>,
   }
   stateFile = join(runDir(), `${state.id}.json`)
   forgetAtExit()
