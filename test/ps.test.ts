@@ -7,19 +7,19 @@
 // Bad options: one line, exit 125. Nothing is left behind.
 
 import t from 'tap'
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import { chownSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { findLeftovers, leftoversOf } from '../scripts/lib/clean.ts'
-import { findProcesses, nsPids } from '../scripts/lib/procfs.ts'
-import { findStepProcess, tsx } from '../scripts/lib/verify.ts'
+import { nsPids } from '../scripts/lib/procfs.ts'
+import { findStepProcess } from '../scripts/lib/verify.ts'
 import { waitFor } from '../scripts/lib/wait.ts'
 import { cgroupProcs, findHierarchies } from '../shared/cgroups.ts'
 import { liveLeases } from '../shared/net.ts'
 import { isRunning } from '../shared/procfs.ts'
-import { repoDir } from '../shared/settings.ts'
 import { runDir } from '../shared/state.ts'
 import { usernsForbidden } from '../shared/userns.ts'
+import { asUser, killMarked, marker, markers, start, stopGroup } from './background.ts'
 import { rootOnly, runTool } from './helpers.ts'
 
 /** A row of `npm run ps -- --format json`. */
@@ -37,49 +37,7 @@ interface Row {
   stateFile: string
 }
 
-/** A container started in the background: its launcher (tsx), its sleep's host PID, and its end. */
-interface Started {
-  child: ChildProcess
-  sleep: number
-  ended: Promise<number | null>
-  output: () => string
-}
-
 const ids: string[] = []
-const markers: string[] = []
-let n = 0
-
-// A marker sleep's argument: a number sleep takes, unique to this test and run.
-function marker(): string {
-  const mark = `1000.${process.pid}${n++}`
-  markers.push(mark)
-  return mark
-}
-
-// `tsx steps/<step> run <args>`, as a learner would start it (without tap's
-// preloads), in a process group of its own; resolves once the sleep runs.
-async function start(step: string, args: string[], mark: string, options: { env?: NodeJS.ProcessEnv; asUser?: number } = {}): Promise<Started> {
-  const command = ['env', '-u', 'NODE_OPTIONS', tsx, `steps/${step}`, 'run', ...args]
-  const argv = options.asUser === undefined ? command : ['setpriv', `--reuid=${options.asUser}`, `--regid=${options.asUser}`, '--clear-groups', ...command]
-  const child = spawn(argv[0], argv.slice(1), { cwd: repoDir, detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FORCE_COLOR: '0', ...options.env } })
-  let output = ''
-  child.stdout!.on('data', (chunk) => (output += chunk))
-  child.stderr!.on('data', (chunk) => (output += chunk))
-  // 'exit', not 'close': a PID 1 that outlives its step holds the pipes open.
-  const ended = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
-  const sleep = await Promise.race([ended.then(() => undefined), waitFor(() => findProcesses((a) => a[0] === 'sleep' && a[1] === mark)[0], 30_000)])
-  if (sleep === undefined) {
-    stopGroup(child, 'SIGKILL')
-    throw new Error(`${step} run ${args.join(' ')} did not start its sleep: ${output.trim()}`)
-  }
-  return { child, sleep, ended, output: () => output }
-}
-
-function stopGroup(child: ChildProcess, signal: NodeJS.Signals): void {
-  try {
-    process.kill(-child.pid!, signal)
-  } catch {}
-}
 
 // npm run ps, as JSON, run as root or as `asUser`.
 async function ps(args: string[] = [], options: { env?: NodeJS.ProcessEnv; asUser?: number } = {}): Promise<Row[]> {
@@ -88,18 +46,6 @@ async function ps(args: string[] = [], options: { env?: NodeJS.ProcessEnv; asUse
     : await asUser(options.asUser, ['scripts/ps.ts', '--format', 'json', ...args], options.env)
   if (result.exitCode !== 0) throw new Error(`npm run ps exited ${result.exitCode}: ${result.stderr}`)
   return JSON.parse(result.stdout) as Row[]
-}
-
-// runTool, as another user (setpriv).
-function asUser(uid: number, args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ stdout: string; stderr: string; exitCode: number | null }> {
-  const child = spawn('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', 'env', '-u', 'NODE_OPTIONS', tsx, ...args], {
-    cwd: repoDir, env: { ...process.env, FORCE_COLOR: '0', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.on('data', (chunk) => (stdout += chunk))
-  child.stderr.on('data', (chunk) => (stderr += chunk))
-  return new Promise((resolve) => child.on('close', (exitCode) => resolve({ stdout, stderr, exitCode })))
 }
 
 // The container's IPv4 address on eth0, asked inside its network namespace.
@@ -113,14 +59,8 @@ function inCgroup(path: string, pid: number): boolean {
   return findHierarchies().some((h) => existsSync(join(h.mountPoint, path)) && cgroupProcs(join(h.mountPoint, path)).includes(pid))
 }
 
-t.teardown(() => {
-  // Whatever a failed check left running.
-  for (const pid of findProcesses((argv) => argv[0] === 'sleep' && markers.includes(argv[1]))) {
-    try {
-      process.kill(pid, 'SIGKILL')
-    } catch {}
-  }
-})
+// Whatever a failed check left running.
+t.teardown(killMarked)
 
 t.test('a running container of step 08: its step, name, PID 1, cgroup and address, then gone', rootOnly(), async (t) => {
   const mark = marker()
