@@ -133,10 +133,13 @@ const rootlessRows = rootlessSteps.map((step) => ({ ...stepRow(`${step} rootless
 // class where several run: then no container pays for making the bridge or
 // for deleting it (which waits for the kernel, see notes/08-net.md). Against
 // a floor measured in the same rounds.
+// And, into that container, npm run exec's start (scripts/exec.ts): a
+// command in its namespaces and cgroup (notes/exec.md).
 const holder = await startBridgeHolder()
-const bridgeUp = measure([floorSubjects[0], stepSubject('08-net')])
+const bridgeUp = measure([floorSubjects[0], stepSubject('08-net'), { name: 'exec', command: tsx, args: ['scripts/exec.ts', holder.name, '/bin/true'] }])
 await holder.stop()
 const bridgeUpRow = { ...stepRow('08-net', bridgeUp.get('08-net')!, bridgeUp.get('floor')!.ms), step: '08-net, bridge up' }
+const execRow = { ...stepRow('exec', bridgeUp.get('exec')!, bridgeUp.get('floor')!.ms), step: 'exec into 08' }
 rmSync(join(empty, '..'), { recursive: true })
 
 function stepRow(step: string, result: { ms: number; ok: boolean }, floorMs: number) {
@@ -172,12 +175,13 @@ function tracePhases(names: string[]): Map<string, Phases> {
 }
 
 // A step-08 container that sleeps until told to stop (SIGTERM, which its PID 1 traps).
-async function startBridgeHolder(): Promise<{ stop: () => Promise<void> }> {
-  const marker = `cfs-bench-${process.pid}` // $0 of the shell: a word of the step's argv, to find it by
-  const child = spawn(tsx, ['steps/08-net', 'run', 'sh', '-c', 'trap "exit 0" TERM; echo up; sleep 600 & wait', marker], { cwd: repoDir, stdio: ['ignore', 'pipe', 'inherit'] })
+async function startBridgeHolder(): Promise<{ name: string; stop: () => Promise<void> }> {
+  const marker = `cfs-bench-${process.pid}` // $0 of the shell: a word of the step's argv, to find it by; and its --name
+  const child = spawn(tsx, ['steps/08-net', 'run', '--name', marker, 'sh', '-c', 'trap "exit 0" TERM; echo up; sleep 600 & wait', marker], { cwd: repoDir, stdio: ['ignore', 'pipe', 'inherit'] })
   const ended = new Promise<void>((resolve) => child.on('close', () => resolve()))
   await new Promise<void>((resolve) => child.stdout!.on('data', (chunk: Buffer) => chunk.toString().includes('up') && resolve()))
   return {
+    name: marker,
     stop: async () => {
       const step = findStepProcess('08-net', marker)
       if (step) process.kill(step, 'SIGTERM')
@@ -243,7 +247,7 @@ const f = (ms: number) => `${ms.toFixed(0)} ms`
 console.log(chalk.bold(`\nContainer start, median of ${runs} runs, taken in rounds (${cpus().length} × ${cpus()[0]?.model.trim()}, Linux ${release()}, cgroups ${cgroupLayout()})\n`))
 console.log(`floor: tsx empty.ts + node -e 0 = ${f(floor)}   (tsx empty.ts ${f(tsxEmpty)}, node -e 0 ${f(bareNode)})\n`)
 console.log(`${'step'.padEnd(21)}   total   ×floor${strace ? '  parent → child  child → command' : ''}`)
-for (const r of [...stepRows, bridgeUpRow, ...rootlessRows]) {
+for (const r of [...stepRows, bridgeUpRow, ...rootlessRows, execRow]) {
   const ratio = r.ratio <= 1.3 ? chalk.green(`${r.ratio.toFixed(2)}×`) : chalk.red(`${r.ratio.toFixed(2)}×`)
   const traced = r.childMs === undefined ? '' : `${f(r.parentMs!).padStart(14)}  ${f(r.childMs).padStart(15)}`
   console.log(`${r.step.padEnd(21)} ${f(r.ms).padStart(7)}   ${ratio.padEnd(14)}${traced}${r.ok ? '' : chalk.red('  (failed)')}`)
@@ -257,7 +261,7 @@ console.log('\noverlay vs copy (step 07)')
 for (const o of overlayRows) {
   console.log(`  ${o.image} image (${(o.imageKiB / 1024).toFixed(1)} MiB): overlay start ${f(o.overlayStartMs)}, ${o.overlayPerContainerKiB} KiB per container; copy ${f(o.copyMs)}, ${(o.copyPerContainerKiB / 1024).toFixed(1)} MiB per container`)
 }
-const results = { date: new Date().toISOString(), runs, machine: { cpus: cpus().length, model: cpus()[0]?.model, kernel: release(), cgroups: cgroupLayout(), node: process.versions.node }, floor: { ms: floor, tsxEmptyMs: tsxEmpty, bareNodeMs: bareNode }, steps: stepRows, bridgeUp: bridgeUpRow, rootless: rootlessRows, others, overlay: overlayRows }
+const results = { date: new Date().toISOString(), runs, machine: { cpus: cpus().length, model: cpus()[0]?.model, kernel: release(), cgroups: cgroupLayout(), node: process.versions.node }, floor: { ms: floor, tsxEmptyMs: tsxEmpty, bareNodeMs: bareNode }, steps: stepRows, bridgeUp: bridgeUpRow, rootless: rootlessRows, exec: execRow, others, overlay: overlayRows }
 writeFileSync(join(repoDir, 'bench', 'results.json'), JSON.stringify(results, null, 2) + '\n')
 handBack(join(repoDir, 'bench', 'results.json'))
 console.log(chalk.dim('\nwritten to bench/results.json'))
