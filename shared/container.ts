@@ -12,6 +12,7 @@ import { spawnInNamespaces } from './namespaces.ts'
 import { compileCacheDir } from './settings.ts'
 import { claimName, forgetContainer, prepareRecord, recordStart } from './state.ts'
 import { fcntl, F_GETFL, F_SETFL, O_NONBLOCK, reclaimTerminal } from './process.ts'
+import type { TerminalRelay } from './terminal.ts'
 
 // The child (see reexecChild) never exits: it execs. Node writes its compile
 // cache at exit, so a child writes it here, while the cache's directory is
@@ -69,8 +70,12 @@ let stopRequested: NodeJS.Signals | undefined
  * handler for, so passing them on is not enough: if the container is still
  * there after STOP_TIMEOUT_MS, SIGKILL. Afterwards the terminal, if any,
  * comes back to us (see reclaimTerminal).
+ *
+ * With a `terminal` (steps 05 on, shared/terminal.ts), its relay runs
+ * meanwhile, and the exit code comes once the container's last output is
+ * written and our terminal is restored.
  */
-export function waitForExit(child: ChildProcess): Promise<number> {
+export function waitForExit(child: ChildProcess, terminal?: TerminalRelay): Promise<number> {
   let killTimer: NodeJS.Timeout | undefined
   const forward = (signal: NodeJS.Signals) => {
     child.kill(signal)
@@ -78,11 +83,18 @@ export function waitForExit(child: ChildProcess): Promise<number> {
   }
   for (const signal of STOP_SIGNALS) process.on(signal, forward)
   if (stopRequested) forward(stopRequested)
+  const relayed = terminal?.relay()
+  relayed?.catch(() => {}) // reported at the exit, below
   return new Promise((resolve, reject) => {
     child.on('error', reject)
-    child.on('exit', (code, signal) => {
+    child.on('exit', async (code, signal) => {
       clearTimeout(killTimer)
       for (const s of STOP_SIGNALS) process.off(s, forward)
+      try {
+        await relayed
+      } catch (err) {
+        return reject(err)
+      }
       reclaimTerminal()
       resolve(code ?? 128 + constants.signals[signal!])
     })

@@ -52,6 +52,17 @@ function bind(lib: LibraryHandle) {
     posix_spawnattr_setsigdefault: lib.func('int posix_spawnattr_setsigdefault(void *attr, const uint8_t *set)'),
     posix_spawnattr_setsigmask: lib.func('int posix_spawnattr_setsigmask(void *attr, const uint8_t *set)'),
     waitpid: lib.func('int waitpid(int pid, _Out_ int *status, int options)'),
+    // Terminals and passing fds (shared/terminal.ts).
+    ioctl: lib.func('int ioctl(int fd, unsigned long request, ...)'),
+    isatty: lib.func('int isatty(int fd)'),
+    openat: lib.func('int openat(int dirfd, const char *pathname, int flags)'),
+    setsid: lib.func('int setsid(void)'),
+    dup2: lib.func('int dup2(int oldfd, int newfd)'),
+    close: lib.func('int close(int fd)'),
+    socketpair: lib.func('int socketpair(int domain, int type, int protocol, _Out_ int *sv)'),
+    sendmsg: lib.func('long sendmsg(int sockfd, const void *msg, int flags)'),
+    recvmsg: lib.func('long recvmsg(int sockfd, void *msg, int flags)'),
+    shutdown: lib.func('int shutdown(int sockfd, int how)'),
     // syscall(2): for calls glibc has no wrapper for (pivot_root, seccomp).
     syscall: lib.func('long syscall(long number, ...)'),
     strerror: lib.func('const char *strerror(int errnum)'),
