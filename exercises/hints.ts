@@ -62,7 +62,7 @@ export const exercises: Record<string, Exercise> = {
     title: 'mount namespace, pivot_root and a minimal /dev',
     man: ['mount_namespaces(7)', 'pivot_root(2)', 'mount(2)', 'umount(2)', 'sysfs(5)', 'ipc_namespaces(7)', 'mq_overview(7)'],
     hints: [
-      'Start in run(): add CLONE_NEWNS and CLONE_NEWIPC. Then child(): propagation, then pivotInto(), then /sys and /dev. The guards tell you which part is still missing.',
+      'Start in run(): add CLONE_NEWNS and CLONE_NEWIPC. Then child(): propagation, then pivotInto(), then /sys and /dev. The guards tell you which part is still missing. The terminal\'s lines (TerminalRelay, openContainerTerminal) are given, not a TODO: notes/05-mount-ns.md explains them.',
       'Propagation: mount(null, \'/\', null, MS_REC | MS_PRIVATE). pivot_root(new_root, put_old) needs new_root to be a mount point: a bind mount of rootfs onto itself (MS_BIND) makes one.',
       'chdir(rootfs), then pivot_root(\'.\', \'.\'): the old root is now stacked on /. umount2(\'.\', MNT_DETACH) detaches it; chdir(\'/\'). /sys: sysfs with MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC; /dev: mountDev(\'/dev\'). /dev/mqueue: mkdirSync it, then mount(\'mqueue\', \'/dev/mqueue\', \'mqueue\', MS_NOSUID | MS_NODEV | MS_NOEXEC).',
     ],
@@ -72,7 +72,7 @@ export const exercises: Record<string, Exercise> = {
     man: ['cgroups(7)', 'cgroup v2: Documentation/admin-guide/cgroup-v2.rst'],
     hints: [
       'shared/cgroups.ts only finds things: cgroupFor(container.id, limits) returns dirs (one per hierarchy: v1, v2 or both) and writes ({ dir, file, value }). The mkdir, the writes and the rmdir are yours, with node:fs. shared/container.ts has the sync pipe: STDIO_WITH_SYNC, childStarted, tellChild, waitForParent.',
-      'In run(): const cgroup = cgroupFor(container.id, limits); cleanup.defer(async () => { for (const { dir } of cgroup.dirs) await rmdirCgroup(dir) }); mkdirSync each dir; writeFileSync(join(dir, file), value) for each write. Pass STDIO_WITH_SYNC to reexecChild, await childStarted(child), write String(child.pid) to join(dir, \'cgroup.procs\') for each dir, then tellChild(child).',
+      'In run(): const cgroup = cgroupFor(container.id, limits); cleanup.defer(async () => { for (const { dir } of cgroup.dirs) await rmdirCgroup(dir) }); mkdirSync each dir; writeFileSync(join(dir, file), value) for each write. Pass terminal.stdio(STDIO_WITH_SYNC) to reexecChild (the sync pipe, plus the terminal\'s socket when there is one), await childStarted(child), write String(child.pid) to join(dir, \'cgroup.procs\') for each dir, then tellChild(child).',
       'In child(), first thing after prctl: waitForParent(). The parent wrote the child\'s PID into cgroup.procs of every hierarchy while the child waited; memory is charged to the cgroup a process is in when it allocates, so the move comes once Node has started.',
     ],
   },

@@ -25,6 +25,7 @@ import {
 import { CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
 import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
+import { openContainerTerminal, TerminalRelay } from '../../shared/terminal.ts'
 import { sethostname } from '../../shared/uts.ts'
 import { refuseHostNamespace, refuseHostRoot } from '../guard.ts'
 
@@ -59,11 +60,14 @@ async function main(argv: string[]): Promise<void> {
 async function run(container: Container): Promise<void> {
   const cleanup = new Cleanup()
   try {
+    // With a terminal, the child gives the command one of the container's
+    // own and sends us its master; we relay between it and ours.
+    const terminal = new TerminalRelay()
     // TODO: the child needs a mount table of its own: a new mount namespace,
     // a copy of the host's in which mounts and unmounts stay its own business;
     // and with it IPC objects of its own (System V IPC, POSIX message queues).
-    const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID)
-    process.exitCode = await waitForExit(child)
+    const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID, terminal.stdio())
+    process.exitCode = await waitForExit(child, terminal)
   } finally {
     await cleanup.run()
   }
@@ -91,6 +95,10 @@ function child(container: Container): void {
   // TODO: a /dev with only the devices a container needs, none of the host's disks
   // (shared/devices.ts knows which).
   // TODO: and /dev/mqueue, where the container's own POSIX message queues show.
+  // A terminal of the container's own, if the parent has one to relay: a pty
+  // from our devpts, the command's controlling terminal and fds 0-2, so that
+  // nothing in here holds the host's (shared/terminal.ts).
+  openContainerTerminal()
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))
 }

@@ -30,6 +30,7 @@ import {
 import { CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
 import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
+import { openContainerTerminal, TerminalRelay } from '../../shared/terminal.ts'
 import { sethostname } from '../../shared/uts.ts'
 
 const usage = `
@@ -74,6 +75,9 @@ async function main(argv: string[]): Promise<void> {
 async function run(container: Container, limits: Limits): Promise<void> {
   const cleanup = new Cleanup()
   try {
+    // With a terminal, the child gives the command one of the container's
+    // own and sends us its master; we relay between it and ours.
+    const terminal = new TerminalRelay()
     // TODO: a control group is a directory, and a limit is a write to one of
     // its files; the kernel enforces it on every process in it. cgroupFor()
     // says where this container's go on this host (one directory per
@@ -85,8 +89,8 @@ async function run(container: Container, limits: Limits): Promise<void> {
     // A new IPC namespace too (CLONE_NEWIPC): System V IPC objects and POSIX
     // message queues of its own. It comes with the mount namespace: queues show
     // as files in an mqueue mount, as POSIX shared memory does in /dev/shm.
-    const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC)
-    process.exitCode = await waitForExit(child)
+    const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC, terminal.stdio())
+    process.exitCode = await waitForExit(child, terminal)
   } finally {
     await cleanup.run()
   }
@@ -118,6 +122,10 @@ function child(container: Container): void {
   // namespace of whoever mounts it, so the container sees only its own.
   mkdirSync('/dev/mqueue')
   mount('mqueue', '/dev/mqueue', 'mqueue', MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  // A terminal of the container's own, if the parent has one to relay: a pty
+  // from our devpts, the command's controlling terminal and fds 0-2, so that
+  // nothing in here holds the host's (shared/terminal.ts).
+  openContainerTerminal()
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))
 }

@@ -32,6 +32,7 @@ import { allocateNetwork, BRIDGE, ip, ipAsync, releaseNetwork, type Network } fr
 import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
 import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
+import { openContainerTerminal, TerminalRelay } from '../../shared/terminal.ts'
 import { sethostname } from '../../shared/uts.ts'
 import { refuseHostNamespace } from '../guard.ts'
 
@@ -95,13 +96,16 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     const dir = createContainerDir(container.id)
     // The overlay is mounted in the container's mount namespace and goes with it.
     cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
+    // With a terminal, the child gives the command one of the container's
+    // own and sends us its master; we relay between it and ours.
+    const terminal = new TerminalRelay()
     // TODO: the child needs a network namespace of its own: its own interfaces,
     // addresses and routes, with only `lo` in it at first, down.
     // A new IPC namespace too (CLONE_NEWIPC): System V IPC objects and POSIX
     // message queues of its own. It comes with the mount namespace: queues show
     // as files in an mqueue mount, as POSIX shared memory does in /dev/shm.
     const flags = CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC
-    const child = reexecChild({ ...container, dir }, flags, STDIO_WITH_SYNC)
+    const child = reexecChild({ ...container, dir }, flags, terminal.stdio(STDIO_WITH_SYNC))
     // If setting up fails here, the child, still waiting on the pipe, must not outlive us.
     cleanup.defer(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
     // The child waits on a pipe until we say so. Joining is a write too: its
@@ -116,7 +120,7 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     // into the host's bridge: two lines of ip(8). Then tell the child to go
     // on, and what its address is.
     tellChild(child)
-    process.exitCode = await waitForExit(child)
+    process.exitCode = await waitForExit(child, terminal)
   } finally {
     await cleanup.run()
   }
@@ -160,6 +164,10 @@ function child(container: Container): void {
   // namespace of whoever mounts it, so the container sees only its own.
   mkdirSync('/dev/mqueue')
   mount('mqueue', '/dev/mqueue', 'mqueue', MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  // A terminal of the container's own, if the parent has one to relay: a pty
+  // from our devpts, the command's controlling terminal and fds 0-2, so that
+  // nothing in here holds the host's (shared/terminal.ts).
+  openContainerTerminal()
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))
 }

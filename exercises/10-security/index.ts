@@ -40,6 +40,7 @@ import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } fr
 import { ensureImage } from '../../shared/rootfs.ts'
 import { PR_SET_NO_NEW_PRIVS, seccomp, seccompFilter } from '../../shared/seccomp.ts'
 import { rootless } from '../../shared/settings.ts'
+import { openContainerTerminal, TerminalRelay } from '../../shared/terminal.ts'
 import {
   containerPid, idMapFor, reexecChildInUserNamespace, requireUserns, setgroups, setresgid, setresuid, shiftedImage,
   signalContainer, writeIdMaps,
@@ -129,11 +130,14 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     for (const sub of Object.values(overlayDirs(dir))) chownSync(sub, map.outside, map.outside)
     // Root-owned files would be nobody's inside: as root, a copy of the image owned by the mapped ids.
     const rootfs = shiftedImage(container.rootfs, map, dir)
+    // With a terminal, the child gives the command one of the container's
+    // own and sends us its master; we relay between it and ours.
+    const terminal = new TerminalRelay()
     // A new IPC namespace too (CLONE_NEWIPC): System V IPC objects and POSIX
     // message queues of its own. It comes with the mount namespace: queues show
     // as files in an mqueue mount, as POSIX shared memory does in /dev/shm.
     const flags = CLONE_NEWUSER | CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET
-    const child = reexecChildInUserNamespace({ ...container, rootfs, dir }, flags, STDIO_WITH_SYNC)
+    const child = reexecChildInUserNamespace({ ...container, rootfs, dir }, flags, terminal.stdio(STDIO_WITH_SYNC))
     // If setting up fails here, the child, still waiting on the pipe, must not outlive us.
     cleanup.defer(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
     // The child waits on a pipe until we say so. Joining is a write too: its
@@ -162,7 +166,7 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     )
     // Go on, with this address.
     tellChild(child, network)
-    process.exitCode = await waitForExit(child)
+    process.exitCode = await waitForExit(child, terminal)
   } finally {
     await cleanup.run()
   }
@@ -213,6 +217,10 @@ function child(container: Container): void {
   mkdirSync(join(merged, 'dev/mqueue'))
   mount('mqueue', join(merged, 'dev/mqueue'), 'mqueue', MS_NOSUID | MS_NODEV | MS_NOEXEC)
   pivotInto(merged)
+  // A terminal of the container's own, if the parent has one to relay: a pty
+  // from our devpts, the command's controlling terminal and fds 0-2, so that
+  // nothing in here holds the host's (shared/terminal.ts).
+  openContainerTerminal()
   // Parts of /proc and /sys that read or change the host's kernel, not the
   // container's: hidden, or read-only. Now, while we may still mount.
   // TODO: hide each of MASKED_PATHS (maskPath), and make each of READONLY_PATHS read-only (readOnlyPath).

@@ -28,6 +28,7 @@ import {
 import { CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
 import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
+import { openContainerTerminal, TerminalRelay } from '../../shared/terminal.ts'
 import { sethostname } from '../../shared/uts.ts'
 
 const usage = `
@@ -83,17 +84,20 @@ async function run(container: Container, limits: Limits): Promise<void> {
     for (const { dir } of cgroup.dirs) mkdirSync(dir)
     // A limit is a write to one of its files: pids.max, memory.max, cpu.max…
     for (const { dir, file, value } of cgroup.writes) writeFileSync(join(dir, file), value)
+    // With a terminal, the child gives the command one of the container's
+    // own and sends us its master; we relay between it and ours.
+    const terminal = new TerminalRelay()
     // A new IPC namespace too (CLONE_NEWIPC): System V IPC objects and POSIX
     // message queues of its own. It comes with the mount namespace: queues show
     // as files in an mqueue mount, as POSIX shared memory does in /dev/shm.
-    const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC, STDIO_WITH_SYNC)
+    const child = reexecChild(container, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC, terminal.stdio(STDIO_WITH_SYNC))
     // The child waits on a pipe until we say so. Joining is a write too: its
     // PID to cgroup.procs, once its Node has started (memory is charged where
     // it is allocated), before it runs anything of its own.
     await childStarted(child)
     for (const { dir } of cgroup.dirs) writeFileSync(join(dir, 'cgroup.procs'), String(child.pid))
     tellChild(child)
-    process.exitCode = await waitForExit(child)
+    process.exitCode = await waitForExit(child, terminal)
   } finally {
     await cleanup.run()
   }
@@ -125,6 +129,10 @@ function child(container: Container): void {
   // namespace of whoever mounts it, so the container sees only its own.
   mkdirSync('/dev/mqueue')
   mount('mqueue', '/dev/mqueue', 'mqueue', MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  // A terminal of the container's own, if the parent has one to relay: a pty
+  // from our devpts, the command's controlling terminal and fds 0-2, so that
+  // nothing in here holds the host's (shared/terminal.ts).
+  openContainerTerminal()
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))
 }

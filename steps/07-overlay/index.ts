@@ -27,6 +27,7 @@ import { CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../sha
 import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
 import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
+import { openContainerTerminal, TerminalRelay } from '../../shared/terminal.ts'
 import { sethostname } from '../../shared/uts.ts'
 
 const usage = `
@@ -89,17 +90,20 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     const dir = createContainerDir(container.id)
     // The overlay is mounted in the container's mount namespace and goes with it.
     cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
+    // With a terminal, the child gives the command one of the container's
+    // own and sends us its master; we relay between it and ours.
+    const terminal = new TerminalRelay()
     // A new IPC namespace too (CLONE_NEWIPC): System V IPC objects and POSIX
     // message queues of its own. It comes with the mount namespace: queues show
     // as files in an mqueue mount, as POSIX shared memory does in /dev/shm.
-    const child = reexecChild({ ...container, dir }, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC, STDIO_WITH_SYNC)
+    const child = reexecChild({ ...container, dir }, CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC, terminal.stdio(STDIO_WITH_SYNC))
     // The child waits on a pipe until we say so. Joining is a write too: its
     // PID to cgroup.procs, once its Node has started (memory is charged where
     // it is allocated), before it runs anything of its own.
     await childStarted(child)
     for (const { dir } of cgroup.dirs) writeFileSync(join(dir, 'cgroup.procs'), String(child.pid))
     tellChild(child)
-    process.exitCode = await waitForExit(child)
+    process.exitCode = await waitForExit(child, terminal)
   } finally {
     await cleanup.run()
   }
@@ -136,6 +140,10 @@ function child(container: Container): void {
   // namespace of whoever mounts it, so the container sees only its own.
   mkdirSync('/dev/mqueue')
   mount('mqueue', '/dev/mqueue', 'mqueue', MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  // A terminal of the container's own, if the parent has one to relay: a pty
+  // from our devpts, the command's controlling terminal and fds 0-2, so that
+  // nothing in here holds the host's (shared/terminal.ts).
+  openContainerTerminal()
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))
 }
