@@ -19,7 +19,7 @@
 //                         the cgroup, then exec'd: in the container's PID
 //                         namespace, as a child of the helper, never PID 1
 
-import { spawn } from 'node:child_process'
+import { spawn, type StdioOptions } from 'node:child_process'
 import { chownSync, closeSync, constants as fsConstants, mkdirSync, openSync, readFileSync, readlinkSync, statSync, unlinkSync, writeSync } from 'node:fs'
 import * as nodeModule from 'node:module'
 import { hostname } from 'node:os'
@@ -39,6 +39,7 @@ import {
 import { chdir, containerEnv, DEFAULT_PATH, fchdir, prctl } from '../shared/process.ts'
 import { PR_SET_NO_NEW_PRIVS, seccomp, seccompFilter } from '../shared/seccomp.ts'
 import { spawnPlain, waitExitCode } from '../shared/spawn.ts'
+import { close, copyWindowSize, hasTerminal, ioctl, openpty, sendFd, TERMINAL_FD, TerminalRelay } from '../shared/terminal.ts'
 import { compileCacheDir, PREFIX } from '../shared/settings.ts'
 import { runDir, type ContainerState } from '../shared/state.ts'
 import { BLOCKED_CALLS } from '../steps/10-security/policy.ts'
@@ -82,6 +83,7 @@ interface Plan {
   namespaces: { file: string; flag: number; fd: number }[] // user's excepted: nsenter joined it
   root?: number // the container's root, if not ours
   gate?: number // an O_PATH fd of the FIFO the command waits at, if it has a cgroup to join
+  terminal: boolean // give the command a pty of the container's, its master sent back on TERMINAL_FD
   workdir: string
   env: string[]
   command: string[]
@@ -163,8 +165,8 @@ async function execIn(state: ContainerState, command: string[], env: string[], w
     // The namespaces the container does not share with us, each by an fd
     // of /proc/PID/ns/: the kernel's handle on it, good for setns(2).
     const differ = NAMESPACES.filter(({ file }) => readlinkSync(`/proc/${pid}/ns/${file}`) !== readlinkSync(`/proc/self/ns/${file}`))
-    const fds: number[] = [] // the helper gets these as fds 4, 5, …
-    const handOver = (fd: number) => fds.push(fd) + TELL_FD
+    const fds: number[] = [] // the helper gets these as fds 5, 6, … (after TERMINAL_FD)
+    const handOver = (fd: number) => fds.push(fd) + TERMINAL_FD
     const userns = differ.find(({ file }) => file === 'user')
     const userFd = userns ? handOver(open(`/proc/${pid}/ns/user`)) : undefined
     const namespaces = differ.filter((ns) => ns !== userns).map(({ file, flag }) => ({ file, flag, fd: handOver(open(`/proc/${pid}/ns/${file}`)) }))
@@ -179,8 +181,12 @@ async function execIn(state: ContainerState, command: string[], env: string[], w
     const security = 'capabilities' in config ? {
       capabilities: config.capabilities as Capability[], seccomp: config.seccomp !== false, noNewPrivileges: config.noNewPrivileges !== false,
     } : undefined
+    // With a terminal, and a container with a devpts of its own (step 05 on,
+    // where it has a mount namespace), the command gets a pty of the
+    // container's, as `docker exec -it` gives, and we relay (shared/terminal.ts).
+    const terminal = hasTerminal() && differ.some(({ file }) => file === 'mnt') ? new TerminalRelay() : undefined
     const plan: Plan = {
-      namespaces, root, gate, security, command,
+      namespaces, root, gate, security, command, terminal: terminal !== undefined,
       // -w, else the container's own (-w at its run), else, in its root, /; with the host's root (01-02), where its PID 1 is.
       workdir: workdir ?? (typeof config.workdir === 'string' ? config.workdir : sameRoot ? readlinkSync(`/proc/${pid}/cwd`) : '/'),
       env: [...(Array.isArray(config.env) ? config.env.map(String) : []), ...env],
@@ -196,7 +202,10 @@ async function execIn(state: ContainerState, command: string[], env: string[], w
     const [file, ...args] = userFd === undefined ? node : [...nsenter, ...node]
     // Node's compile cache, as for the steps' children: the helper starts in half the time.
     const helperEnv = { ...process.env, NODE_COMPILE_CACHE: compileCacheDir }
-    const helper = spawn(file, args, { stdio: ['inherit', 'inherit', 'inherit', 'pipe', ...fds], env: helperEnv })
+    const base = ['inherit', 'inherit', 'inherit', 'pipe'] as const
+    const stdio = [...(terminal ? terminal.stdio([...base]) as unknown[] : [...base, 'ignore']), ...fds] as StdioOptions
+    const helper = spawn(file, args, { stdio, env: helperEnv })
+    const relayed = terminal?.relay()
     let commandPid: number | undefined
     const forward = (signal: NodeJS.Signals) => commandPid && process.kill(commandPid, signal)
     for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const) process.on(signal, forward)
@@ -221,6 +230,7 @@ async function execIn(state: ContainerState, command: string[], env: string[], w
       helper.on('error', reject)
       helper.on('exit', (exitCode, signal) => resolve(exitCode ?? 128 + (signal === 'SIGKILL' ? 9 : 15)))
     })
+    await relayed
     if (refused) throw refused
     return code
   } finally {
@@ -355,20 +365,42 @@ function helper(plan: Plan): void {
   const env = containerEnv(hostname(), plan.env)
   // posix_spawnp looks the command up in our PATH: make it the container's.
   process.env.PATH = env.find((pair) => pair.startsWith('PATH='))?.slice(5) ?? DEFAULT_PATH
+  // The container's own terminal: a pty from its devpts (its /dev/ptmx,
+  // now that its root is ours); the master goes to the parent. We keep the
+  // slave open until the command has it: with no slave open, the parent
+  // would read EIO on the master, its sign that the terminal is done with.
+  const tty = plan.terminal ? openpty('/dev/ptmx') : undefined
+  const ttyPath = tty && ptsName(tty.master)
+  if (tty) {
+    copyWindowSize(0, tty.master)
+    sendFd(TERMINAL_FD, tty.master)
+    close(tty.master)
+    close(TERMINAL_FD)
+  }
   if (plan.security) restrict(plan.security)
   // Signals for the command come from the parent: we wait on, to report how it ended.
   for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const) process.on(signal, () => {})
   writeSync(TELL_FD, 'spawning\n')
   let pid: number
   try {
-    pid = spawnPlain(plan.command, env, { gate: plan.gate })
+    pid = spawnPlain(plan.command, env, { gate: plan.gate, terminal: ttyPath })
   } catch (err) {
     const code = (err as { code?: string }).code
     if (code === 'ENOENT') end(EXIT_NOT_FOUND, `${plan.command[0]}: command not found`)
     end(EXIT_NOT_EXECUTABLE, `${plan.command[0]}: ${code === 'EACCES' ? 'permission denied (not an executable)' : (err as Error).message}`)
   }
+  if (tty) close(tty.slave)
   writeSync(TELL_FD, `started ${pid}\n`)
   end(waitExitCode(pid))
+}
+
+// The slave's path in the container's /dev/pts: the command opens it as a
+// new session's leader, which makes it its controlling terminal.
+function ptsName(master: number): string {
+  const TIOCGPTN = 0x80045430 // the pty's number, asked of its master (ptsname(3))
+  const number = Buffer.alloc(4)
+  ioctl(master, TIOCGPTN, number)
+  return `/dev/pts/${number.readInt32LE(0)}`
 }
 
 // As step 10's child, in its order: bounding set, ambient, capset, no_new_privs, filter.
