@@ -55,12 +55,15 @@ export function namespaceOf(pid: number | 'self' | 'thread-self', file: string):
  * (and is PID 1 in a new PID namespace). Right after the spawn the main
  * thread goes back with setns(2) to the namespaces it saved, and back to its
  * root and working directory, which joining a mount namespace resets.
+ * `inside`, if given, runs in the new namespaces just before the spawn: to
+ * mount something that only the child sees, say.
  */
 export function spawnInNamespaces(
   flags: number,
   command: string,
   args: string[],
   options: SpawnOptions = {},
+  inside?: () => void,
 ): ChildProcess {
   if (flags === 0) return spawn(command, args, options)
   const saved = namespaceFiles
@@ -73,6 +76,7 @@ export function spawnInNamespaces(
     // the host's mount namespace requires (Node's threads share them).
     unshare(flags | (flags & CLONE_NEWNS ? CLONE_FS : 0))
     try {
+      inside?.()
       return spawn(command, args, options)
     } finally {
       for (const ns of saved) setns(ns.fd, ns.flag)
