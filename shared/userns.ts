@@ -3,15 +3,18 @@
 // credentials, starting Node in a new user namespace (Node, multithreaded,
 // cannot make one for itself), and an image whose owners are the mapped ids.
 
-import { execFileSync, spawn, spawnSync, type ChildProcess, type StdioOptions } from 'node:child_process'
+import { execFileSync, spawn, spawnSync, type ChildProcess, type SpawnOptions, type StdioOptions } from 'node:child_process'
 import {
-  chmodSync, existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync,
+  chmodSync, closeSync, existsSync, fstatSync, lchownSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync,
+  statSync, writeFileSync,
 } from 'node:fs'
+import { createRequire } from 'node:module'
 import { basename, dirname, join, resolve } from 'node:path'
 import { UsageError } from './errors.ts'
 import { check, raw } from './libc.ts'
-import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS } from './namespaces.ts'
-import { compileCacheDir, imagesDir, rootless } from './settings.ts'
+import { mount, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_REC, MS_SLAVE } from './mounts.ts'
+import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS, spawnInNamespaces } from './namespaces.ts'
+import { compileCacheDir, imagesDir, repoDir, rootless } from './settings.ts'
 import { prepareRecord, recordPid1, recordStart } from './state.ts'
 
 /** One line of /proc/PID/uid_map (and gid_map): `count` ids from `inside` are `outside`… on the host. */
@@ -62,13 +65,93 @@ export function launcher(flags: number, command: string[]): string[] {
  */
 export function reexecChildInUserNamespace(config: object, flags: number, stdio: StdioOptions): ChildProcess {
   const env = { ...process.env, NODE_COMPILE_CACHE: compileCacheDir }
-  const script = statSync(resolve(process.argv[1])).isDirectory() ? join(resolve(process.argv[1]), 'index.ts') : resolve(process.argv[1])
+  const script = realpathSync(statSync(resolve(process.argv[1])).isDirectory() ? join(resolve(process.argv[1]), 'index.ts') : resolve(process.argv[1]))
   const [file, ...args] = launcher(flags, [process.execPath, script, 'child', JSON.stringify(config)])
   prepareRecord()
-  const child = spawn(file, args, { stdio, env })
+  const child = spawnWithPathsReachable(nodeAndCheckout(), file, args, { stdio, env })
   // Its state file names the launcher as PID 1 until signalContainer learns the real one.
   if (child.pid) recordStart(config, child.pid)
   return child
+}
+
+/**
+ * What a Node child of this project loads, each by its real path: Node, the
+ * checkout (the steps, shared/), and the node_modules that holds koffi and
+ * its native part (@koromix/koffi-<platform>, beside it).
+ */
+export function nodeAndCheckout(): string[] {
+  const koffi = createRequire(import.meta.url).resolve('koffi') // <node_modules>/koffi/index.cjs
+  return [process.execPath, realpathSync(repoDir), dirname(dirname(koffi))]
+}
+
+/**
+ * spawn, with each of `paths` reachable by a process that has no privilege
+ * over the host's files, though its parent is root. The launcher is one:
+ * after unshare(CLONE_NEWUSER) it is still host uid 0, but its capabilities
+ * are the new namespace's, so CAP_DAC_OVERRIDE no longer opens the host's
+ * directories, and once the maps are written it is uid 100000. Node in a
+ * home directory of mode 0700 or 0750 (Debian 12, Ubuntu 21.04 on) is then
+ * out of its reach: "failed to execute …/bin/node: Permission denied". So
+ * is the checkout, if it is there too.
+ *
+ * If a directory above a path is closed to others (closedAncestors), the
+ * child gets a mount namespace of its own (spawnInNamespaces), where a
+ * tmpfs anyone may search covers that directory and holds only the paths,
+ * bind-mounted at their own places: the same file names, nothing else of
+ * the directory, and nothing on the host. The container's child leaves it
+ * behind with the host's tree at pivot_root. Nothing closed, or not root:
+ * a plain spawn.
+ */
+export function spawnWithPathsReachable(paths: string[], command: string, args: string[], options: SpawnOptions): ChildProcess {
+  // Rootless, the child is the user who started Node: it reaches what they reach.
+  const closed = process.getuid?.() === 0 ? closedAncestors(paths) : new Map<string, string[]>()
+  if (closed.size === 0) return spawn(command, args, options)
+  return spawnInNamespaces(CLONE_NEWNS, command, args, options, () => {
+    // MS_SLAVE: our mounts stay in this namespace; the host's later ones still show in it.
+    mount(null, '/', null, MS_REC | MS_SLAVE)
+    for (const [dir, below] of closed) openClosedDir(dir, below)
+  })
+}
+
+/**
+ * For each path, the highest directory above it that others may not search
+ * (no S_IXOTH, path_resolution(7)), with the paths under it. A path inside
+ * another of `paths` comes with that one.
+ */
+export function closedAncestors(paths: string[]): Map<string, string[]> {
+  const closed = new Map<string, string[]>()
+  for (const path of paths) {
+    if (paths.some((other) => path.startsWith(`${other}/`))) continue
+    const parts = path.split('/').slice(1, -1)
+    const dir = parts.map((_, i) => `/${parts.slice(0, i + 1).join('/')}`).find((dir) => !(statSync(dir).mode & 0o001))
+    if (dir) closed.set(dir, [...(closed.get(dir) ?? []), path])
+  }
+  return closed
+}
+
+// Cover `dir` with a tmpfs of mode 755 that holds only `paths`, bind mounts
+// of the real ones. Each is opened first, as the tmpfs hides it: the bind's
+// source is /proc/self/fd/N, a link the kernel follows to the open file
+// itself, without walking its path.
+function openClosedDir(dir: string, paths: string[]): void {
+  const fds = paths.map((path) => openSync(path, 'r'))
+  try {
+    // Directories and mount points only: nothing on it runs, or is a device.
+    mount('tmpfs', dir, 'tmpfs', MS_NOSUID | MS_NODEV | MS_NOEXEC, 'mode=755')
+    for (const [i, path] of paths.entries()) {
+      const parts = path.slice(dir.length + 1).split('/')
+      for (let n = 1; n < parts.length; n++) {
+        const at = join(dir, ...parts.slice(0, n))
+        if (!existsSync(at)) mkdirSync(at)
+        chmodSync(at, 0o755) // whatever the umask
+      }
+      if (fstatSync(fds[i]).isDirectory()) mkdirSync(path)
+      else writeFileSync(path, '')
+      mount(`/proc/self/fd/${fds[i]}`, path, null, MS_BIND)
+    }
+  } finally {
+    for (const fd of fds) closeSync(fd)
+  }
 }
 
 /** The host PID of the container's PID 1: the launcher's only child (proc(5), /proc/PID/task/TID/children). */

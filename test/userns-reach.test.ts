@@ -1,0 +1,79 @@
+// spawnWithPathsReachable (shared/userns.ts): as root, a child with no
+// privilege over the host's files (uid 100000, or host root after unshare
+// --user) still reaches paths under a directory that others may not search,
+// a home of mode 0700, and the host's mount table does not change.
+
+import t from 'tap'
+import { spawn, spawnSync } from 'node:child_process'
+import { once } from 'node:events'
+import { chmodSync, chownSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { CLONE_NEWUSER } from '../shared/namespaces.ts'
+import { closedAncestors, launcher, spawnWithPathsReachable } from '../shared/userns.ts'
+import { rootOnly, type Test } from './helpers.ts'
+
+// A home of mode 0700 in /tmp: home/, home/dir/file, home/bin/cat, and
+// home/other, which no path asks for. As root, the home is nobody's, as a
+// learner's is someone else's to root: its owner's bits do not apply.
+function makeHome(t: Test): { home: string; dir: string; file: string; bin: string } {
+  const home = mkdtempSync('/tmp/cfs-reach-')
+  t.teardown(() => rmSync(home, { recursive: true, force: true }))
+  chmodSync(home, 0o700)
+  if (process.getuid?.() === 0) chownSync(home, 65534, 65534)
+  const dir = join(home, 'dir')
+  const bin = join(home, 'bin')
+  mkdirSync(dir, { mode: 0o755 })
+  mkdirSync(bin, { mode: 0o755 })
+  chmodSync(dir, 0o755)
+  chmodSync(bin, 0o755)
+  writeFileSync(join(dir, 'file'), 'hello\n', { mode: 0o644 })
+  writeFileSync(join(home, 'other'), 'not asked for\n')
+  copyFileSync('/bin/cat', join(bin, 'cat'))
+  chmodSync(join(bin, 'cat'), 0o755)
+  return { home, dir, file: join(dir, 'file'), bin }
+}
+
+// Run a spawned child to its end: its exit code and what it printed.
+async function finish(child: ReturnType<typeof spawn>): Promise<{ code: number | null; out: string }> {
+  let out = ''
+  child.stdout!.on('data', (chunk) => (out += chunk))
+  child.stderr!.on('data', (chunk) => (out += chunk))
+  const [code] = await once(child, 'exit') as [number | null]
+  return { code, out }
+}
+
+t.test('closedAncestors: for each path, the highest directory others may not search', async (t) => {
+  const { home, dir, file } = makeHome(t)
+  chmodSync(dir, 0o700)
+  t.same([...closedAncestors([file])], [[home, [file]]], `${home} (0700) above ${dir} (0700): the highest, ${home}, is the one to cover`)
+  t.same([...closedAncestors([dir, file])], [[home, [dir]]], `${file} inside ${dir}, both asked for: only ${dir} is listed, the file comes with it`)
+  chmodSync(home, 0o711)
+  t.same([...closedAncestors([file])], [[dir, [file]]], `${home} at 0711 (others may search it): ${dir} is the closed one`)
+  chmodSync(dir, 0o755)
+  t.same([...closedAncestors([file])], [], 'every directory above searchable by others: nothing to cover')
+})
+
+t.test('as root, a child of uid 100000 reads a file under a 0700 home; only the paths asked for show, and nothing on the host', rootOnly(), async (t) => {
+  const { home, dir, file } = makeHome(t)
+  const as100000 = ['--reuid=100000', '--regid=100000', '--clear-groups']
+  const plain = spawnSync('setpriv', [...as100000, 'cat', file], { encoding: 'utf8' })
+  t.match(plain.stderr, /Permission denied/, `without it, uid 100000 cannot read ${file} (stderr: ${plain.stderr.trim()})`)
+  const script = `cat ${file}; ls -A ${home}`
+  const child = spawnWithPathsReachable([dir], 'setpriv', [...as100000, 'sh', '-c', script], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const mountsNow = readFileSync('/proc/self/mountinfo', 'utf8')
+  const { code, out } = await finish(child)
+  t.equal(code, 0, `setpriv ${as100000.join(' ')} sh -c '${script}' exits 0 (output: ${out.trim()})`)
+  t.equal(out, 'hello\ndir\n', `it reads the file, and sees in ${home} only dir, not other`)
+  t.notMatch(mountsNow, home, `the host's mount table has no mount under ${home}, while the child runs`)
+})
+
+t.test('as root, the launcher (unshare --user) executes a program under a 0700 home', rootOnly(), async (t) => {
+  // After unshare(CLONE_NEWUSER) the launcher is host uid 0 with capabilities only in its new namespace: the host's files judge it as anyone.
+  const { dir, file, bin } = makeHome(t)
+  const [command, ...args] = launcher(CLONE_NEWUSER, [join(bin, 'cat'), file])
+  const plain = await finish(spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] }))
+  t.match(plain.out, /failed to execute .*: Permission denied/, `without it, unshare cannot execute ${bin}/cat (said: ${plain.out.trim()})`)
+  const reached = await finish(spawnWithPathsReachable([bin, dir], command, args, { stdio: ['ignore', 'pipe', 'pipe'] }))
+  t.equal(reached.code, 0, `with it, \`${[command, ...args].join(' ')}\` exits 0 (said: ${reached.out.trim()})`)
+  t.equal(reached.out, 'hello\n', 'and cat, run from the 0700 home, read the file there')
+})
