@@ -1,10 +1,10 @@
 // A learner's own machine, in CI: a new user who is not root, may use sudo,
-// and has Node 24 in their home directory as the only Node their shell
-// finds (the machine's own /usr/bin/node and npm are hidden from this test,
-// in a private mount namespace). They clone the repository, `npm ci`, type
-// the card's line without sudo, run README's first command, check an
-// exercise and ask for two hints, then `npm ci` again. Nothing in their
-// clone or home may end up owned by root.
+// and has Node 24 in their home directory, of mode 0700, as the only Node
+// their shell finds (the machine's own /usr/bin/node and npm are hidden from
+// this test, in a private mount namespace). They clone the repository, `npm
+// ci`, type the card's line without sudo, run README's first command, step
+// 09 with sudo and without, check an exercise and ask for two hints, then
+// `npm ci` again. Nothing in their clone or home may end up owned by root.
 //
 // The clone is of HEAD (a git bundle): commit what you want this to test.
 // Node comes from CFS_TEST_NODE_PREFIX (a prefix with node and npm in
@@ -29,6 +29,9 @@ t.test('a new user, Node in their home, sudo: from clone to a PID-1 shell, nothi
   const work = mkdtempSync('/tmp/cfs-learner-')
   try {
     execFileSync('useradd', ['--create-home', '--shell', '/bin/bash', user])
+    // As Debian 12's adduser and Ubuntu since 21.04 make them: only its owner
+    // may enter it, not even container root's launcher (see userns-root below).
+    chmodSync(home, 0o700)
     writeFileSync(sudoers, `${user} ALL=(ALL) NOPASSWD: ALL\n`, { mode: 0o440 })
     chmodSync(work, 0o755)
     const results = join(work, 'results')
@@ -70,6 +73,11 @@ t.test('a new user, Node in their home, sudo: from clone to a PID-1 shell, nothi
     t.equal(rc('card-tty'), 7, `in a terminal, through sudo's own pty, \`exit 7\` comes back as the exit code (screen: ${out('card-tty').trim()})`)
     t.match(out('card-tty'), /^pid=1 uid=0 host=[0-9a-f]{12}$/m, 'in a terminal: PID 1, root, the container\'s hostname')
 
+    t.equal(rc('userns-root'), 0, `step 09 as root, the way README says it (sudo env "PATH=$PATH" …), from the 0700 home: ${out('userns-root')}`)
+    t.match(out('userns-root'), /^uid=0 map= ?0 100000 65536$/m, 'inside, root, and root is host uid 100000')
+    t.equal(rc('userns-rootless'), 0, `step 09 rootless, without sudo: ${out('userns-rootless')}`)
+    t.match(out('userns-rootless'), new RegExp(`^uid=0 map= ?0 ${uid()} 1$`, 'm'), 'inside, root, and root is the learner')
+
     t.equal(rc('doctor'), 0, `npm run doctor passes: ${out('doctor').slice(-600)}`)
     t.equal(rc('exercise'), 1, 'npm run exercise -- 02 (as shipped) runs its checks through sudo and fails them')
     t.match(out('exercise'), /✘ exercise 02-uts: \d+ of \d+ checks pass/, `with the verdict line: ${out('exercise').slice(-300)}`)
@@ -94,6 +102,11 @@ function giveNode(): void {
   }
   execFileSync('runuser', ['-u', user, '--', 'env', `HOME=${home}`, ...(process.env.NODE_EXTRA_CA_CERTS ? [`NODE_EXTRA_CA_CERTS=${process.env.NODE_EXTRA_CA_CERTS}`] : []),
     'npm', 'install', '--no-audit', '--no-fund', '--prefix', `${home}/node`, 'node@24', 'npm@11'], { stdio: 'ignore' })
+}
+
+// The user's uid.
+function uid(): number {
+  return Number(execFileSync('id', ['-u', user], { encoding: 'utf8' }).trim())
 }
 
 // The user, its processes, its home and its sudoers entry: gone.
