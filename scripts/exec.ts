@@ -20,7 +20,7 @@
 //                         namespace, as a child of the helper, never PID 1
 
 import { spawn, type StdioOptions } from 'node:child_process'
-import { chownSync, closeSync, constants as fsConstants, mkdirSync, openSync, readFileSync, readlinkSync, statSync, unlinkSync, writeSync } from 'node:fs'
+import { chownSync, closeSync, constants as fsConstants, realpathSync, mkdirSync, openSync, readFileSync, readlinkSync, statSync, unlinkSync, writeSync } from 'node:fs'
 import * as nodeModule from 'node:module'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
@@ -42,6 +42,7 @@ import { spawnPlain, waitExitCode } from '../shared/spawn.ts'
 import { close, copyWindowSize, hasTerminal, ioctl, openpty, sendFd, TERMINAL_FD, TerminalRelay } from '../shared/terminal.ts'
 import { compileCacheDir, PREFIX } from '../shared/settings.ts'
 import { runDir, type ContainerState } from '../shared/state.ts'
+import { nodeAndCheckout, spawnWithPathsReachable } from '../shared/userns.ts'
 import { BLOCKED_CALLS } from '../steps/10-security/policy.ts'
 import { findContainer } from './lib/containers.ts'
 
@@ -194,7 +195,7 @@ async function execIn(state: ContainerState, command: string[], env: string[], w
     // In a user namespace, nsenter joins it first, and becomes its root
     // (uid 0 inside): a process with one thread, as setns(2) requires for
     // that namespace. It then execs Node, which keeps its capabilities there.
-    const node = [process.execPath, fileURLToPath(import.meta.url), 'child', JSON.stringify(plan)]
+    const node = [process.execPath, realpathSync(fileURLToPath(import.meta.url)), 'child', JSON.stringify(plan)]
     // Rootless, we are its root already (the map is `0 <our uid> 1`), and
     // nsenter must leave our ids alone: setgroups(2) is denied in there.
     const ours = userFd !== undefined && rootMappedTo(pid) === process.geteuid?.()
@@ -204,7 +205,10 @@ async function execIn(state: ContainerState, command: string[], env: string[], w
     const helperEnv = { ...process.env, NODE_COMPILE_CACHE: compileCacheDir }
     const base = ['inherit', 'inherit', 'inherit', 'pipe'] as const
     const stdio = [...(terminal ? terminal.stdio([...base]) as unknown[] : [...base, 'ignore']), ...fds] as StdioOptions
-    const helper = spawn(file, args, { stdio, env: helperEnv })
+    // As root, the helper is host uid 100000 once in the user namespace: if
+    // Node or the checkout is in a home only its owner may enter, it is
+    // shown them as step 09's child is (shared/userns.ts).
+    const helper = userFd === undefined ? spawn(file, args, { stdio, env: helperEnv }) : spawnWithPathsReachable(nodeAndCheckout(), file, args, { stdio, env: helperEnv })
     const relayed = terminal?.relay()
     let commandPid: number | undefined
     const forward = (signal: NodeJS.Signals) => commandPid && process.kill(commandPid, signal)
