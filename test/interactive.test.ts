@@ -3,15 +3,21 @@
 // `cfs-test`) whose pane is an interactive bash: the learner's host shell.
 // The shell in the container gets a prompt, Ctrl-C and job control;
 // `exit 3` comes back as the step's exit code, and the host terminal is
-// left as it was.
+// left as it was. From step 05 the container has a terminal of its own
+// (shared/terminal.ts): `tty`, the window size and its changes, a
+// full-screen program, Ctrl-C for the container's foreground group, and
+// the host's terminal settings as they were, also after a SIGTERM. Without
+// a terminal, pipes stay pipes.
 
-import t from 'tap'
-import { execFileSync } from 'node:child_process'
-import { readdirSync, readFileSync, realpathSync } from 'node:fs'
+import t, { type Test } from 'tap'
+import { execFileSync, spawnSync } from 'node:child_process'
+import { chownSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { unmountIfMounted } from '../shared/mounts.ts'
 import { findProcesses } from '../scripts/lib/procfs.ts'
-import { isRunning } from '../shared/procfs.ts'
+import { isRunning, parentPid } from '../shared/procfs.ts'
+import { usernsForbidden } from '../shared/userns.ts'
 import { waitFor } from '../scripts/lib/wait.ts'
 import { ensureImage } from '../shared/rootfs.ts'
 import { repoDir } from '../shared/settings.ts'
@@ -29,9 +35,17 @@ class Pane {
   static env = ['-i', `PATH=${process.env.PATH}`, `HOME=${process.env.HOME}`, 'LANG=C.UTF-8']
   readonly pid: number
   readonly session: string
+  // For a user's pane: that user's own tmux server, so the pane's terminal is
+  // theirs, as a learner's is; its socket and HOME in a directory of theirs.
+  private env = Pane.env
+  private user: string[] = []
 
-  constructor(session: string) {
+  constructor(session: string, user?: { uid: number; home: string }) {
     this.session = session
+    if (user) {
+      this.env = ['-i', `PATH=${process.env.PATH}`, `HOME=${user.home}`, `TMUX_TMPDIR=${user.home}`, 'SHELL=/bin/bash', 'HISTFILE=', 'LANG=C.UTF-8']
+      this.user = ['setpriv', `--reuid=${user.uid}`, `--regid=${user.uid}`, '--clear-groups']
+    }
     this.tmux('new-session', '-d', '-s', session, '-x', '160', '-y', '50', '-c', repoDir, 'bash --norc --noprofile -i')
     this.pid = Number(this.tmux('display-message', '-p', '-t', session, '#{pane_pid}'))
   }
@@ -45,6 +59,16 @@ class Pane {
   /** Press a key, such as C-c. */
   key(name: string): void {
     this.tmux('send-keys', '-t', this.session, name)
+  }
+
+  /** Type text without pressing Enter. */
+  typeOnly(text: string): void {
+    this.tmux('send-keys', '-t', this.session, '-l', text)
+  }
+
+  /** Resize the window, as a learner dragging its corner does. */
+  resize(columns: number, rows: number): void {
+    this.tmux('resize-window', '-t', this.session, '-x', String(columns), '-y', String(rows))
   }
 
   /** The whole pane, history included, one entry per line (wrapped lines joined). */
@@ -72,7 +96,7 @@ class Pane {
   }
 
   private tmux(...args: string[]): string {
-    return execFileSync('env', [...Pane.env, 'tmux', ...Pane.options, ...args], { encoding: 'utf8' }).trim()
+    return execFileSync('env', [...this.env, ...this.user, 'tmux', ...Pane.options, ...args], { encoding: 'utf8' }).trim()
   }
 }
 
@@ -134,4 +158,113 @@ function sessionOf(pid: number): number {
   } catch {
     return 0
   }
+}
+
+// From step 05 on: a terminal of the container's own. 09 also rootless,
+// run by a user in a tmux server of their own (their terminal is theirs).
+const ptySteps: { step: string; user?: number }[] = [
+  { step: '05-mount-ns' }, { step: '10-security' }, { step: '09-userns', user: Number(process.env.SUDO_UID || 65534) },
+]
+
+for (const { step, user } of ptySteps) {
+  const as = user === undefined ? '' : ` (rootless, uid ${user})`
+  const skip = rootOnly().skip || (user !== undefined && usernsForbidden()) || false
+
+  t.test(`steps/${step}${as}: a terminal of the container's own`, { skip }, async (t) => {
+    const pane = newPane(t, step, user)
+    pane.type('echo "before=$(stty -g)"')
+    pane.type(`PS1="${prompt} " node_modules/.bin/tsx steps/${step} run -e PS1 sh; echo "exit=$?"; echo "after=$(stty -g)"`)
+    t.ok(await pane.until((lines) => lines.some((line) => line.startsWith(prompt)), 30_000), 'a prompt appears', pane.shown())
+
+    pane.type('tty; test -e "$(tty)" && echo tty-exists')
+    const tty = await pane.until((lines) => (lines.includes('tty-exists') ? lines.find((line) => /^\/dev\/pts\/\d+$/.test(line)) : undefined))
+    t.ok(tty, `\`tty\` prints a terminal of the container's devpts that exists (${tty})`, pane.shown())
+
+    // Every fd of PID 1 (the shell) is the container's terminal: none is the host's.
+    // A pipeline, not $(…): the shell would hold the pipe's read end itself meanwhile.
+    pane.type('echo -n fds=; for f in /proc/1/fd/*; do readlink $f; done | sort -u | tr "\\n" " "; echo')
+    const fds = (await pane.until((lines) => lines.find((line) => line.startsWith('fds=/'))))?.slice(4).trim().split(' ') ?? []
+    t.ok(fds.length > 0 && fds.every((fd) => fd === tty || fd === '/dev/tty'), `the shell's fds are ${tty} and /dev/tty only (${fds.join(', ')})`, pane.shown())
+
+    pane.type('echo "size=$(stty size)"')
+    t.ok(await pane.until((lines) => lines.includes('size=50 160')), '`stty size` is the window\'s: 50 160', pane.shown())
+    pane.resize(100, 30)
+    pane.type('echo "size=$(stty size)"')
+    t.ok(await pane.until((lines) => lines.includes('size=30 100')), 'after the window is resized to 100x30, `stty size` says 30 100', pane.shown())
+
+    // busybox vi draws its screen (`~` lines, its status line), and :q! ends it.
+    pane.type('vi /cfs-vi-test')
+    const drawn = await pane.until((lines) => lines.some((line) => line.startsWith('~')) && lines.some((line) => line.includes('/cfs-vi-test')))
+    t.ok(drawn, '`vi` draws its screen', pane.shown())
+    pane.type(':q!')
+    pane.type('echo vi-done')
+    t.ok(await pane.until((lines) => lines.includes('vi-done')), '`:q!` ends vi and the prompt is back', pane.shown())
+
+    const seconds = `29.${process.pid}`
+    pane.type(`sleep ${seconds}`)
+    const sleep = await waitFor(() => findProcesses((argv) => argv[0] === 'sleep' && argv[1] === seconds)[0])
+    pane.key('C-c')
+    pane.type('echo back')
+    const back = sleep !== undefined && (await pane.until((lines) => lines.includes('back'), 5000))
+    t.ok(back && !isRunning(sleep), `Ctrl-C during \`sleep ${seconds}\` in the shell stops it, and the prompt comes back`, pane.shown())
+
+    pane.type('exit 3')
+    t.ok(await pane.until((lines) => lines.includes('exit=3')), '`exit 3` in the container: the step exits 3', pane.shown())
+    await sameSettings(t, pane)
+  })
+
+  t.test(`steps/${step}${as}: Ctrl-C and SIGTERM with \`sleep\` as PID 1`, { skip }, async (t) => {
+    const pane = newPane(t, step, user)
+    const seconds = `28.${process.pid}`
+    pane.type('echo "before=$(stty -g)"')
+    pane.type(`node_modules/.bin/tsx steps/${step} run sleep ${seconds}; printf '\\nexit=%s\\n' $?; echo "after=$(stty -g)"`)
+    const sleep = await waitFor(() => findProcesses((argv) => argv[0] === 'sleep' && argv[1] === seconds)[0], 30_000)
+    t.ok(sleep, `\`sleep ${seconds}\` runs`, pane.shown())
+    if (!sleep) return
+    // Ctrl-C is a byte for the container's terminal, whose line discipline
+    // makes it SIGINT for its foreground group: sleep, PID 1, without a
+    // handler, so the kernel drops it. What is typed after it is echoed by
+    // that same terminal: once it shows, the Ctrl-C has been dealt with.
+    pane.key('C-c')
+    pane.typeOnly('typed-after')
+    t.ok(await pane.until((lines) => lines.some((line) => line.includes('typed-after'))), 'what is typed after Ctrl-C is echoed by the container\'s terminal', pane.shown())
+    t.ok(isRunning(sleep), 'Ctrl-C does not end a `sleep` that is PID 1 (as in Docker)', pane.shown())
+    // The step: sleep's parent, or (09, 10) the launcher's.
+    let stepPid = parentPid(sleep)
+    if (readFileSync(`/proc/${stepPid}/comm`, 'utf8').trim() === 'unshare') stepPid = parentPid(stepPid)
+    process.kill(stepPid, 'SIGTERM')
+    // SIGTERM is passed on, ignored as well, and SIGKILL follows: 128+9.
+    t.ok(await pane.until((lines) => lines.includes('exit=137')), 'SIGTERM to the step ends it: exit 137', pane.shown())
+    t.notOk(isRunning(sleep), 'the sleep is gone')
+    await sameSettings(t, pane)
+  })
+}
+
+t.test('steps/05-mount-ns without a terminal: pipes stay pipes', rootOnly(), async (t) => {
+  const env = { ...process.env }
+  delete env.NODE_OPTIONS // tap's preloads, not a learner's
+  const step = (args: string[], input: string) => spawnSync(join(repoDir, 'node_modules/.bin/tsx'), ['steps/05-mount-ns', 'run', ...args], { cwd: repoDir, env, input, encoding: 'utf8' })
+  const cat = step(['cat'], 'hi\n')
+  t.same([cat.stdout, cat.status], ['hi\n', 0], `\`echo hi | npx tsx steps/05-mount-ns run cat\` prints hi (stderr: ${cat.stderr.trim()})`)
+  const tty = step(['tty'], '')
+  t.same([tty.stdout.trim(), tty.status], ['not a tty', 1], '`npx tsx steps/05-mount-ns run tty </dev/null` says not a tty, exit 1')
+})
+
+// A pane for `step`, as root or (rootless) as `user` in a HOME of theirs; closed when the test ends.
+function newPane(t: Test, step: string, user?: number): Pane {
+  const home = user === undefined ? undefined : mkdtempSync(join(tmpdir(), 'cfs-tty-'))
+  if (home) chownSync(home, user!, user!)
+  const pane = new Pane(`cfs-test-tty-${step}`, home ? { uid: user!, home } : undefined)
+  t.teardown(async () => {
+    await pane.close(step)
+    if (home) rmSync(home, { recursive: true, force: true })
+  })
+  return pane
+}
+
+// The host shell's terminal settings (`stty -g`) after the step are those of before.
+async function sameSettings(t: Test, pane: Pane): Promise<void> {
+  const after = await pane.until((lines) => lines.find((line) => line.startsWith('after=')))
+  const before = pane.lines().find((line) => line.startsWith('before='))
+  t.ok(before && after?.slice(6) === before.slice(7), `the host shell's \`stty -g\` is the same after the step as before (${before} / ${after})`, pane.shown())
 }
