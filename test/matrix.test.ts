@@ -5,6 +5,7 @@
 // afterwards.
 
 import t from 'tap'
+import { spawnSync } from 'node:child_process'
 import { existsSync, readdirSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { findHierarchies } from '../shared/cgroups.ts'
@@ -35,6 +36,8 @@ const CLAIMS: [probe: string, column: string, expected: 'leaks' | 'isolated'][] 
   ['nested-userns', '03', 'isolated'], ['nested-userns', '05', 'leaks'], ['nested-userns', RUNC, 'leaks'],
   // Not namespaced, and no capability asked for, or one Docker keeps: only seccomp (which neither has) would stop them.
   ['keyctl', '09', 'leaks'], ['keyctl', RUNC, 'leaks'], ['raw-socket', RUNC, 'leaks'], ['chown', RUNC, 'leaks'], ['ptrace', RUNC, 'leaks'],
+  // The learner's terminal, shared up to 04, takes what a container pushes into it; from 05 the container has a pty of its own.
+  ['tiocsti', '04', 'leaks'], ['tiocsti', '05', 'isolated'],
   // runc makes an IPC namespace; before step 05 no step has one.
   ['ipc', '04', 'leaks'], ['ipc', RUNC, 'isolated'],
 ]
@@ -110,6 +113,8 @@ t.test('isolation matrix', rootOnly(), async (t) => {
   t.same(findKeys(`cfsm-`).filter((k) => k.description.includes(`-${process.pid}`)).map((k) => k.description), [], 'no cfsm-* key of this run is left')
   t.same(findSegments().filter((s) => s.creator === process.pid).map((s) => s.key.toString(16)), [], 'no shared memory segment of this run is left')
   t.same(listDir(RUNC_ROOT).filter((id) => id.includes(`-${process.pid}-`)), [], 'no runc container of this run is left')
+  const sessions = spawnSync('tmux', ['-L', 'cfs-test', 'list-sessions', '-F', '#{session_name}'], { encoding: 'utf8' }).stdout ?? ''
+  t.same(sessions.split('\n').filter((name) => name.startsWith(`cfs-matrix-${process.pid}-`)), [], 'no tmux session of the tiocsti runs is left')
   t.same(listDir('/run/netns').filter((n) => n === `cfsm-runc-${process.pid}`), [], 'the runc column\'s network namespace is removed')
   t.same(liveLeases().filter((l) => l.pid === process.pid).map((l) => l.address), [], 'the runc column\'s address lease is freed')
   t.notOk(existsSync(`/sys/class/net/cfsm${process.pid}`), 'the runc column\'s veth pair is removed')

@@ -23,6 +23,9 @@
 //   probe kcore PROC            read PROC/kcore
 //   probe sysrq PROC            open PROC/sysrq-trigger for writing (never writes)
 //   probe module                init_module with no module
+//   probe tiocsti TEXT          push TEXT and a newline into the terminal on
+//                               fd 0, a byte at a time (ioctl TIOCSTI): for
+//                               the shell that reads that terminal next
 //
 // And one the host runs, outside any container:
 //
@@ -44,6 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
@@ -101,6 +105,7 @@ static const char *errname(int e) {
   case EOPNOTSUPP: return "EOPNOTSUPP";
   case EUSERS: return "EUSERS";
   case ELOOP: return "ELOOP";
+  case ENOTTY: return "ENOTTY";
   }
   snprintf(other, sizeof other, "errno%d", e);
   return other;
@@ -349,6 +354,19 @@ static int inject(const char *pid, const char *file, const char *target) {
   return 0;
 }
 
+// Push TEXT, then a newline, into fd 0's terminal as if typed there: the
+// kernel allows it on the caller's controlling terminal, and on any with
+// CAP_SYS_ADMIN; where dev.tty.legacy_tiocsti is 0, only with CAP_SYS_ADMIN.
+static int tiocsti(const char *text) {
+  const char newline = '\n';
+  for (const char *c = text; *c; c++) {
+    if (ioctl(0, TIOCSTI, c) != 0) return printf("tiocsti=%s\n", errname(errno)), 0;
+  }
+  if (ioctl(0, TIOCSTI, &newline) != 0) return printf("tiocsti=%s\n", errname(errno)), 0;
+  printf("tiocsti=ok\n");
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IONBF, 0);
   const char *cmd = argc > 1 ? argv[1] : "";
@@ -369,9 +387,10 @@ int main(int argc, char **argv) {
   if (argc == 3 && !strcmp(cmd, "kcore")) return kcore(argv[2]);
   if (argc == 3 && !strcmp(cmd, "sysrq")) return sysrq(argv[2]);
   if (argc == 2 && !strcmp(cmd, "module")) return module();
+  if (argc == 3 && !strcmp(cmd, "tiocsti")) return tiocsti(argv[2]);
   if (argc == 5 && !strcmp(cmd, "inject")) return inject(argv[2], argv[3], argv[4]);
   fprintf(stderr, "usage: probe escape DIR JAIL FILE | fork N | alloc MB | host-file FILE TOKEN | clock | userns\n"
                   "  | mount-tmpfs DIR | keyctl DESC | sysctl FILE | proc-keys PROC DESC | raw-socket | chown FILE UID\n"
-                  "  | ptrace | shm KEY | kcore PROC | sysrq PROC | module | inject PID FILE TARGET\n");
+                  "  | ptrace | shm KEY | kcore PROC | sysrq PROC | module | tiocsti TEXT | inject PID FILE TARGET\n");
   return 2;
 }

@@ -6,6 +6,7 @@
 
 import { SHM_KEY_BASE } from '../lib/kernel-objects.ts'
 import type { Host } from './host.ts'
+import type { TiocstiRun } from './tty.ts'
 
 /**
  * A cell of the matrix: the probe could not do it, it could; the kernel has
@@ -33,6 +34,7 @@ export interface StepRun {
   injected: string // at the handshake, the host bind-mounted its file in: `ok`, or why not
   ownIpcNamespace?: boolean // at the handshake, the script's IPC namespace was not the host's
   hostFileChanged: boolean // after the run, the host's file had other content or mode
+  tiocsti?: TiocstiRun | { na: string } | { skipped: string } // a second run, in a terminal (tty.ts)
 }
 
 /** One probe: a row of the matrix. */
@@ -128,6 +130,18 @@ export const PROBES: Probe[] = [
     id: 'chroot-escape',
     title: 'chroot escape (fchdir out, `..`, chroot .), then read that file',
     judge: (run, host) => (value(run, 'escape') === undefined ? missing(run, 'escape') : value(run, 'escape') === host.secret ? 'leaks' : 'isolated'),
+  },
+  {
+    id: 'tiocsti',
+    title: "push a command into the learner's terminal (TIOCSTI) for their shell to run",
+    judge: (run) => {
+      const r = run.tiocsti
+      if (!r) return { error: 'the terminal run did not happen' }
+      if ('na' in r || 'skipped' in r) return r
+      if (r.error) return { error: r.error }
+      if (r.leaked) return 'leaks'
+      return r.answer ? 'isolated' : { error: 'the probe printed no tiocsti= line' }
+    },
   },
   {
     id: 'see-disk',

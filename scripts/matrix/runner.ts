@@ -16,6 +16,7 @@ import { tsx } from '../lib/verify.ts'
 import { disposeHost, prepareHost, restoreHostname, type Host } from './host.ts'
 import { ENV_SECRET, HOST_FILE_TARGET, hostFileToken, LIMITS, PROBES, probeScript, type Cell, type StepRun } from './probes.ts'
 import { prepareRunc, RUNC, runcMissing, type RuncContainer } from './runc.ts'
+import { probeTiocsti, tmuxMissing } from './tty.ts'
 
 /** Limits of the throwaway cgroup that bounds each run, the step's own Node processes included. */
 const THROWAWAY = { pids: 400, memory: 1024 ** 3 }
@@ -177,6 +178,10 @@ async function probeColumn(host: Host, column: string, options = { limits: false
     run.hostFileChanged = hostFileChanged(hostFile, u)
     removeHostFile(host, hostFile, u)
   }
+  // The tiocsti row needs a terminal: a second run, in a tmux pane (tty.ts).
+  if (column === RUNC) run.tiocsti = { na: 'runc runs here with pipes, for the handshake; with terminal: true it gives a pty of its own, as Docker\'s -t does' }
+  else if (tmuxMissing()) run.tiocsti = { skipped: tmuxMissing()! }
+  else if (!signal?.aborted) run.tiocsti = await probeTiocsti(host, column, u, options.image)
   run.killedHostSleep = (await targetEnded) === 'SIGTERM'
   run.reachedListener = host.tokens.has(`cfsm-tcp-${u}`)
   run.reachedAnyListener = host.tokens.has(`cfsm-any-${u}`)
