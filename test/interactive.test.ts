@@ -240,6 +240,37 @@ for (const { step, user } of ptySteps) {
   })
 }
 
+// npm run exec from a second terminal into a container started in a first:
+// the exec'd shell gets a pty of the container's own too (notes/exec.md).
+t.test('npm run exec into step 10, from a second terminal: a terminal of the container\'s own', rootOnly(), async (t) => {
+  const name = `cfs-exec-tty-${process.pid}`
+  const first = newPane(t, '10-security', undefined, 'run')
+  first.type(`node_modules/.bin/tsx steps/10-security run --name ${name} sh`)
+  t.ok(await first.until((lines) => lines.some((line) => line.startsWith('/ #')), 30_000), 'the container\'s shell is up in the first terminal', first.shown())
+  const second = newPane(t, '10-security', undefined, 'exec')
+  second.type('echo "before=$(stty -g)"')
+  second.type(`PS1="${prompt} " node_modules/.bin/tsx scripts/exec.ts -e PS1 ${name} sh; echo "exit=$?"; echo "after=$(stty -g)"`)
+  t.ok(await second.until((lines) => lines.some((line) => line.startsWith(prompt)), 30_000), 'exec\'s shell prompt appears in the second', second.shown())
+  second.type('tty; test -e "$(tty)" && echo tty-exists; echo "pid=$$"')
+  const tty = await second.until((lines) => (lines.includes('tty-exists') ? lines.find((line) => /^\/dev\/pts\/\d+$/.test(line)) : undefined))
+  t.ok(tty, `\`tty\` prints a terminal of the container's devpts that exists (${tty})`, second.shown())
+  const pid = Number(second.lines().find((line) => line.startsWith('pid='))?.slice(4))
+  t.ok(pid > 1, `the exec'd shell is not PID 1 (it is ${pid})`, second.shown())
+  second.resize(100, 30)
+  second.type('echo "size=$(stty size)"')
+  t.ok(await second.until((lines) => lines.includes('size=30 100')), 'after a resize to 100x30, `stty size` says 30 100', second.shown())
+  const seconds = `27.${process.pid}`
+  second.type(`sleep ${seconds}`)
+  const sleep = await waitFor(() => findProcesses((argv) => argv[0] === 'sleep' && argv[1] === seconds)[0])
+  second.key('C-c')
+  second.type('echo back')
+  t.ok(sleep !== undefined && (await second.until((lines) => lines.includes('back'), 5000)) && !isRunning(sleep), 'Ctrl-C stops a sleep in the exec\'d shell', second.shown())
+  second.type('exit 4')
+  t.ok(await second.until((lines) => lines.includes('exit=4')), '`exit 4`: exec exits 4', second.shown())
+  await sameSettings(t, second)
+  first.type('exit')
+})
+
 t.test('steps/05-mount-ns without a terminal: pipes stay pipes', rootOnly(), async (t) => {
   const env = { ...process.env }
   delete env.NODE_OPTIONS // tap's preloads, not a learner's
@@ -251,10 +282,10 @@ t.test('steps/05-mount-ns without a terminal: pipes stay pipes', rootOnly(), asy
 })
 
 // A pane for `step`, as root or (rootless) as `user` in a HOME of theirs; closed when the test ends.
-function newPane(t: Test, step: string, user?: number): Pane {
+function newPane(t: Test, step: string, user?: number, suffix = ''): Pane {
   const home = user === undefined ? undefined : mkdtempSync(join(tmpdir(), 'cfs-tty-'))
   if (home) chownSync(home, user!, user!)
-  const pane = new Pane(`cfs-test-tty-${step}`, home ? { uid: user!, home } : undefined)
+  const pane = new Pane(`cfs-test-tty-${step}${suffix && `-${suffix}`}`, home ? { uid: user!, home } : undefined)
   t.teardown(async () => {
     await pane.close(step)
     if (home) rmSync(home, { recursive: true, force: true })
