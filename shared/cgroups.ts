@@ -420,11 +420,12 @@ export function parseSize(text: string, option = '--memory'): number {
   return bytes
 }
 
-/** A positive integer option, or `max` (no limit) where allowed. */
+/** A positive integer option, or `max` or -1 (no limit) where allowed. */
 export function parseCount(text: string, option: string, allowMax = false): number | undefined {
-  if (allowMax && text === 'max') return undefined
+  // -1 is Docker's "unlimited" (docker run --pids-limit -1); max is the kernel's word for it.
+  if (allowMax && (text === 'max' || text === '-1')) return undefined
   if (!/^\d+$/.test(text) || Number(text) < 1) {
-    throw new UsageError(`${option} \`${text}\`: expected a whole number of at least 1${allowMax ? ', or `max` for no limit' : ''}`)
+    throw new UsageError(`${option} \`${text}\`: expected a whole number of at least 1${allowMax ? ', or `max` (or -1) for no limit' : ''}`)
   }
   return Number(text)
 }

@@ -24,10 +24,11 @@ t.test('Docker size syntax', async (t) => {
 t.test('limits from options: pids limit on by default, bad values refused', async (t) => {
   t.equal(limitsFromOptions({}).pids, 512, 'a fork bomb stops at 512 processes unless told otherwise')
   t.equal(limitsFromOptions({ 'pids-limit': 'max' }).pids, undefined, '`max` turns the pids limit off')
+  t.equal(limitsFromOptions({ 'pids-limit': '-1' }).pids, undefined, '-1, Docker\'s "unlimited", turns it off too')
   t.same(limitsFromOptions({ memory: '100M', cpus: '0.5', 'cpu-shares': '512' }), { pids: 512, memory: 104857600, cpus: 0.5, cpuShares: 512, asked: true }, 'all four')
   t.equal(limitsFromOptions({}).asked, false, 'no limit on the command line: not asked (the default pids.max alone)')
   t.equal(limitsFromOptions({ 'pids-limit': '20' }).asked, true, '--pids-limit 20: asked')
-  for (const [option, value] of [['pids-limit', '-1'], ['pids-limit', '0'], ['pids-limit', 'abc'], ['cpus', '0'], ['cpus', '999'], ['cpu-shares', '1'], ['cpu-shares', '300000']]) {
+  for (const [option, value] of [['pids-limit', '-2'], ['pids-limit', '0'], ['pids-limit', 'abc'], ['cpus', '0'], ['cpus', '999'], ['cpu-shares', '1'], ['cpu-shares', '300000']]) {
     t.throws(() => limitsFromOptions({ [option]: value }), UsageError, `--${option} ${value} is refused`)
   }
 })

@@ -40,7 +40,7 @@ console.log(`  note: cgroups on this host are ${cgroupLayout()}: ${[...where].ma
 // Bad limits: one line, exit 125, and no cgroup made.
 const before = cgroupDirs()
 const tooMany = String(Math.max(99, availableParallelism() + 1)) // more CPUs than this machine has
-const bad = [['--memory', 'abc'], ['--memory', '0'], ['--pids-limit', '-1'], ['--pids-limit', '0'], ['--cpus', '0'], ['--cpus', tooMany], ['--cpu-shares', '1']]
+const bad = [['--memory', 'abc'], ['--memory', '0'], ['--pids-limit', '-2'], ['--pids-limit', '0'], ['--cpus', '0'], ['--cpus', tooMany], ['--cpu-shares', '1']]
 const refused = await Promise.all(bad.map((option) => runStep(step, [...option, 'true'])))
 for (const [i, option] of bad.entries()) {
   const { exitCode, stderr } = refused[i]
