@@ -1,6 +1,8 @@
 // The state file of each running container, <state dir>/run/<id>.json, for
 // `npm run ps`: what only the step knows about its container (the id, the
-// --name, the step, the command, its own PID and PID 1's, when it started).
+// --name, the step, the command, its own PID and PID 1's, when it started),
+// and for `npm run exec`, what the container was given (its hostname,
+// working directory and volumes, from the steps that have them).
 // What the kernel can say live, the container's cgroup and address, ps
 // reads from /proc. The parent writes the file once the container's
 // process has started and removes it when the container ends, in the
@@ -18,6 +20,7 @@ import { UsageError } from './errors.ts'
 import { withLockSync } from './lock.ts'
 import { isRunning, startTime } from './procfs.ts'
 import { stateDir } from './settings.ts'
+import type { Volume } from './volumes.ts'
 
 /** One process for good: its PID and when it started (see startTime in procfs.ts). */
 export interface ProcessRef {
@@ -34,7 +37,10 @@ export interface ContainerState {
   parent: ProcessRef // the step's own process: it waits for the container and cleans up
   pid1: ProcessRef // the container's PID 1, by the host's numbering
   started: string // ISO 8601
-  config?: Record<string, unknown> // what the parent handed its child (the step's Container): npm run exec reads it
+  hostname?: string // -h, or the id (steps 02 on)
+  workdir?: string // -w, or / (steps 03 on): where exec's command starts too
+  volumes?: Volume[] // -v (steps 05 on)
+  config?: Record<string, unknown> // all the parent handed its child (the step's Container): exec reads -e and step 10's settings there
 }
 
 /** What a --name claim holds: who took it, and, once it started, their container's id. */
@@ -105,7 +111,7 @@ export function prepareRecord(): void {
  * to write is a line on stderr, not the container's end: only ps misses it.
  */
 export function recordStart(config: object, pid: number): void {
-  const { id, command } = config as { id?: unknown; command?: unknown }
+  const { id, command, hostname, workdir, volumes } = config as { id?: unknown; command?: unknown; hostname?: unknown; workdir?: unknown; volumes?: unknown }
   state = {
     id: typeof id === 'string' ? id : randomBytes(6).toString('hex'), // step 01 has none: one as newContainerId makes
     ...(name === undefined ? {} : { name }),
@@ -114,6 +120,10 @@ export function recordStart(config: object, pid: number): void {
     parent: self(),
     pid1: { pid, since: startTime(pid) ?? 0 },
     started: new Date().toISOString(),
+    // What the step's Container has of these, as the child got it.
+    ...(typeof hostname === 'string' ? { hostname } : {}),
+    ...(typeof workdir === 'string' ? { workdir } : {}),
+    ...(Array.isArray(volumes) ? { volumes: volumes as Volume[] } : {}),
     config: config as Record<string, unknown>,
   }
   stateFile = join(runDir(), `${state.id}.json`)
