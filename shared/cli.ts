@@ -1,13 +1,14 @@
 // The command line every step shares: `run [options] <command> [args...]`.
 
 import { spawnSync } from 'node:child_process'
-import { accessSync, closeSync, constants, openSync } from 'node:fs'
-import { delimiter, dirname, join } from 'node:path'
+import { accessSync, closeSync, constants, existsSync, openSync } from 'node:fs'
+import { delimiter, dirname, isAbsolute, join, resolve } from 'node:path'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { exitWithError, UsageError } from './errors.ts'
 import { DEFAULT_PATH, execvp, keepStdio } from './process.ts'
 import { ARCHITECTURES } from './seccomp.ts'
 import { setName } from './state.ts'
+import type { Volume } from './volumes.ts'
 
 type OptionSpec = NonNullable<ParseArgsConfig['options']>
 type OptionValues<T extends OptionSpec> = {
@@ -17,12 +18,16 @@ type OptionValues<T extends OptionSpec> = {
 /**
  * Parse `run [options] <command> [args...]`. Options stop at the first word
  * that is not an option (or at `--`), so `run ls -la` passes `-la` to ls.
- * `--help` prints the step's usage and exits 0.
+ * `--help` prints the step's usage (see helpText) and exits 0. The options
+ * that arrive in a step and stay in every later one are checked here, each
+ * in one line: --hostname (02), --workdir (03), --volume (05, returned as
+ * `volumes`).
  */
 export function parseRunArgs<const T extends OptionSpec>(argv: string[], options: T, usage: string) {
   checkNodeVersion()
   const [verb, ...rest] = argv
-  if (verb === '--help' || verb === '-h' || verb === 'help') exitWithUsage(usage)
+  // Not -h: from step 02 on it is --hostname, as in Docker.
+  if (verb === '--help' || verb === 'help') exitWithUsage(usage)
   if (verb !== 'run') {
     throw new UsageError(verb ? `unknown command \`${verb}\`: expected \`run\` (see --help)` : usage.trim().split('\n')[0])
   }
@@ -38,6 +43,9 @@ export function parseRunArgs<const T extends OptionSpec>(argv: string[], options
     throw new UsageError('containers need a Linux kernel: on macOS or Windows use the VM in vagrant/ (see README.md)')
   }
   const env = ((values.env ?? []) as string[]).flatMap(hostValue)
+  if (values.hostname !== undefined) checkHostname(values.hostname as string)
+  if (values.workdir !== undefined) checkWorkdir(values.workdir as string)
+  const volumes = ((values.volume ?? []) as string[]).map(parseVolume)
   // Only the parent knows the name: it claims it and writes it in the state file, the child never sees it.
   if (values.name !== undefined) setName(values.name as string)
   // If requireRoot() re-runs this under sudo, the host's values of `-e KEY`
@@ -47,7 +55,37 @@ export function parseRunArgs<const T extends OptionSpec>(argv: string[], options
     if (token.kind === 'option') return token.value === undefined ? [token.rawName] : [token.rawName, token.value]
     return []
   }), '--', ...command]
-  return { options: values as OptionValues<T>, command, env }
+  return { options: values as OptionValues<T>, command, env, volumes }
+}
+
+/** Docker's rule for -h/--hostname: RFC 1123 names (labels of letters, digits and inner `-`, joined by dots), at most 64 characters, as sethostname(2) takes. */
+export const HOSTNAME_PATTERN = /^(?=.{1,64}$)([a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?$/
+
+function checkHostname(name: string): void {
+  if (!HOSTNAME_PATTERN.test(name)) {
+    throw new UsageError(`--hostname \`${name}\`: expected letters, digits and \`-\`, in labels joined by dots, at most 64 characters (see --help)`)
+  }
+}
+
+// -w/--workdir: a path inside the container, absolute as Docker requires (the command has no other directory to start from).
+function checkWorkdir(dir: string): void {
+  if (!isAbsolute(dir)) throw new UsageError(`--workdir \`${dir}\`: expected an absolute path inside the container, such as /tmp (see --help)`)
+}
+
+/**
+ * One -v/--volume HOST:CTR[:ro|:rw]: both paths absolute, HOST there on
+ * this host (Docker would make a missing one; a typo would then bind an
+ * empty directory), CTR not `/`. Anything else is a UsageError.
+ */
+export function parseVolume(spec: string): Volume {
+  const [source, target, mode, ...rest] = spec.split(':')
+  const bad = (why: string) => new UsageError(`--volume \`${spec}\`: ${why} (see --help)`)
+  if (target === undefined || rest.length > 0 || (mode !== undefined && mode !== 'ro' && mode !== 'rw')) throw bad('expected HOST:CONTAINER, or HOST:CONTAINER:ro for read-only')
+  if (!isAbsolute(source)) throw bad(`the host path \`${source}\` must be absolute`)
+  if (!existsSync(source)) throw bad(`\`${source}\` does not exist on this host`)
+  if (!isAbsolute(target)) throw bad(`the container path \`${target}\` must be absolute`)
+  if (resolve(target) === '/') throw bad('the container path cannot be / (the image is the root)')
+  return { source: resolve(source), target: resolve(target), readonly: mode === 'ro' }
 }
 
 /**
@@ -71,13 +109,28 @@ export function securityOptions(opts: string[] = []): { seccomp: boolean; noNewP
 
 /** The options every step takes besides its own. */
 const commonOptions = {
-  help: { type: 'boolean', short: 'h' },
+  help: { type: 'boolean' },
   env: { type: 'string', short: 'e', multiple: true },
   name: { type: 'string' },
 } as const satisfies OptionSpec
 
-// --name, which steps' usage texts do not list: exitWithUsage adds it after their -e line.
-const NAME_HELP = ['--name NAME', 'a name for the container, unique among running ones (see npm run ps)'] as const
+// The common options in --help, after each step's own (see helpText).
+const COMMON_HELP: [string, string][] = [
+  ['-e, --env KEY[=VALUE]', 'set a variable for the command (KEY alone: the host\'s value)'],
+  ['--name NAME', 'a name for the container, unique among running ones (see npm run ps)'],
+  ['--help', 'print this help'],
+]
+
+// What a step's exit code means, the same at every step: shared/container.ts
+// (waitForExit), shared/process.ts (execCommand), shared/errors.ts.
+const EXIT_CODES = `Exit codes, as Docker's:
+  N      the command's own (0 when it succeeds)
+  125    the step itself failed: bad input (an option, the image…) or a set-up error
+  126    the command cannot run (not an executable)
+  127    the command was not found (in the container's PATH)
+  128+N  the command was killed by signal N: 137 is SIGKILL, also when Ctrl-C or
+         SIGTERM did not stop it within 2 s (a PID 1 ignores signals it has no handler for)
+`
 
 // `-e KEY=VALUE` as it is; `-e KEY` takes the host's value, or nothing if
 // the host has none (as Docker does).
@@ -189,16 +242,29 @@ function joinNegativeValues(args: string[], options: OptionSpec): string[] {
 }
 
 function exitWithUsage(usage: string): never {
-  process.stdout.write(withCommonOptions(usage).trimStart())
+  process.stdout.write(helpText(usage))
   process.exit(0)
 }
 
-// A step's usage text with --name added below its -e line, its description in the same column.
-function withCommonOptions(usage: string): string {
-  const lines = usage.split('\n')
-  const at = lines.findIndex((line) => /^\s+-e KEY\[=VALUE\]\s/.test(line))
-  if (at < 0) return `${usage.trimEnd()}\n  ${NAME_HELP.join('  ')}\n`
-  const column = /^\s+-e KEY\[=VALUE\]\s+/.exec(lines[at])![0].length
-  lines.splice(at + 1, 0, `  ${NAME_HELP[0]}`.padEnd(column) + NAME_HELP[1])
-  return lines.join('\n')
+/**
+ * A step's --help, the same layout at every step: its usage line and what
+ * it does, its own options, then the common ones (-e, --name, --help), in
+ * one column; its two examples; the exit codes. The step's text has all
+ * but the common options and the exit codes.
+ */
+export function helpText(usage: string): string {
+  const lines = usage.trim().split('\n')
+  const start = lines.indexOf('Options:')
+  if (start < 0) return `${lines.join('\n')}\n\n${EXIT_CODES}`
+  let end = start + 1
+  while (end < lines.length && lines[end].trim() !== '') end++
+  // `  --flag VALUE  what it does`; a line with no two-space gap goes on the line above.
+  const own = lines.slice(start + 1, end).map((line): [string, string] => {
+    const match = /^\s*(\S.*?)\s{2,}(\S.*)$/.exec(line)
+    return match ? [match[1], match[2]] : ['', line.trim()]
+  })
+  const rows = [...own, ...COMMON_HELP]
+  const width = Math.max(...rows.map(([flag]) => flag.length))
+  const options = rows.map(([flag, what]) => `  ${flag.padEnd(width)}  ${what}`)
+  return `${[...lines.slice(0, start + 1), ...options, ...lines.slice(end)].join('\n')}\n\n${EXIT_CODES}`
 }

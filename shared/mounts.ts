@@ -1,5 +1,5 @@
-// Mounts: mount(2), umount2(2), pivot_root(2), chroot(2), and reading the
-// mount table (/proc/PID/mountinfo, see proc(5)).
+// Mounts: mount(2), umount2(2), pivot_root(2), chroot(2), openat2(2),
+// mount_setattr(2), and reading the mount table (/proc/PID/mountinfo, see proc(5)).
 
 import { readFileSync } from 'node:fs'
 import { check, raw } from './libc.ts'
@@ -22,6 +22,18 @@ export const MNT_DETACH = 2
 
 const SYS_pivot_root = 155 // x86_64; see syscall(2)
 const SYS_pivot_root_arm64 = 41
+// Calls newer than 5.0 have one number on every architecture.
+const SYS_openat2 = 437 // Linux 5.6
+const SYS_mount_setattr = 442 // Linux 5.12
+
+// openat2(2): open_how.flags and .resolve.
+export const O_PATH = 0o10000000 // the same on x86_64 and arm64
+export const O_CLOEXEC = 0o2000000
+export const RESOLVE_IN_ROOT = 0x10
+// mount_setattr(2).
+export const AT_EMPTY_PATH = 0x1000
+export const AT_RECURSIVE = 0x8000
+export const MOUNT_ATTR_RDONLY = 0x1
 
 /** mount(2) */
 export function mount(
@@ -52,6 +64,35 @@ export function pivot_root(newRoot: string, putOld: string): void {
     EINVAL: 'the new root must be a mount point (bind it onto itself) and / must not be a shared mount (make it private first)',
     // The kernel says EBUSY when the new root is on the current root's filesystem.
     EBUSY: 'the new root must be a mount point of its own: bind it onto itself first',
+  })
+}
+
+/**
+ * openat2(2): open `path` below the directory `dirfd` with open_how's
+ * `flags` and `resolve` (RESOLVE_IN_ROOT: `dirfd` is `/` for the lookup,
+ * `..` and absolute symlinks included). Returns the new fd. glibc has no
+ * wrapper, so this goes through syscall(2).
+ */
+export function openat2(dirfd: number, path: string, flags: number, resolve: number): number {
+  const how = Buffer.alloc(24) // struct open_how: flags, mode, resolve, each a u64
+  how.writeBigUInt64LE(BigInt(flags), 0)
+  how.writeBigUInt64LE(BigInt(resolve), 16)
+  return Number(check('openat2', raw.syscall(SYS_openat2, 'int', dirfd, 'const char *', path, 'void *', how, 'size_t', how.length) as number, path, {
+    ENOSYS: 'openat2 needs Linux 5.6 or newer',
+  }))
+}
+
+/**
+ * mount_setattr(2): set (`set`) and clear (`clear`) MOUNT_ATTR_* flags on the
+ * mount at `path` below `dirfd`; `flags` AT_RECURSIVE: on every mount under
+ * it too, AT_EMPTY_PATH: on `dirfd`'s own mount (path '').
+ */
+export function mount_setattr(dirfd: number, path: string, flags: number, set: number, clear = 0): void {
+  const attr = Buffer.alloc(32) // struct mount_attr: attr_set, attr_clr, propagation, userns_fd, each a u64
+  attr.writeBigUInt64LE(BigInt(set), 0)
+  attr.writeBigUInt64LE(BigInt(clear), 8)
+  check('mount_setattr', raw.syscall(SYS_mount_setattr, 'int', dirfd, 'const char *', path, 'unsigned int', flags, 'void *', attr, 'size_t', attr.length) as number, path || undefined, {
+    ENOSYS: 'mount_setattr needs Linux 5.12 or newer',
   })
 }
 

@@ -1,10 +1,10 @@
 // The calling process itself: its directory, its file descriptors, its
 // death signal, and exec, which replaces it with the container's command.
 
-import { writeSync } from 'node:fs'
+import { mkdirSync, writeSync } from 'node:fs'
 import { userInfo } from 'node:os'
 import { check, raw } from './libc.ts'
-import { EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, UsageError } from './errors.ts'
+import { EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, SyscallError, UsageError } from './errors.ts'
 
 export const F_GETFD = 1
 export const F_SETFD = 2
@@ -19,6 +19,23 @@ export const SIGKILL = 9
 /** chdir(2) */
 export function chdir(path: string): void {
   check('chdir', raw.chdir(path), path)
+}
+
+/**
+ * -w: make `dir`, a path inside the container (we are in its root), the
+ * command's working directory (chdir(2)). `create`: make it first if it is
+ * missing, as Docker does (steps 07 on: it lands in the container's own
+ * upper dir). Without, a missing one is refused in one line: steps 03-06
+ * would have to make it in the image every container shares.
+ */
+export function enterWorkdir(dir: string, { create = false } = {}): void {
+  if (create) mkdirSync(dir, { recursive: true })
+  try {
+    chdir(dir)
+  } catch (err) {
+    if (!(err instanceof SyscallError && (err.code === 'ENOENT' || err.code === 'ENOTDIR'))) throw err
+    throw new UsageError(`-w ${dir}: no such directory in the image${create ? '' : ', and this step has no overlay to make it in (it would change the image every container shares)'}`)
+  }
 }
 
 /** fchdir(2) */

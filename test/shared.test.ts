@@ -14,7 +14,7 @@ import { rootOnly } from './helpers.ts'
 const spec = { image: { type: 'string' }, keep: { type: 'boolean' }, memory: { type: 'string', short: 'm' } } as const
 
 t.test('run [options] <command> [args...]', async (t) => {
-  t.same(parseRunArgs(['run', 'ls', '-la'], spec, ''), { options: {}, command: ['ls', '-la'], env: [] }, 'options after the command belong to the command')
+  t.same(parseRunArgs(['run', 'ls', '-la'], spec, ''), { options: {}, command: ['ls', '-la'], env: [], volumes: [] }, 'options after the command belong to the command')
   t.same(parseRunArgs(['run', '--image', 'alpine', '-m', '100M', '--keep', 'sh'], spec, '').options, { image: 'alpine', memory: '100M', keep: true }, 'options before the command are ours')
   t.same(parseRunArgs(['run', '--memory=1G', '--', '-weird'], spec, '').command, ['-weird'], '`--` ends the options')
   t.throws(() => parseRunArgs(['run'], spec, ''), UsageError, 'a missing command is a usage error')

@@ -1,0 +1,108 @@
+// -v HOST:CTR[:ro]: host paths bound into the container, as Docker's bind
+// volumes. The child makes them in its own mount namespace, after the new
+// root is bound onto itself and before pivot_root: the host's paths are
+// still in view, the targets are inside the new root, and the binds stay
+// the container's (its mounts are private: the host never sees them).
+
+import { closeSync, constants, mkdirSync, openSync, statSync } from 'node:fs'
+import { basename, dirname } from 'node:path'
+import { SyscallError, UsageError } from './errors.ts'
+import {
+  AT_EMPTY_PATH, AT_RECURSIVE, mount, mount_setattr, MOUNT_ATTR_RDONLY, MS_BIND, MS_REC, O_CLOEXEC, O_PATH, openat2, RESOLVE_IN_ROOT,
+} from './mounts.ts'
+
+/** One -v: a host path, where it shows in the container, and whether it is read-only there. */
+export interface Volume {
+  source: string // absolute, on the host
+  target: string // absolute, inside the container
+  readonly: boolean // :ro
+}
+
+/** A volume as -v spells it, for messages. */
+export function volumeSpec(volume: Volume): string {
+  return `${volume.source}:${volume.target}${volume.readonly ? ':ro' : ''}`
+}
+
+/**
+ * Bind each volume onto its target inside `root`, the new root already
+ * bound onto itself. `create`: make a missing target, a directory, or an
+ * empty file for a file (steps 07 on: it lands in the container's upper
+ * dir); without, a missing target is refused in one line, since it would
+ * have to be made in the image every container shares.
+ */
+export function bindVolumes(root: string, volumes: Volume[], { create = false } = {}): void {
+  if (volumes.length === 0) return
+  const rootFd = openSync(root, constants.O_RDONLY | constants.O_DIRECTORY)
+  try {
+    for (const volume of volumes) {
+      try {
+        bindVolume(rootFd, volume, create)
+      } catch (err) {
+        if (err instanceof UsageError) throw err
+        throw new UsageError(`-v ${volumeSpec(volume)}: ${(err as Error).message}`)
+      }
+    }
+  } finally {
+    closeSync(rootFd)
+  }
+}
+
+function bindVolume(rootFd: number, volume: Volume, create: boolean): void {
+  // The target is a path of the image, where a symlink may point anywhere:
+  // `/data -> /etc` means the image's /etc inside, but the host's /etc to a
+  // lookup made from out here. openat2 with RESOLVE_IN_ROOT resolves it as
+  // the container will, with the root as `/` (`..` stops there too), and
+  // gives an O_PATH fd for what it found. The bind goes onto that very file,
+  // through /proc/self/fd/N, so no symlink is followed after the check.
+  const fd = create ? makeInRoot(rootFd, volume.target, statSync(volume.source).isDirectory()) : openInRoot(rootFd, volume)
+  try {
+    // MS_REC: what the host has mounted under its path comes along, as in Docker.
+    mount(volume.source, `/proc/self/fd/${fd}`, null, MS_BIND | MS_REC)
+  } finally {
+    closeSync(fd)
+  }
+  if (!volume.readonly) return
+  // :ro for the whole bind, its submounts too: mount_setattr(2) sets
+  // MOUNT_ATTR_RDONLY on every mount of the tree in one call (AT_RECURSIVE).
+  // A read-only remount (MS_REMOUNT | MS_BIND | MS_RDONLY) changes one mount
+  // only, and would leave a submount writable. Looked up again: the fd from
+  // before names the mount underneath, not the bind now on top of it.
+  const bound = openInRoot(rootFd, volume)
+  try {
+    mount_setattr(bound, '', AT_EMPTY_PATH | AT_RECURSIVE, MOUNT_ATTR_RDONLY)
+  } finally {
+    closeSync(bound)
+  }
+}
+
+// The target, resolved inside the root (see bindVolume); a missing one is a UsageError.
+function openInRoot(rootFd: number, volume: Volume): number {
+  try {
+    return openat2(rootFd, volume.target, O_PATH | O_CLOEXEC, RESOLVE_IN_ROOT)
+  } catch (err) {
+    if (!(err instanceof SyscallError && err.code === 'ENOENT')) throw err
+    throw new UsageError(`-v ${volumeSpec(volume)}: \`${volume.target}\` is not in the image, and this step has no overlay to make it in (it would change the image every container shares): bind onto a directory that exists, such as /mnt`)
+  }
+}
+
+// The target, resolved inside the root, made first if missing (its parents
+// too): each name is made inside a directory we hold by fd, so a symlink by
+// that name is not followed (EEXIST), and the lookup after it stays inside.
+function makeInRoot(rootFd: number, path: string, directory: boolean): number {
+  try {
+    return openat2(rootFd, path, O_PATH | O_CLOEXEC, RESOLVE_IN_ROOT)
+  } catch (err) {
+    if (!(err instanceof SyscallError && err.code === 'ENOENT')) throw err
+  }
+  const parent = makeInRoot(rootFd, dirname(path), true)
+  const at = `/proc/self/fd/${parent}/${basename(path)}`
+  try {
+    if (directory) mkdirSync(at, 0o755)
+    else closeSync(openSync(at, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644))
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+  } finally {
+    closeSync(parent)
+  }
+  return openat2(rootFd, path, O_PATH | O_CLOEXEC, RESOLVE_IN_ROOT)
+}
