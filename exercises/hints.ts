@@ -37,7 +37,7 @@ export const exercises: Record<string, Exercise> = {
     hints: [
       'reexecChild(config, cloneFlags) takes the CLONE_NEW* flags the child is born with; 0 means none.',
       'The flag for a UTS namespace is CLONE_NEWUTS (shared/namespaces.ts). Until it is there, the guard stops the child before sethostname.',
-      'shared/uts.ts has sethostname(name); the name is container.id, already made by main().',
+      'shared/uts.ts has sethostname(name); the name is container.hostname, which main() made: -h\'s, or else container.id.',
     ],
   },
   '03-chroot': {
@@ -63,7 +63,7 @@ export const exercises: Record<string, Exercise> = {
     man: ['mount_namespaces(7)', 'pivot_root(2)', 'mount(2)', 'umount(2)', 'sysfs(5)', 'ipc_namespaces(7)', 'mq_overview(7)'],
     hints: [
       'Start in run(): add CLONE_NEWNS and CLONE_NEWIPC. Then child(): propagation, then pivotInto(), then /sys and /dev. The guards tell you which part is still missing. The terminal\'s lines (TerminalRelay, openContainerTerminal) are given, not a TODO: notes/05-mount-ns.md explains them.',
-      'Propagation: mount(null, \'/\', null, MS_REC | MS_PRIVATE). pivot_root(new_root, put_old) needs new_root to be a mount point: a bind mount of rootfs onto itself (MS_BIND) makes one.',
+      'Propagation: mount(null, \'/\', null, MS_REC | MS_PRIVATE). pivot_root(new_root, put_old) needs new_root to be a mount point: a bind mount of rootfs onto itself (MS_BIND) makes one, before the bindVolumes() line that is there already (-v binds go inside the new root).',
       'chdir(rootfs), then pivot_root(\'.\', \'.\'): the old root is now stacked on /. umount2(\'.\', MNT_DETACH) detaches it; chdir(\'/\'). /sys: sysfs with MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC; /dev: mountDev(\'/dev\'). /dev/mqueue: mkdirSync it, then mount(\'mqueue\', \'/dev/mqueue\', \'mqueue\', MS_NOSUID | MS_NODEV | MS_NOEXEC).',
     ],
   },

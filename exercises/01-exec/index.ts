@@ -6,7 +6,7 @@
 // terminal, and hands its exit code back to the parent. Nothing is isolated
 // yet: that is what the next steps add, one kernel feature at a time.
 //
-// Usage: npx tsx exercises/01-exec run <command> [args...]
+// Usage: npx tsx exercises/01-exec run [options] <command> [args...]   (--help lists the options)
 //
 // Exercise: fill in each TODO, then check with `npm run exercise -- 01`
 // (add --hint for a hint). exercises/README.md explains the loop.
@@ -23,7 +23,10 @@ Run <command> as a child process that replaces itself with the command.
 Nothing is isolated yet.
 
 Options:
-  -e KEY[=VALUE]  set a variable for the command (KEY alone: the host's value)
+
+Examples:
+  npx tsx exercises/01-exec run echo hello
+  npx tsx exercises/01-exec run -e GREETING=hi sh -c 'echo $GREETING'
 `
 
 /** What the parent hands to the child. */

@@ -5,7 +5,7 @@
 // to the container's id, as Docker does, and then becomes the command.
 // Changing the hostname inside no longer changes the host's.
 //
-// Usage: npx tsx exercises/02-uts run <command> [args...]
+// Usage: npx tsx exercises/02-uts run [options] <command> [args...]   (--help lists the options)
 //
 // Exercise: fill in each TODO, then check with `npm run exercise -- 02`
 // (add --hint for a hint). exercises/README.md explains the loop.
@@ -25,21 +25,27 @@ Usage: npx tsx exercises/02-uts run [options] <command> [args...]
 Run <command> in a new UTS namespace, with the container's id as hostname.
 
 Options:
-  -e KEY[=VALUE]  set a variable for the command (KEY alone: the host's value)
+  -h, --hostname NAME  the container's hostname (default: its id)
+
+Examples:
+  npx tsx exercises/02-uts run hostname
+  npx tsx exercises/02-uts run -h box sh -c 'hostname; cat /proc/sys/kernel/hostname'
 `
 
 /** What the parent hands to the child. */
 interface Container {
   id: string
+  hostname: string // -h, or the id
   command: string[]
   env: string[] // -e KEY=VALUE
 }
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
-  const { command, env } = parseRunArgs(argv, {}, usage)
+  const { options, command, env } = parseRunArgs(argv, { hostname: { type: 'string', short: 'h' } }, usage)
   requireRoot()
-  await run({ id: newContainerId(), command, env })
+  const id = newContainerId()
+  await run({ id, hostname: options.hostname ?? id, command, env })
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -56,8 +62,9 @@ function child(container: Container): void {
   prctl(PR_SET_PDEATHSIG, SIGKILL)
   // Exercises only: stop here, not rename the host, while the TODO above is open.
   refuseHostNamespace('uts')
-  // TODO: give the container its own hostname, the container's id (as Docker
-  // does). In a UTS namespace of its own, only this container sees the change.
+  // TODO: give the container its own hostname, container.hostname: -h's, or
+  // else the container's id (as Docker does). In a UTS namespace of its own,
+  // only this container sees the change.
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))
 }

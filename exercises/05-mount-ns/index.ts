@@ -8,7 +8,7 @@
 // with only the devices a container needs. An IPC namespace (CLONE_NEWIPC)
 // comes along: its message queues show in a mount, /dev/mqueue.
 //
-// Usage: npx tsx exercises/05-mount-ns run [--image NAME|DIR] <command> [args...]
+// Usage: npx tsx exercises/05-mount-ns run [options] <command> [args...]   (--help lists the options)
 //
 // Exercise: fill in each TODO, then check with `npm run exercise -- 05`
 // (add --hint for a hint). exercises/README.md explains the loop.
@@ -23,10 +23,11 @@ import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
 } from '../../shared/mounts.ts'
 import { CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
-import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { chdir, containerEnv, enterWorkdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { openContainerTerminal, TerminalRelay } from '../../shared/terminal.ts'
 import { sethostname } from '../../shared/uts.ts'
+import { bindVolumes, type Volume } from '../../shared/volumes.ts'
 import { refuseHostNamespace, refuseHostRoot } from '../guard.ts'
 
 const usage = `
@@ -36,24 +37,39 @@ Run <command> as PID 1 of new UTS, PID, mount and IPC namespaces, with an image
 as its root (pivot_root), /proc, /sys and a minimal /dev.
 
 Options:
+  -h, --hostname NAME  the container's hostname (default: its id)
   --image NAME|DIR  image name (see npm run rootfs) or a root filesystem directory
-  -e KEY[=VALUE]    set a variable for the command (KEY alone: the host's value)
+  -w, --workdir DIR  the command's working directory (default: /)
+  -v, --volume HOST:CTR[:ro]  bind HOST, a path on this host, at CTR (:ro: read-only); repeatable
+
+Examples:
+  npx tsx exercises/05-mount-ns run cat /proc/self/mountinfo
+  npx tsx exercises/05-mount-ns run -v /tmp:/mnt:ro ls /mnt
 `
 
 /** What the parent hands to the child. */
 interface Container {
   id: string
+  hostname: string // -h, or the id
   rootfs: string
+  workdir: string // -w, or /
+  volumes: Volume[] // -v HOST:CTR[:ro]
   command: string[]
   env: string[] // -e KEY=VALUE
 }
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
-  const { options, command, env } = parseRunArgs(argv, { image: { type: 'string' } }, usage)
+  const { options, command, env, volumes } = parseRunArgs(argv, {
+    hostname: { type: 'string', short: 'h' },
+    image: { type: 'string' },
+    workdir: { type: 'string', short: 'w' },
+    volume: { type: 'string', short: 'v', multiple: true },
+  }, usage)
   requireRoot()
   const rootfs = await ensureImage(options.image)
-  await run({ id: newContainerId(), rootfs, command, env })
+  const id = newContainerId()
+  await run({ id, hostname: options.hostname ?? id, rootfs, workdir: options.workdir ?? '/', volumes, command, env })
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -79,14 +95,14 @@ function child(container: Container): void {
   // If the parent dies (even by SIGKILL), the kernel kills us too.
   prctl(PR_SET_PDEATHSIG, SIGKILL)
   // Our own UTS namespace: this hostname is seen only in here.
-  sethostname(container.id)
+  sethostname(container.hostname)
   // Exercises only: stop here, not change the host's mounts, while the TODO in run() is open.
   refuseHostNamespace('mnt')
   // TODO: a new mount namespace starts as a copy, and on most hosts `/` is a
   // shared mount (`findmnt -o TARGET,PROPAGATION /`): what is mounted under a
   // shared mount propagates to its peers, the host's copy among them. Change
   // the propagation of the whole tree, every submount too, so nothing does.
-  pivotInto(container.rootfs)
+  pivotInto(container.rootfs, container.volumes)
   // Exercises only: stop here, not mount over the host's /proc, /sys, /dev, while pivotInto() is unfinished.
   refuseHostRoot()
   // A proc filesystem shows the PID namespace of the process that mounts it.
@@ -99,15 +115,19 @@ function child(container: Container): void {
   // from our devpts, the command's controlling terminal and fds 0-2, so that
   // nothing in here holds the host's (shared/terminal.ts).
   openContainerTerminal()
+  // -w: where the command starts (default /). It must be in the image: no overlay yet to make it in.
+  enterWorkdir(container.workdir)
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))
 }
 
 // Make `rootfs` the root of this mount namespace, with no way back to the host's.
-function pivotInto(rootfs: string): void {
+function pivotInto(rootfs: string, volumes: Volume[]): void {
   // TODO: the kernel swaps roots only at a mount point, and the image is a plain
   // directory: make it one, without copying anything (and without the mounts
   // the host may have under it).
+  // -v: each volume bound in now, inside the new root, while the host's paths are in view.
+  bindVolumes(rootfs, volumes)
   // TODO: go into the new root and swap the roots there. Given "." for both
   // arguments, the kernel stacks the old root on top of the new one, at /,
   // so no directory has to be made in the image for it.

@@ -8,8 +8,7 @@
 // bomb stops at --pids-limit; a memory hog is OOM-killed. The parent removes
 // the cgroup when the container ends, however it ends.
 //
-// Usage: npx tsx exercises/06-cgroups run [--image NAME|DIR] [--pids-limit N|max]
-//          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]
+// Usage: npx tsx exercises/06-cgroups run [options] <command> [args...]   (--help lists the options)
 //
 // Exercise: fill in each TODO, then check with `npm run exercise -- 06`
 // (add --hint for a hint). exercises/README.md explains the loop.
@@ -28,10 +27,11 @@ import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
 } from '../../shared/mounts.ts'
 import { CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
-import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { chdir, containerEnv, enterWorkdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { openContainerTerminal, TerminalRelay } from '../../shared/terminal.ts'
 import { sethostname } from '../../shared/uts.ts'
+import { bindVolumes, type Volume } from '../../shared/volumes.ts'
 
 const usage = `
 Usage: npx tsx exercises/06-cgroups run [options] <command> [args...]
@@ -40,26 +40,38 @@ Run <command> as PID 1 of new UTS, PID, mount and IPC namespaces, with an image
 as its root (pivot_root), /proc, /sys and a minimal /dev, in its own cgroup.
 
 Options:
-  --image NAME|DIR    image name (see npm run rootfs) or a root filesystem directory
-  --pids-limit N|max  most processes at once (default: ${DEFAULT_PIDS_LIMIT}; max: no limit)
+  -h, --hostname NAME  the container's hostname (default: its id)
+  --image NAME|DIR  image name (see npm run rootfs) or a root filesystem directory
+  -w, --workdir DIR  the command's working directory (default: /)
+  -v, --volume HOST:CTR[:ro]  bind HOST, a path on this host, at CTR (:ro: read-only); repeatable
+  --pids-limit N|max|-1  most processes at once (default: ${DEFAULT_PIDS_LIMIT}; max or -1: no limit)
   -m, --memory SIZE   memory limit, e.g. 100M or 1G; beyond it the OOM killer acts
   --cpus N            CPU time, in CPUs, e.g. 0.5
   -c, --cpu-shares N  CPU weight relative to others (default 1024)
-  -e KEY[=VALUE]      set a variable for the command (KEY alone: the host's value)
+
+Examples:
+  npx tsx exercises/06-cgroups run --pids-limit 30 sh
+  npx tsx exercises/06-cgroups run -m 64M --cpus 0.5 sh
 `
 
 /** What the parent hands to the child. */
 interface Container {
   id: string
+  hostname: string // -h, or the id
   rootfs: string
+  workdir: string // -w, or /
+  volumes: Volume[] // -v HOST:CTR[:ro]
   command: string[]
   env: string[] // -e KEY=VALUE
 }
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
-  const { options, command, env } = parseRunArgs(argv, {
+  const { options, command, env, volumes } = parseRunArgs(argv, {
+    hostname: { type: 'string', short: 'h' },
     image: { type: 'string' },
+    workdir: { type: 'string', short: 'w' },
+    volume: { type: 'string', short: 'v', multiple: true },
     'pids-limit': { type: 'string' },
     memory: { type: 'string', short: 'm' },
     cpus: { type: 'string' },
@@ -68,7 +80,8 @@ async function main(argv: string[]): Promise<void> {
   const limits = limitsFromOptions(options)
   requireRoot()
   const rootfs = await ensureImage(options.image)
-  await run({ id: newContainerId(), rootfs, command, env }, limits)
+  const id = newContainerId()
+  await run({ id, hostname: options.hostname ?? id, rootfs, workdir: options.workdir ?? '/', volumes, command, env }, limits)
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -105,12 +118,12 @@ function child(container: Container): void {
   // this process in the container's cgroup: a process's children are born in
   // its cgroup, so from then on everything, the command too, is limited.
   // Our own UTS namespace: this hostname is seen only in here.
-  sethostname(container.id)
+  sethostname(container.hostname)
   // The host's / is usually a shared mount (`findmnt -o TARGET,PROPAGATION /`):
   // anything mounted under it would show up on the host too. MS_REC: all of
   // the tree, or mounts such as /dev/pts would still leak.
   mount(null, '/', null, MS_REC | MS_PRIVATE)
-  pivotInto(container.rootfs)
+  pivotInto(container.rootfs, container.volumes)
   // A proc filesystem shows the PID namespace of the process that mounts it.
   mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
   // sysfs read-only: the container may read the kernel's view of devices and settings, not change it.
@@ -126,15 +139,19 @@ function child(container: Container): void {
   // from our devpts, the command's controlling terminal and fds 0-2, so that
   // nothing in here holds the host's (shared/terminal.ts).
   openContainerTerminal()
+  // -w: where the command starts (default /). It must be in the image: no overlay yet to make it in.
+  enterWorkdir(container.workdir)
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))
 }
 
 // Make `rootfs` the root of this mount namespace, with no way back to the host's.
-function pivotInto(rootfs: string): void {
+function pivotInto(rootfs: string, volumes: Volume[]): void {
   // pivot_root needs the new root to be a mount point: bind it onto itself.
   // Not MS_REC: whatever the host has mounted inside the image stays out.
   mount(rootfs, rootfs, null, MS_BIND)
+  // -v: each volume bound in now, inside the new root, while the host's paths are in view.
+  bindVolumes(rootfs, volumes)
   chdir(rootfs)
   // "." for both: the old root ends up stacked on top of the new one, at /,
   // and needs no directory in the image (see pivot_root(2), NOTES).

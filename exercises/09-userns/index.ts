@@ -9,8 +9,7 @@
 // The child waits on the pipe until the parent has written its uid_map and
 // gid_map, then becomes root inside and sets itself up as before.
 //
-// Usage: npx tsx exercises/09-userns run [--image NAME|DIR] [--keep] [--pids-limit N|max]
-//          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]
+// Usage: npx tsx exercises/09-userns run [options] <command> [args...]   (--help lists the options)
 //
 // Exercise: fill in each TODO, then check with `npm run exercise -- 09`
 // (add --hint for a hint). exercises/README.md explains the loop.
@@ -31,7 +30,7 @@ import {
 import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS } from '../../shared/namespaces.ts'
 import { allocateNetwork, BRIDGE, ip, ipAsync, releaseNetwork, type Network } from '../../shared/net.ts'
 import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
-import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { chdir, containerEnv, enterWorkdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { rootless } from '../../shared/settings.ts'
 import { openContainerTerminal, TerminalRelay } from '../../shared/terminal.ts'
@@ -40,6 +39,7 @@ import {
   signalContainer, writeIdMaps,
 } from '../../shared/userns.ts'
 import { sethostname } from '../../shared/uts.ts'
+import { bindVolumes, type Volume } from '../../shared/volumes.ts'
 
 const usage = `
 Usage: npx tsx exercises/09-userns run [options] <command> [args...]
@@ -51,19 +51,28 @@ as root of a new user namespace: host uid 100000, or yours without sudo
 (rootless: lo but no eth0, and limits only in a delegated cgroup).
 
 Options:
-  --image NAME|DIR    image name (see npm run rootfs) or a root filesystem directory
+  -h, --hostname NAME  the container's hostname (default: its id)
+  --image NAME|DIR  image name (see npm run rootfs) or a root filesystem directory
+  -w, --workdir DIR  the command's working directory (default: /)
+  -v, --volume HOST:CTR[:ro]  bind HOST, a path on this host, at CTR (:ro: read-only); repeatable
   --keep              keep the container's directory (its changes) after it ends
-  --pids-limit N|max  most processes at once (default: ${DEFAULT_PIDS_LIMIT}; max: no limit)
+  --pids-limit N|max|-1  most processes at once (default: ${DEFAULT_PIDS_LIMIT}; max or -1: no limit)
   -m, --memory SIZE   memory limit, e.g. 100M or 1G; beyond it the OOM killer acts
   --cpus N            CPU time, in CPUs, e.g. 0.5
   -c, --cpu-shares N  CPU weight relative to others (default 1024)
-  -e KEY[=VALUE]      set a variable for the command (KEY alone: the host's value)
+
+Examples:
+  npx tsx exercises/09-userns run id
+  npx tsx exercises/09-userns run cat /proc/self/uid_map
 `
 
 /** What the parent hands to the child. */
 interface Container {
   id: string
+  hostname: string // -h, or the id
   rootfs: string
+  workdir: string // -w, or /
+  volumes: Volume[] // -v HOST:CTR[:ro]
   command: string[]
   env: string[] // -e KEY=VALUE
   dir: string // <state dir>/containers/<id>: upper/, work/, merged/
@@ -72,8 +81,11 @@ interface Container {
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
-  const { options, command, env } = parseRunArgs(argv, {
+  const { options, command, env, volumes } = parseRunArgs(argv, {
+    hostname: { type: 'string', short: 'h' },
     image: { type: 'string' },
+    workdir: { type: 'string', short: 'w' },
+    volume: { type: 'string', short: 'v', multiple: true },
     keep: { type: 'boolean' },
     'pids-limit': { type: 'string' },
     memory: { type: 'string', short: 'm' },
@@ -84,7 +96,8 @@ async function main(argv: string[]): Promise<void> {
   // No sudo: run by a user, the step is rootless, if the host lets users make user namespaces.
   requireUserns()
   const rootfs = await ensureImage(options.image)
-  await run({ id: newContainerId(), rootfs, command, env, rootless }, limits, options.keep)
+  const id = newContainerId()
+  await run({ id, hostname: options.hostname ?? id, rootfs, workdir: options.workdir ?? '/', volumes, command, env, rootless }, limits, options.keep)
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -168,7 +181,7 @@ function child(container: Container): void {
   // the credentials: changing them clears it; until then the pipe stops us.
   prctl(PR_SET_PDEATHSIG, SIGKILL)
   // Our own UTS namespace: this hostname is seen only in here.
-  sethostname(container.id)
+  sethostname(container.hostname)
   // eth0 is here now, and the parent told us its address: loopback and eth0
   // up, the address on eth0, the default route through the bridge. Before
   // pivot_root: `ip` is the host's program, not the image's.
@@ -197,20 +210,25 @@ function child(container: Container): void {
   // namespace of whoever mounts it, so the container sees only its own.
   mkdirSync(join(merged, 'dev/mqueue'))
   mount('mqueue', join(merged, 'dev/mqueue'), 'mqueue', MS_NOSUID | MS_NODEV | MS_NOEXEC)
-  pivotInto(merged)
+  pivotInto(merged, container.volumes)
   // A terminal of the container's own, if the parent has one to relay: a pty
   // from our devpts, the command's controlling terminal and fds 0-2, so that
   // nothing in here holds the host's (shared/terminal.ts).
   openContainerTerminal()
+  // -w: where the command starts (default /), made if missing: in our upper dir, not in the image.
+  enterWorkdir(container.workdir, { create: true })
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))
 }
 
 // Make `rootfs` the root of this mount namespace, with no way back to the host's.
-function pivotInto(rootfs: string): void {
+function pivotInto(rootfs: string, volumes: Volume[]): void {
   // pivot_root needs the new root to be a mount point: bind it onto itself.
   // MS_REC: /proc, /sys and /dev come along; the overlay is ours, so nothing of the host's is under it.
   mount(rootfs, rootfs, null, MS_BIND | MS_REC)
+  // -v: each volume bound in now, inside the new root, while the host's paths are in view;
+  // a missing target is made, in our upper dir.
+  bindVolumes(rootfs, volumes, { create: true })
   chdir(rootfs)
   // "." for both: the old root ends up stacked on top of the new one, at /,
   // and needs no directory in the image (see pivot_root(2), NOTES).

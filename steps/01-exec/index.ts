@@ -6,7 +6,7 @@
 // terminal, and hands its exit code back to the parent. Nothing is isolated
 // yet: that is what the next steps add, one kernel feature at a time.
 //
-// Usage: npx tsx steps/01-exec run <command> [args...]
+// Usage: npx tsx steps/01-exec run [options] <command> [args...]   (--help lists the options)
 
 import { hostname } from 'node:os'
 import { parseRunArgs } from '../../shared/cli.ts'
@@ -21,7 +21,10 @@ Run <command> as a child process that replaces itself with the command.
 Nothing is isolated yet.
 
 Options:
-  -e KEY[=VALUE]  set a variable for the command (KEY alone: the host's value)
+
+Examples:
+  npx tsx steps/01-exec run echo hello
+  npx tsx steps/01-exec run -e GREETING=hi sh -c 'echo $GREETING'
 `
 
 /** What the parent hands to the child. */

@@ -5,7 +5,7 @@
 // to the container's id, as Docker does, and then becomes the command.
 // Changing the hostname inside no longer changes the host's.
 //
-// Usage: npx tsx steps/02-uts run <command> [args...]
+// Usage: npx tsx steps/02-uts run [options] <command> [args...]   (--help lists the options)
 
 import { hostname } from 'node:os'
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
@@ -21,21 +21,27 @@ Usage: npx tsx steps/02-uts run [options] <command> [args...]
 Run <command> in a new UTS namespace, with the container's id as hostname.
 
 Options:
-  -e KEY[=VALUE]  set a variable for the command (KEY alone: the host's value)
+  -h, --hostname NAME  the container's hostname (default: its id)
+
+Examples:
+  npx tsx steps/02-uts run hostname
+  npx tsx steps/02-uts run -h box sh -c 'hostname; cat /proc/sys/kernel/hostname'
 `
 
 /** What the parent hands to the child. */
 interface Container {
   id: string
+  hostname: string // -h, or the id
   command: string[]
   env: string[] // -e KEY=VALUE
 }
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
-  const { command, env } = parseRunArgs(argv, {}, usage)
+  const { options, command, env } = parseRunArgs(argv, { hostname: { type: 'string', short: 'h' } }, usage)
   requireRoot()
-  await run({ id: newContainerId(), command, env })
+  const id = newContainerId()
+  await run({ id, hostname: options.hostname ?? id, command, env })
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -49,7 +55,7 @@ function child(container: Container): void {
   // If the parent dies (even by SIGKILL), the kernel kills us too.
   prctl(PR_SET_PDEATHSIG, SIGKILL)
   // Our own UTS namespace: this hostname is seen only in here.
-  sethostname(container.id)
+  sethostname(container.hostname)
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))
 }

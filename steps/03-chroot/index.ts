@@ -5,7 +5,7 @@
 // the command is looked up there: `ls` is the image's busybox, not the host's.
 // chroot only changes where path lookups start; step 05 shows its limits.
 //
-// Usage: npx tsx steps/03-chroot run [--image NAME|DIR] <command> [args...]
+// Usage: npx tsx steps/03-chroot run [options] <command> [args...]   (--help lists the options)
 
 import { hostname } from 'node:os'
 import { parseRunArgs, requireRoot } from '../../shared/cli.ts'
@@ -13,7 +13,7 @@ import { newContainerId, reexecChild, waitForExit } from '../../shared/container
 import { exitWithError } from '../../shared/errors.ts'
 import { chroot } from '../../shared/mounts.ts'
 import { CLONE_NEWUTS } from '../../shared/namespaces.ts'
-import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { chdir, containerEnv, enterWorkdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { sethostname } from '../../shared/uts.ts'
 
@@ -23,24 +23,36 @@ Usage: npx tsx steps/03-chroot run [options] <command> [args...]
 Run <command> in a new UTS namespace, chrooted into an image.
 
 Options:
+  -h, --hostname NAME  the container's hostname (default: its id)
   --image NAME|DIR  image name (see npm run rootfs) or a root filesystem directory
-  -e KEY[=VALUE]    set a variable for the command (KEY alone: the host's value)
+  -w, --workdir DIR  the command's working directory (default: /)
+
+Examples:
+  npx tsx steps/03-chroot run ls /
+  npx tsx steps/03-chroot run -w /etc pwd
 `
 
 /** What the parent hands to the child. */
 interface Container {
   id: string
+  hostname: string // -h, or the id
   rootfs: string
+  workdir: string // -w, or /
   command: string[]
   env: string[] // -e KEY=VALUE
 }
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
-  const { options, command, env } = parseRunArgs(argv, { image: { type: 'string' } }, usage)
+  const { options, command, env } = parseRunArgs(argv, {
+    hostname: { type: 'string', short: 'h' },
+    image: { type: 'string' },
+    workdir: { type: 'string', short: 'w' },
+  }, usage)
   requireRoot()
   const rootfs = await ensureImage(options.image)
-  await run({ id: newContainerId(), rootfs, command, env })
+  const id = newContainerId()
+  await run({ id, hostname: options.hostname ?? id, rootfs, workdir: options.workdir ?? '/', command, env })
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -54,10 +66,12 @@ function child(container: Container): void {
   // If the parent dies (even by SIGKILL), the kernel kills us too.
   prctl(PR_SET_PDEATHSIG, SIGKILL)
   // Our own UTS namespace: this hostname is seen only in here.
-  sethostname(container.id)
+  sethostname(container.hostname)
   // From now on `/` is the image. chdir too: chroot leaves the cwd outside.
   chroot(container.rootfs)
   chdir('/')
+  // -w: where the command starts (default /). It must be in the image: no overlay yet to make it in.
+  enterWorkdir(container.workdir)
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))
 }

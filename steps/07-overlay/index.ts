@@ -7,8 +7,7 @@
 // upper dir only, so a container costs kilobytes, not a copy of the image.
 // The directory is removed when the container ends, unless --keep is given.
 //
-// Usage: npx tsx steps/07-overlay run [--image NAME|DIR] [--keep] [--pids-limit N|max]
-//          [--memory SIZE] [--cpus N] [--cpu-shares N] <command> [args...]
+// Usage: npx tsx steps/07-overlay run [options] <command> [args...]   (--help lists the options)
 
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { hostname } from 'node:os'
@@ -25,10 +24,11 @@ import {
 } from '../../shared/mounts.ts'
 import { CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
 import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
-import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { chdir, containerEnv, enterWorkdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { openContainerTerminal, TerminalRelay } from '../../shared/terminal.ts'
 import { sethostname } from '../../shared/uts.ts'
+import { bindVolumes, type Volume } from '../../shared/volumes.ts'
 
 const usage = `
 Usage: npx tsx steps/07-overlay run [options] <command> [args...]
@@ -38,19 +38,28 @@ copy-on-write overlay of an image (pivot_root), with /proc, /sys and a
 minimal /dev, in its own cgroup.
 
 Options:
-  --image NAME|DIR    image name (see npm run rootfs) or a root filesystem directory
+  -h, --hostname NAME  the container's hostname (default: its id)
+  --image NAME|DIR  image name (see npm run rootfs) or a root filesystem directory
+  -w, --workdir DIR  the command's working directory (default: /)
+  -v, --volume HOST:CTR[:ro]  bind HOST, a path on this host, at CTR (:ro: read-only); repeatable
   --keep              keep the container's directory (its changes) after it ends
-  --pids-limit N|max  most processes at once (default: ${DEFAULT_PIDS_LIMIT}; max: no limit)
+  --pids-limit N|max|-1  most processes at once (default: ${DEFAULT_PIDS_LIMIT}; max or -1: no limit)
   -m, --memory SIZE   memory limit, e.g. 100M or 1G; beyond it the OOM killer acts
   --cpus N            CPU time, in CPUs, e.g. 0.5
   -c, --cpu-shares N  CPU weight relative to others (default 1024)
-  -e KEY[=VALUE]      set a variable for the command (KEY alone: the host's value)
+
+Examples:
+  npx tsx steps/07-overlay run sh -c 'touch /new; ls /'
+  npx tsx steps/07-overlay run --keep -w /work sh
 `
 
 /** What the parent hands to the child. */
 interface Container {
   id: string
+  hostname: string // -h, or the id
   rootfs: string
+  workdir: string // -w, or /
+  volumes: Volume[] // -v HOST:CTR[:ro]
   command: string[]
   env: string[] // -e KEY=VALUE
   dir: string // <state dir>/containers/<id>: upper/, work/, merged/
@@ -58,8 +67,11 @@ interface Container {
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
-  const { options, command, env } = parseRunArgs(argv, {
+  const { options, command, env, volumes } = parseRunArgs(argv, {
+    hostname: { type: 'string', short: 'h' },
     image: { type: 'string' },
+    workdir: { type: 'string', short: 'w' },
+    volume: { type: 'string', short: 'v', multiple: true },
     keep: { type: 'boolean' },
     'pids-limit': { type: 'string' },
     memory: { type: 'string', short: 'm' },
@@ -69,7 +81,8 @@ async function main(argv: string[]): Promise<void> {
   const limits = limitsFromOptions(options)
   requireRoot()
   const rootfs = await ensureImage(options.image)
-  await run({ id: newContainerId(), rootfs, command, env }, limits, options.keep)
+  const id = newContainerId()
+  await run({ id, hostname: options.hostname ?? id, rootfs, workdir: options.workdir ?? '/', volumes, command, env }, limits, options.keep)
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -118,7 +131,7 @@ function child(container: Container): void {
   // we do, and the command, is limited.
   waitForParent()
   // Our own UTS namespace: this hostname is seen only in here.
-  sethostname(container.id)
+  sethostname(container.hostname)
   // The host's / is usually a shared mount (`findmnt -o TARGET,PROPAGATION /`):
   // anything mounted under it would show up on the host too. MS_REC: all of
   // the tree, or mounts such as /dev/pts would still leak.
@@ -128,7 +141,7 @@ function child(container: Container): void {
   // space (on upperdir's filesystem), and merged shows the two as one tree.
   const { upper, work, merged } = overlayDirs(container.dir)
   mount('overlay', merged, 'overlay', 0, `lowerdir=${container.rootfs},upperdir=${upper},workdir=${work}`)
-  pivotInto(merged)
+  pivotInto(merged, container.volumes)
   // A proc filesystem shows the PID namespace of the process that mounts it.
   mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
   // sysfs read-only: the container may read the kernel's view of devices and settings, not change it.
@@ -144,15 +157,20 @@ function child(container: Container): void {
   // from our devpts, the command's controlling terminal and fds 0-2, so that
   // nothing in here holds the host's (shared/terminal.ts).
   openContainerTerminal()
+  // -w: where the command starts (default /), made if missing: in our upper dir, not in the image.
+  enterWorkdir(container.workdir, { create: true })
   // The command's environment is only what exec hands it: nothing of the host's.
   execCommand(container.command, containerEnv(hostname(), container.env))
 }
 
 // Make `rootfs` the root of this mount namespace, with no way back to the host's.
-function pivotInto(rootfs: string): void {
+function pivotInto(rootfs: string, volumes: Volume[]): void {
   // pivot_root needs the new root to be a mount point: bind it onto itself.
   // Not MS_REC: whatever the host has mounted inside the image stays out.
   mount(rootfs, rootfs, null, MS_BIND)
+  // -v: each volume bound in now, inside the new root, while the host's paths are in view;
+  // a missing target is made, in our upper dir.
+  bindVolumes(rootfs, volumes, { create: true })
   chdir(rootfs)
   // "." for both: the old root ends up stacked on top of the new one, at /,
   // and needs no directory in the image (see pivot_root(2), NOTES).

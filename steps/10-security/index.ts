@@ -10,9 +10,7 @@
 // system calls containers have no business making (policy.ts says why).
 // With no_new_privs off, the filter goes in before the capabilities do.
 //
-// Usage: npx tsx steps/10-security run [--image NAME|DIR] [--keep] [--pids-limit N|max]
-//          [--memory SIZE] [--cpus N] [--cpu-shares N] [--cap-add CAP] [--cap-drop CAP]
-//          [--security-opt seccomp=unconfined|no-new-privileges=false] <command> [args...]
+// Usage: npx tsx steps/10-security run [options] <command> [args...]   (--help lists the options)
 
 import { chownSync, existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs'
 import { hostname } from 'node:os'
@@ -33,7 +31,7 @@ import {
 import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS } from '../../shared/namespaces.ts'
 import { allocateNetwork, BRIDGE, ip, ipAsync, releaseNetwork, type Network } from '../../shared/net.ts'
 import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
-import { chdir, containerEnv, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
+import { chdir, containerEnv, enterWorkdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
 import { PR_SET_NO_NEW_PRIVS, seccomp, seccompFilter } from '../../shared/seccomp.ts'
 import { rootless } from '../../shared/settings.ts'
@@ -43,6 +41,7 @@ import {
   signalContainer, writeIdMaps,
 } from '../../shared/userns.ts'
 import { sethostname } from '../../shared/uts.ts'
+import { bindVolumes, type Volume } from '../../shared/volumes.ts'
 import { BLOCKED_CALLS, DEFAULT_CAPABILITIES, MASKED_PATHS, READONLY_PATHS } from './policy.ts'
 
 const usage = `
@@ -56,22 +55,31 @@ as root of a new user namespace: host uid 100000, or yours without sudo
 Docker's 14 capabilities, no_new_privs and a seccomp filter.
 
 Options:
-  --image NAME|DIR    image name (see npm run rootfs) or a root filesystem directory
+  -h, --hostname NAME  the container's hostname (default: its id)
+  --image NAME|DIR  image name (see npm run rootfs) or a root filesystem directory
+  -w, --workdir DIR  the command's working directory (default: /)
+  -v, --volume HOST:CTR[:ro]  bind HOST, a path on this host, at CTR (:ro: read-only); repeatable
   --keep              keep the container's directory (its changes) after it ends
-  --pids-limit N|max  most processes at once (default: ${DEFAULT_PIDS_LIMIT}; max: no limit)
+  --pids-limit N|max|-1  most processes at once (default: ${DEFAULT_PIDS_LIMIT}; max or -1: no limit)
   -m, --memory SIZE   memory limit, e.g. 100M or 1G; beyond it the OOM killer acts
   --cpus N            CPU time, in CPUs, e.g. 0.5
   -c, --cpu-shares N  CPU weight relative to others (default 1024)
-  -e KEY[=VALUE]      set a variable for the command (KEY alone: the host's value)
   --cap-add CAP       keep a capability besides Docker's 14 (e.g. NET_ADMIN; ALL: every one)
   --cap-drop CAP      drop one of them (ALL: every one)
   --security-opt OPT  seccomp=unconfined: no filter; no-new-privileges=false: allow gaining privileges
+
+Examples:
+  npx tsx steps/10-security run grep Cap /proc/self/status
+  npx tsx steps/10-security run --cap-add NET_ADMIN ip link add dummy0 type dummy
 `
 
 /** What the parent hands to the child. */
 interface Container {
   id: string
+  hostname: string // -h, or the id
   rootfs: string
+  workdir: string // -w, or /
+  volumes: Volume[] // -v HOST:CTR[:ro]
   command: string[]
   env: string[] // -e KEY=VALUE
   dir: string // <state dir>/containers/<id>: upper/, work/, merged/
@@ -83,8 +91,11 @@ interface Container {
 
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'child') return child(JSON.parse(argv[1]) as Container)
-  const { options, command, env } = parseRunArgs(argv, {
+  const { options, command, env, volumes } = parseRunArgs(argv, {
+    hostname: { type: 'string', short: 'h' },
     image: { type: 'string' },
+    workdir: { type: 'string', short: 'w' },
+    volume: { type: 'string', short: 'v', multiple: true },
     keep: { type: 'boolean' },
     'pids-limit': { type: 'string' },
     memory: { type: 'string', short: 'm' },
@@ -100,7 +111,8 @@ async function main(argv: string[]): Promise<void> {
   // No sudo: run by a user, the step is rootless, if the host lets users make user namespaces.
   requireUserns()
   const rootfs = await ensureImage(options.image)
-  await run({ id: newContainerId(), rootfs, command, env, rootless, ...security }, limits, options.keep)
+  const id = newContainerId()
+  await run({ id, hostname: options.hostname ?? id, rootfs, workdir: options.workdir ?? '/', volumes, command, env, rootless, ...security }, limits, options.keep)
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -184,7 +196,7 @@ function child(container: Container): void {
   // the credentials: changing them clears it; until then the pipe stops us.
   prctl(PR_SET_PDEATHSIG, SIGKILL)
   // Our own UTS namespace: this hostname is seen only in here.
-  sethostname(container.id)
+  sethostname(container.hostname)
   // eth0 is here now, and the parent told us its address: loopback and eth0
   // up, the address on eth0, the default route through the bridge. Before
   // pivot_root: `ip` is the host's program, not the image's.
@@ -213,11 +225,13 @@ function child(container: Container): void {
   // namespace of whoever mounts it, so the container sees only its own.
   mkdirSync(join(merged, 'dev/mqueue'))
   mount('mqueue', join(merged, 'dev/mqueue'), 'mqueue', MS_NOSUID | MS_NODEV | MS_NOEXEC)
-  pivotInto(merged)
+  pivotInto(merged, container.volumes)
   // A terminal of the container's own, if the parent has one to relay: a pty
   // from our devpts, the command's controlling terminal and fds 0-2, so that
   // nothing in here holds the host's (shared/terminal.ts).
   openContainerTerminal()
+  // -w: where the command starts (default /), made if missing: in our upper dir, not in the image.
+  enterWorkdir(container.workdir, { create: true })
   // Parts of /proc and /sys that read or change the host's kernel, not the
   // container's: hidden, or read-only. Now, while we may still mount.
   for (const path of MASKED_PATHS) maskPath(path)
@@ -248,10 +262,13 @@ function child(container: Container): void {
 }
 
 // Make `rootfs` the root of this mount namespace, with no way back to the host's.
-function pivotInto(rootfs: string): void {
+function pivotInto(rootfs: string, volumes: Volume[]): void {
   // pivot_root needs the new root to be a mount point: bind it onto itself.
   // MS_REC: /proc, /sys and /dev come along; the overlay is ours, so nothing of the host's is under it.
   mount(rootfs, rootfs, null, MS_BIND | MS_REC)
+  // -v: each volume bound in now, inside the new root, while the host's paths are in view;
+  // a missing target is made, in our upper dir.
+  bindVolumes(rootfs, volumes, { create: true })
   chdir(rootfs)
   // "." for both: the old root ends up stacked on top of the new one, at /,
   // and needs no directory in the image (see pivot_root(2), NOTES).
