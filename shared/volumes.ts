@@ -38,7 +38,7 @@ export function bindVolumes(root: string, volumes: Volume[], { create = false } 
       try {
         bindVolume(rootFd, volume, create)
       } catch (err) {
-        if (err instanceof UsageError) throw err
+        // One line that names the -v, whatever said no.
         throw new UsageError(`-v ${volumeSpec(volume)}: ${(err as Error).message}`)
       }
     }
@@ -81,7 +81,7 @@ function openInRoot(rootFd: number, volume: Volume): number {
     return openat2(rootFd, volume.target, O_PATH | O_CLOEXEC, RESOLVE_IN_ROOT)
   } catch (err) {
     if (!(err instanceof SyscallError && err.code === 'ENOENT')) throw err
-    throw new UsageError(`-v ${volumeSpec(volume)}: \`${volume.target}\` is not in the image, and this step has no overlay to make it in (it would change the image every container shares): bind onto a directory that exists, such as /mnt`)
+    throw new UsageError(`\`${volume.target}\` is not in the image, and this step has no overlay to make it in (it would change the image every container shares): bind onto a directory that exists, such as /mnt`)
   }
 }
 
@@ -104,5 +104,11 @@ function makeInRoot(rootFd: number, path: string, directory: boolean): number {
   } finally {
     closeSync(parent)
   }
-  return openat2(rootFd, path, O_PATH | O_CLOEXEC, RESOLVE_IN_ROOT)
+  try {
+    return openat2(rootFd, path, O_PATH | O_CLOEXEC, RESOLVE_IN_ROOT)
+  } catch (err) {
+    // There, yet not found: a symlink to a path the image does not have. Not followed to make it.
+    if (!(err instanceof SyscallError && err.code === 'ENOENT')) throw err
+    throw new UsageError(`\`${path}\` is a symlink to a path that is not in the image: bind onto the path it points to, inside the container`)
+  }
 }
