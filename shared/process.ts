@@ -34,7 +34,7 @@ export function enterWorkdir(dir: string, { create = false } = {}): void {
     chdir(dir)
   } catch (err) {
     if (!(err instanceof SyscallError && (err.code === 'ENOENT' || err.code === 'ENOTDIR'))) throw err
-    throw new UsageError(`-w ${dir}: no such directory in the image${create ? '' : ', and this step has no overlay to make it in (it would change the image every container shares)'}`)
+    throw new UsageError(`--workdir \`${dir}\`: no such directory in the image${create ? '' : ', and this step has no overlay to make it in (it would change the image every container shares)'}`)
   }
 }
 

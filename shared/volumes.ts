@@ -39,7 +39,7 @@ export function bindVolumes(root: string, volumes: Volume[], { create = false } 
         bindVolume(rootFd, volume, create)
       } catch (err) {
         // One line that names the -v, whatever said no.
-        throw new UsageError(`-v ${volumeSpec(volume)}: ${(err as Error).message}`)
+        throw new UsageError(`--volume \`${volumeSpec(volume)}\`: ${(err as Error).message}`)
       }
     }
   } finally {

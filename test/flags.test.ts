@@ -154,7 +154,7 @@ t.test('a symlink in the image that points out of it: the volume lands inside th
   for (const step of steps) {
     const refused = await runStep(step, ['--image', image, '-v', `${source}:/escape`, 'sh', '-c', script])
     t.equal(refused.exitCode, 125, `${step}: with no such path in the image, refused: exit 125`, { ran: refused.ran, stderr: refused.stderr })
-    t.match(refused.stderr, /^cfs: -v \S+: `\/escape` is [^\n]*\n$/, `${step}: …in one line`, { ran: refused.ran })
+    t.match(refused.stderr, /^cfs: --volume `\S+`: `\/escape` is [^\n]*\n$/, `${step}: …in one line`, { ran: refused.ran })
   }
   // Now the image has that path itself: the bind goes there, inside the root.
   mkdirSync(join(image, hostTarget), { recursive: true })
