@@ -2,8 +2,8 @@
 //
 // Goal: give the container its own hostname. The parent re-runs itself as
 // `child` in a new UTS namespace (CLONE_NEWUTS); the child sets the hostname
-// to the container's id, as Docker does, and then becomes the command.
-// Changing the hostname inside no longer changes the host's.
+// to -h's name, or to the container's id as Docker does, and then becomes
+// the command. Changing the hostname inside no longer changes the host's.
 //
 // Usage: npx tsx exercises/02-uts run [options] <command> [args...]   (--help lists the options)
 //
@@ -22,7 +22,8 @@ import { refuseHostNamespace } from '../guard.ts'
 const usage = `
 Usage: npx tsx exercises/02-uts run [options] <command> [args...]
 
-Run <command> in a new UTS namespace, with the container's id as hostname.
+Run <command> in a new UTS namespace, with a hostname of its own: -h's, or
+the container's id.
 
 Options:
   -h, --hostname NAME  the container's hostname (default: its id)
