@@ -14,6 +14,7 @@ import { allocateNetwork, BRIDGE, releaseNetwork, vethName } from '../shared/net
 import { listDir, readText } from '../scripts/lib/files.ts'
 import { cmdline, descendants, findProcesses } from '../scripts/lib/procfs.ts'
 import { waitFor } from '../scripts/lib/wait.ts'
+import { readMountInfo } from '../shared/mounts.ts'
 import { ensureImage } from '../shared/rootfs.ts'
 import { containersDir, repoDir, stateDir } from '../shared/settings.ts'
 import { readStates } from '../shared/state.ts'
@@ -34,6 +35,7 @@ interface Case {
   env?: NodeJS.ProcessEnv
   asNobody?: boolean
   makesContainer?: boolean // it gets as far as a container id (from step 02 on): the leftover check has ids to look for
+  mounts?: boolean // a -v: the host's mount table must be the same after it
 }
 
 interface Result {
@@ -94,6 +96,8 @@ async function leftBy(result: Result, before: Set<string>): Promise<string[]> {
 
 
 const leasesDir = join(stateDir, 'net', 'leases')
+// The host's mount table, one line per mount: what a -v case must leave as it was.
+const hostMounts = () => readMountInfo().map((m) => `${m.mountPoint} <- ${m.source}:${m.root} (${m.fstype})`).sort()
 const snapshot = () => new Set(findLeftovers().map((l) => `${l.kind}: ${l.name}`))
 
 t.test('bad input: one line, the documented exit code, nothing left', rootOnly(), async (t) => {
@@ -112,7 +116,7 @@ t.test('bad input: one line, the documented exit code, nothing left', rootOnly()
     { name: 'not executable', steps: ALL, args: ['/etc/passwd'], exitCode: 126, stderr: /\/etc\/passwd: permission denied/, makesContainer: true },
     { name: '--memory abc', steps: from('06-cgroups'), args: ['--memory', 'abc', 'true'], exitCode: 125, stderr: /--memory `abc`: expected a size/ },
     { name: '--memory 0', steps: from('06-cgroups'), args: ['--memory', '0', 'true'], exitCode: 125, stderr: /--memory `0`: the smallest limit is 6M/ },
-    { name: '--pids-limit -1', steps: from('06-cgroups'), args: ['--pids-limit', '-1', 'true'], exitCode: 125, stderr: /--pids-limit `-1`: expected a whole number/ },
+    { name: '--pids-limit -2', steps: from('06-cgroups'), args: ['--pids-limit', '-2', 'true'], exitCode: 125, stderr: /--pids-limit `-2`: expected a whole number/ },
     { name: 'missing image', steps: from('03-chroot'), args: ['--image', 'nope', 'true'], exitCode: 125, stderr: /no image `nope`/ },
     { name: 'corrupt image (no /bin/sh)', steps: from('03-chroot'), args: ['--image', corrupt, 'true'], exitCode: 125, stderr: /looks broken \(no \/bin\/sh\)/ },
     {
@@ -122,6 +126,21 @@ t.test('bad input: one line, the documented exit code, nothing left', rootOnly()
     { name: '--cap-add BOGUS', steps: from('10-security'), args: ['--cap-add', 'BOGUS', 'true'], exitCode: 125, stderr: /--cap-add BOGUS: no such capability/ },
     { name: '--security-opt label=x', steps: from('10-security'), args: ['--security-opt', 'label=x', 'true'], exitCode: 125, stderr: /--security-opt label=x: expected seccomp=unconfined/ },
     { name: 'not root', steps: needRoot, args: ['true'], asNobody: true, exitCode: 125, stderr: /needs root/ },
+    { name: '-h at 01 (no --hostname there)', steps: ['01-exec'], args: ['-h', 'box', 'true'], exitCode: 125, stderr: /Unknown option '-h'/ },
+    { name: '--hostname no_underscore', steps: from('02-uts'), args: ['--hostname', 'no_underscore', 'true'], exitCode: 125, stderr: /--hostname `no_underscore`: expected letters, digits/ },
+    { name: '-h of 65 characters', steps: ['02-uts', '10-security'], args: ['-h', 'a'.repeat(65), 'true'], exitCode: 125, stderr: /at most 64 characters/ },
+    { name: 'relative -w', steps: from('03-chroot'), args: ['-w', 'tmp', 'true'], exitCode: 125, stderr: /--workdir `tmp`: expected an absolute path/ },
+    { name: '-w missing in the image, no overlay', steps: ['03-chroot', '04-pid-proc', '05-mount-ns', '06-cgroups'], args: ['-w', '/no-such-dir', 'true'], exitCode: 125, stderr: /--workdir `\/no-such-dir`: no such directory in the image, and this step has no overlay/, makesContainer: true },
+    { name: '-v without a container path', steps: from('05-mount-ns'), args: ['-v', scratch, 'true'], exitCode: 125, stderr: /--volume `[^`]+`: expected HOST:CONTAINER/, mounts: true },
+    { name: '-v with a bad mode', steps: from('05-mount-ns'), args: ['-v', `${scratch}:/mnt:rx`, 'true'], exitCode: 125, stderr: /expected HOST:CONTAINER, or HOST:CONTAINER:ro/, mounts: true },
+    { name: '-v relative host path', steps: from('05-mount-ns'), args: ['-v', 'data:/mnt', 'true'], exitCode: 125, stderr: /the host path `data` must be absolute/, mounts: true },
+    { name: '-v missing host path', steps: from('05-mount-ns'), args: ['-v', `${scratch}/no-such:/mnt`, 'true'], exitCode: 125, stderr: /`[^`]+\/no-such` does not exist on this host/, mounts: true },
+    { name: '-v relative container path', steps: from('05-mount-ns'), args: ['-v', `${scratch}:mnt`, 'true'], exitCode: 125, stderr: /the container path `mnt` must be absolute/, mounts: true },
+    { name: '-v onto /', steps: from('05-mount-ns'), args: ['-v', `${scratch}:/`, 'true'], exitCode: 125, stderr: /the container path cannot be \//, mounts: true },
+    {
+      name: '-v target missing in the image, no overlay', steps: ['05-mount-ns', '06-cgroups'], args: ['-v', `${scratch}:/no-such-target`, 'true'],
+      exitCode: 125, stderr: /--volume `[^:]+:\/no-such-target`: `\/no-such-target` is not in the image, and this step has no overlay/, makesContainer: true, mounts: true,
+    },
     { name: '--name no/slash', steps: ALL, args: ['--name', 'no/slash', 'true'], exitCode: 125, stderr: /--name `no\/slash`: expected letters, digits/ },
   ]
 
@@ -129,6 +148,7 @@ t.test('bad input: one line, the documented exit code, nothing left', rootOnly()
   for (const c of cases) {
     for (const step of c.steps) {
       const before = snapshot()
+      const mountsBefore = c.mounts ? hostMounts() : []
       const result = await runStep(step, c.args, c)
       const { exitCode, stderr } = result
       const lines = stderr.trim().split('\n')
@@ -141,8 +161,17 @@ t.test('bad input: one line, the documented exit code, nothing left', rootOnly()
       t.match(stderr, c.stderr, `${what}: it says ${c.stderr}`, { ran })
       if (c.makesContainer && step !== '01-exec') t.ok(result.ids.length > 0, `${what}: the test saw the run's container id`, { ran })
       t.same(left, [], `${what}: nothing left behind`, { ran })
+      if (c.mounts) t.same(hostMounts(), mountsBefore, `${what}: the host's /proc/self/mountinfo is as it was`, { ran })
       rows.push([c.name, step, `${c.exitCode}`, `${exitCode}`, lines.join(' / ')])
     }
+  }
+
+  // Docker's "unlimited": accepted, and the container runs.
+  for (const step of from('06-cgroups')) {
+    const result = await runStep(step, ['--pids-limit', '-1', 'true'])
+    t.equal(result.exitCode, 0, `--pids-limit -1 at ${step}: accepted as no limit, exit 0`, { ran: shown(step, ['--pids-limit', '-1', 'true']), stderr: result.stderr })
+    t.equal(result.stderr, '', `--pids-limit -1 at ${step}: nothing on stderr`)
+    rows.push(['--pids-limit -1', step, '0', String(result.exitCode), result.stderr.trim()])
   }
 
   // Name clash: a running container (step 01, sleeping) has the name first.
