@@ -9,7 +9,7 @@
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
 import { chownSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import { findLeftovers, leftoversOf } from '../scripts/lib/clean.ts'
 import { nsPids } from '../scripts/lib/procfs.ts'
 import { findStepProcess } from '../scripts/lib/verify.ts'
@@ -65,7 +65,7 @@ t.teardown(killMarked)
 t.test('a running container of step 08: its step, name, PID 1, cgroup and address, then gone', rootOnly(), async (t) => {
   const mark = marker()
   const name = `ps-test-${process.pid}`
-  const c = await start('08-net', ['--name', name, 'sleep', mark], mark)
+  const c = await start('08-net', ['--name', name, '-h', 'ps-box', '-w', '/tmp', '-v', `${repoDir}:/mnt:ro`, 'sleep', mark], mark)
   const row = (await ps()).find((r) => r.name === name)
   t.ok(row, `ps lists the container named ${name}`)
   if (!row) return stopGroup(c.child, 'SIGKILL')
@@ -82,6 +82,9 @@ t.test('a running container of step 08: its step, name, PID 1, cgroup and addres
   t.equal(row.address, liveLeases().find((l) => l.id === row.id)?.address, '…and the one its lease holds')
   t.notMatch(readFileSync(`/proc/${c.sleep}/environ`, 'utf8'), name, 'the name stays with the parent: the command\'s environment has none of it')
   t.equal(row.user, 'root', 'root ran it')
+  const state = JSON.parse(readFileSync(row.stateFile, 'utf8'))
+  t.same([state.hostname, state.workdir, state.volumes], ['ps-box', '/tmp', [{ source: resolve(repoDir), target: '/mnt', readonly: true }]],
+    'its state file has the Container\'s hostname, workdir and volumes, for npm run exec')
   const asNobody = (await ps([], { asUser: 65534, env: { HOME: '/nonexistent' } })).find((r) => r.id === row.id)
   t.same(asNobody && [asNobody.pid, asNobody.cgroup, asNobody.address], [row.pid, row.cgroup, row.address], 'a user without sudo sees root\'s container too, the same')
   const table = await runTool('scripts/ps.ts')
