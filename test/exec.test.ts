@@ -64,7 +64,7 @@ async function idOf(c: Started, env: NodeJS.ProcessEnv = {}, user?: number, name
 t.test('step 08: the command is in every namespace and the cgroup of the container, not PID 1, with its environment', rootOnly(), async (t) => {
   const mark = marker()
   const name = `exec-test-${process.pid}`
-  const c = await start('08-net', ['--name', name, 'sh', '-c', `sleep ${mark}; :`], mark)
+  const c = await start('08-net', ['--name', name, '-w', '/tmp', 'sh', '-c', `sleep ${mark}; :`], mark)
   const id = await idOf(c, {}, undefined, name)
   const pid1 = findProcesses((argv) => argv[0] === 'sh' && argv.includes(`sleep ${mark}; :`))[0]
   const inside = await runTool('scripts/exec.ts', ['-e', 'GREETING=hi', name, 'sh', '-c', `${facts}; echo "env $GREETING"; env | sort | sed "s/^/var /"`], { CFS_SECRET_TEST: 'host only' })
@@ -78,7 +78,7 @@ t.test('step 08: the command is in every namespace and the cgroup of the contain
   t.ok(got.pid > 1, `it is not PID 1 (it is ${got.pid})`)
   t.equal(got.ppid, 0, 'its parent, the helper, is outside the container\'s PID namespace (PPID 0), as with docker exec')
   t.equal(got.host, id, 'the hostname is the container\'s')
-  t.equal(got.cwd, '/', 'its working directory is the container\'s /')
+  t.equal(got.cwd, '/tmp', 'its working directory is the container\'s own, its -w')
   t.match(inside.stdout, /^env hi$/m, '-e sets a variable')
   t.match(inside.stdout, new RegExp(`^var HOSTNAME=${id}$`, 'm'), 'HOSTNAME is the container\'s')
   t.notMatch(inside.stdout, /CFS_SECRET_TEST/, 'nothing of the host\'s environment gets in')
