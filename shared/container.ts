@@ -83,7 +83,7 @@ export function waitForExit(child: ChildProcess, terminal?: TerminalRelay): Prom
   }
   for (const signal of STOP_SIGNALS) process.on(signal, forward)
   if (stopRequested) forward(stopRequested)
-  const relayed = terminal?.relay()
+  const relayed = terminal?.relay(child)
   relayed?.catch(() => {}) // reported at the exit, below
   return new Promise((resolve, reject) => {
     child.on('error', reject)

@@ -19,7 +19,8 @@
 // relayTerminal; the steps use TerminalRelay (parent) and
 // openContainerTerminal (child).
 
-import type { StdioOptions } from 'node:child_process'
+import type { ChildProcess, StdioOptions } from 'node:child_process'
+import type { Readable, Writable } from 'node:stream'
 import { ReadStream } from 'node:tty'
 import { addressOf, check, raw } from './libc.ts'
 import { SyscallError } from './errors.ts'
@@ -190,8 +191,12 @@ export function shutdown(socket: number): void {
  * its output is all written; our terminal is back as it was then, and at
  * exit whatever happens (Node's own reset of stdio at exit too). The
  * master is closed at the end.
+ *
+ * `stop`, if given: once it settles, the relay also ends after 100 ms
+ * without output, though a slave is still open (`npm run exec`: its command
+ * has ended, and a job it left in the background keeps the terminal).
  */
-export function relayTerminal(master: number): Promise<void> {
+export function relayTerminal(master: number, stop?: Promise<unknown>): Promise<void> {
   const { stdin, stdout } = process
   const pty = new ReadStream(master) // a net.Socket on the fd: it writes too
   const rawMode = stdin.isTTY === true
@@ -207,7 +212,9 @@ export function relayTerminal(master: number): Promise<void> {
   process.on('SIGWINCH', resize)
   const input = (chunk: Buffer) => pty.write(chunk)
   stdin.on('data', input)
+  const quiet = quietAfter(stop)
   pty.on('data', (chunk: Buffer) => {
+    quiet.heard()
     if (!stdout.write(chunk)) {
       pty.pause()
       stdout.once('drain', () => pty.resume())
@@ -218,6 +225,7 @@ export function relayTerminal(master: number): Promise<void> {
     const end = (err?: Error) => {
       if (ended) return
       ended = true
+      quiet.cancel()
       stdin.off('data', input)
       stdin.pause()
       process.off('SIGWINCH', resize)
@@ -229,7 +237,64 @@ export function relayTerminal(master: number): Promise<void> {
     // EIO: the last slave fd closed, all that was written read. The normal end.
     pty.on('error', (err: NodeJS.ErrnoException) => end(err.code === 'EIO' ? undefined : err))
     pty.on('end', () => end())
+    quiet.settled.then(() => end())
   })
+}
+
+/**
+ * The parent's side when only some of fds 0-2 are our terminal (`run sh >
+ * out`: stdin and stderr; `echo x | run sh`: stdout and stderr): the child
+ * got a pipe for each of those (TerminalRelay.stdio), and we copy between
+ * them and our own, as Docker's `-i` without `-t` does. Our terminal stays
+ * as it is (cooked: the kernel's line editing, Ctrl-C a SIGINT for our
+ * process group). Settles once the child has exited and the outputs have
+ * closed (every holder gone: from step 05 the PID namespace sees to it),
+ * or, with `stop`, 100 ms without output after it (see relayTerminal).
+ */
+export async function relayPipes(child: ChildProcess, fds: number[], stop?: Promise<unknown>): Promise<void> {
+  const input = fds.includes(0) ? (child.stdin as Writable) : undefined
+  if (input) {
+    input.on('error', () => {}) // EPIPE: nothing in there reads any more
+    process.stdin.pipe(input)
+  }
+  const quiet = quietAfter(stop)
+  const outputs = ([[1, process.stdout], [2, process.stderr]] as const).filter(([fd]) => fds.includes(fd)).map(([fd, to]) => {
+    const from = child.stdio[fd] as Readable
+    from.on('data', () => quiet.heard())
+    from.pipe(to, { end: false })
+    return new Promise<void>((resolve) => from.once('close', resolve))
+  })
+  const exited = child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  await Promise.race([Promise.all([exited, ...outputs]), quiet.settled])
+  quiet.cancel()
+  if (input) {
+    process.stdin.unpipe(input)
+    process.stdin.pause() // or our pending read of the terminal keeps Node alive
+    input.destroy()
+  }
+  for (const fd of [1, 2]) if (fds.includes(fd)) (child.stdio[fd] as Readable).destroy()
+}
+
+// Settles once `stop` has and then 100 ms pass without a call to heard(); never without a `stop`.
+function quietAfter(stop?: Promise<unknown>) {
+  let timer: NodeJS.Timeout | undefined
+  let stopped = false
+  let done = () => {}
+  const settled = new Promise<void>((resolve) => (done = resolve))
+  const heard = () => {
+    if (!stopped) return
+    clearTimeout(timer)
+    timer = setTimeout(done, 100)
+  }
+  const cancel = () => {
+    stopped = false
+    clearTimeout(timer)
+  }
+  stop?.then(() => {
+    stopped = true
+    heard()
+  }, () => {})
+  return { settled, heard, cancel }
 }
 
 /**
@@ -241,15 +306,25 @@ export function relayTerminal(master: number): Promise<void> {
  * Why SCM_RIGHTS, not pidfd_getfd(2): the child sends and goes on without
  * waiting for us, which fits step 05, where nothing else passes between
  * the two; and it needs no ptrace rights over the child, which Yama or a
- * rootless step 09 might not give. Without a terminal, nothing: the child
- * gets our stdin, stdout and stderr as they are.
+ * rootless step 09 might not give. With only part of one (a redirection),
+ * pipes for that part; with none at all, nothing: the child gets our
+ * stdin, stdout and stderr as they are.
  */
 export class TerminalRelay {
   private sockets?: [ours: number, childs: number]
   private received?: Promise<number | undefined>
+  /** Which of fds 0-2 are our terminal, when we have no whole terminal to give (see the constructor). */
+  private piped: number[] = []
 
   constructor() {
-    if (!hasTerminal()) return
+    if (!hasTerminal()) {
+      // Some of 0-2 may still be our terminal (`run sh > out`): with the
+      // terminal itself the command could push keystrokes into it
+      // (TIOCSTI) as well as with a pty of its own; it gets pipes for
+      // those instead, and we copy (relayPipes).
+      this.piped = [0, 1, 2].filter(isatty)
+      return
+    }
     const sockets = (this.sockets = socketpair())
     this.received = receiveFd(sockets[0])
     // A child that died before sending closes its end, and receiveFd ends;
@@ -258,27 +333,40 @@ export class TerminalRelay {
     process.once('exit', () => shutdown(sockets[0]))
   }
 
-  /** The child's stdio: `base`, plus the child's end of the socket as TERMINAL_FD if there is a terminal. */
+  /** Whether the child is to open a pty of the container's and send its master (openContainerTerminal). */
+  get pty(): boolean {
+    return this.sockets !== undefined
+  }
+
+  /**
+   * The child's stdio: `base`, with a pipe for each of fds 0-2 that is our
+   * terminal without a pty, or with the child's end of the socket as
+   * TERMINAL_FD with one.
+   */
   stdio(base: StdioOptions = 'inherit'): StdioOptions {
-    if (!this.sockets) return base
+    if (!this.sockets && this.piped.length === 0) return base
     const list = typeof base === 'string' ? [base, base, base] : [...base]
+    for (const fd of this.piped) list[fd] = 'pipe'
+    if (!this.sockets) return list
     while (list.length < TERMINAL_FD) list.push('ignore')
     list[TERMINAL_FD] = this.sockets[1]
     return list
   }
 
   /**
-   * Once the child has started: close our copy of its end (so that its
-   * death ends receiveFd), and relay when the master comes. Settles once
-   * the container's output is all written and our terminal restored, or at
-   * once without a terminal or if no master came.
+   * Once the child has started: relay its pipes, or close our copy of its
+   * end of the socket (so that its death ends receiveFd) and relay the pty
+   * when its master comes. Settles once the container's output is all
+   * written and our terminal restored, or at once if there is nothing to
+   * relay. `stop`: see relayTerminal.
    */
-  async relay(): Promise<void> {
+  async relay(child: ChildProcess, stop?: Promise<unknown>): Promise<void> {
+    if (this.piped.length) return relayPipes(child, this.piped, stop)
     if (!this.sockets) return
     close(this.sockets[1])
     const master = await this.received
     close(this.sockets[0])
-    if (master !== undefined) await relayTerminal(master)
+    if (master !== undefined) await relayTerminal(master, stop)
   }
 }
 

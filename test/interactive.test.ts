@@ -271,6 +271,40 @@ t.test('npm run exec into step 10, from a second terminal: a terminal of the con
   first.type('exit')
 })
 
+// A terminal on stdin but not on stdout (`run sh > out`): no pty, and the
+// terminal itself is not handed in either (TIOCSTI works on any fd of it):
+// pipes for the fds that were the terminal, copied by the step.
+t.test('steps/05-mount-ns with its output redirected: pipes, not the learner\'s terminal', rootOnly(), async (t) => {
+  const pane = newPane(t, '05-mount-ns', undefined, 'redirect')
+  const out = join(tmpdir(), `cfs-redirect-${process.pid}`)
+  t.teardown(() => rmSync(out, { force: true }))
+  pane.type(`node_modules/.bin/tsx steps/05-mount-ns run sh -c 'readlink /proc/self/fd/0; readlink /proc/self/fd/2; read line; echo "got=$line"' > ${out}; echo "exit=$?"`)
+  // What is typed goes in through the pipe, line-edited by the host's terminal as before.
+  await waitFor(() => findProcesses((argv) => argv[0] === 'sh' && argv[2]?.startsWith('readlink'))[0], 30_000)
+  pane.type('typed-in')
+  t.ok(await pane.until((lines) => lines.includes('exit=0'), 30_000), 'the step ends with 0', pane.shown())
+  const lines = readFileSync(out, 'utf8').trim().split('\n')
+  t.ok(lines.length === 3 && lines.slice(0, 2).every((line) => /^socket:\[\d+\]$/.test(line)), `the command's stdin and stderr are pipes (Node's: unix socketpairs), not the terminal (${lines.slice(0, 2).join(', ')})`)
+  t.equal(lines[2], 'got=typed-in', 'a line typed in the terminal reaches the command')
+})
+
+// exec with a terminal ends when its command does, though the command left
+// a job in the background that still holds the container's terminal.
+t.test('npm run exec with a terminal: it ends with its command, a background job left or not', rootOnly(), async (t) => {
+  const name = `cfs-exec-bg-${process.pid}`
+  const first = newPane(t, '05-mount-ns', undefined, 'bg-run')
+  first.type(`node_modules/.bin/tsx steps/05-mount-ns run --name ${name} sh`)
+  t.ok(await first.until((lines) => lines.some((line) => line.startsWith('/ #')), 30_000), 'the container\'s shell is up', first.shown())
+  const second = newPane(t, '05-mount-ns', undefined, 'bg-exec')
+  const seconds = `26.${process.pid}`
+  // trap '' HUP: the job outlives the terminal's hangup, as under nohup, and keeps it open.
+  second.type(`node_modules/.bin/tsx scripts/exec.ts ${name} sh -c 'trap "" HUP; sleep ${seconds} & echo started-bg; exit 5'; echo "exit=$?"`)
+  t.ok(await second.until((lines) => lines.includes('exit=5'), 20_000), 'exec exits 5 while the background sleep still runs', second.shown())
+  const sleep = findProcesses((argv) => argv[0] === 'sleep' && argv[1] === seconds)[0]
+  t.ok(sleep !== undefined && isRunning(sleep), 'the background sleep is still running in the container', second.shown())
+  first.type('exit')
+})
+
 t.test('steps/05-mount-ns without a terminal: pipes stay pipes', rootOnly(), async (t) => {
   const env = { ...process.env }
   delete env.NODE_OPTIONS // tap's preloads, not a learner's
