@@ -22,7 +22,7 @@
 import { spawn, type StdioOptions } from 'node:child_process'
 import { chownSync, closeSync, constants as fsConstants, realpathSync, mkdirSync, openSync, readFileSync, readlinkSync, statSync, unlinkSync, writeSync } from 'node:fs'
 import * as nodeModule from 'node:module'
-import { hostname } from 'node:os'
+import { constants as osConstants, hostname } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
@@ -39,7 +39,7 @@ import {
 import { chdir, containerEnv, DEFAULT_PATH, fchdir, prctl } from '../shared/process.ts'
 import { PR_SET_NO_NEW_PRIVS, seccomp, seccompFilter } from '../shared/seccomp.ts'
 import { spawnPlain, waitExitCode } from '../shared/spawn.ts'
-import { close, copyWindowSize, hasTerminal, ioctl, openpty, sendFd, TERMINAL_FD, TerminalRelay } from '../shared/terminal.ts'
+import { close, copyWindowSize, ioctl, isatty, openpty, sendFd, TERMINAL_FD, TerminalRelay } from '../shared/terminal.ts'
 import { compileCacheDir, PREFIX } from '../shared/settings.ts'
 import { runDir, type ContainerState } from '../shared/state.ts'
 import { nodeAndCheckout, spawnWithPathsReachable } from '../shared/userns.ts'
@@ -104,7 +104,10 @@ async function main(argv: string[]): Promise<void> {
   else if (process.getuid?.() !== 0 && process.getuid?.() !== owner) {
     throw new UsageError(`container ${state.id} is user ${owner}'s: only they, or root, can run a command in it`)
   }
-  process.exitCode = await execIn(state, command, env, workdir)
+  const code = await execIn(state, command, env, workdir)
+  // Now, not when Node finds nothing left to do: a read of our terminal
+  // that the relay started may still be pending, until a key is pressed.
+  process.exit(code)
 }
 
 // Options, the container, then the command. Docker takes options only
@@ -184,10 +187,11 @@ async function execIn(state: ContainerState, command: string[], env: string[], w
     } : undefined
     // With a terminal, and a container with a devpts of its own (step 05 on,
     // where it has a mount namespace), the command gets a pty of the
-    // container's, as `docker exec -it` gives, and we relay (shared/terminal.ts).
-    const terminal = hasTerminal() && differ.some(({ file }) => file === 'mnt') ? new TerminalRelay() : undefined
+    // container's, as `docker exec -it` gives, and we relay; with part of
+    // one (a redirection), pipes for that part (shared/terminal.ts).
+    const terminal = differ.some(({ file }) => file === 'mnt') ? new TerminalRelay() : undefined
     const plan: Plan = {
-      namespaces, root, gate, security, command, terminal: terminal !== undefined,
+      namespaces, root, gate, security, command, terminal: terminal?.pty === true,
       // -w, else the container's own (-w at its run), else, in its root, /; with the host's root (01-02), where its PID 1 is.
       workdir: workdir ?? (typeof config.workdir === 'string' ? config.workdir : sameRoot ? readlinkSync(`/proc/${pid}/cwd`) : '/'),
       env: [...(Array.isArray(config.env) ? config.env.map(String) : []), ...env],
@@ -203,15 +207,31 @@ async function execIn(state: ContainerState, command: string[], env: string[], w
     const [file, ...args] = userFd === undefined ? node : [...nsenter, ...node]
     // Node's compile cache, as for the steps' children: the helper starts in half the time.
     const helperEnv = { ...process.env, NODE_COMPILE_CACHE: compileCacheDir }
-    const base = ['inherit', 'inherit', 'inherit', 'pipe'] as const
-    const stdio = [...(terminal ? terminal.stdio([...base]) as unknown[] : [...base, 'ignore']), ...fds] as StdioOptions
+    const base: StdioOptions = ['inherit', 'inherit', 'inherit', 'pipe']
+    // 0-2, TELL_FD, TERMINAL_FD (the pty's socket, or nothing), then the fds handed over.
+    const stdio = [...(terminal?.stdio(base) ?? base) as unknown[]]
+    while (stdio.length <= TERMINAL_FD) stdio.push('ignore')
+    stdio.push(...fds)
     // As root, the helper is host uid 100000 once in the user namespace: if
     // Node or the checkout is in a home only its owner may enter, it is
     // shown them as step 09's child is (shared/userns.ts).
-    const helper = userFd === undefined ? spawn(file, args, { stdio, env: helperEnv }) : spawnWithPathsReachable(nodeAndCheckout(), file, args, { stdio, env: helperEnv })
-    const relayed = terminal?.relay()
+    const options = { stdio: stdio as StdioOptions, env: helperEnv }
+    const helper = userFd === undefined ? spawn(file, args, options) : spawnWithPathsReachable(nodeAndCheckout(), file, args, options)
+    const exited = new Promise<number>((resolve, reject) => {
+      helper.on('error', reject)
+      helper.on('exit', (exitCode, signal) => resolve(exitCode ?? 128 + osConstants.signals[signal!]))
+    })
+    // Once the helper, and so the command, has ended, the relay ends too,
+    // though a job the command left in the background holds the terminal.
+    const relayed = terminal?.relay(helper, exited.catch(() => {}))
     let commandPid: number | undefined
-    const forward = (signal: NodeJS.Signals) => commandPid && process.kill(commandPid, signal)
+    // Signals for us are for the command. But Ctrl-C and Ctrl-\\ typed in a
+    // terminal without a pty (one in cooked mode) reach our whole process
+    // group, the command's too: not twice.
+    const forward = (signal: NodeJS.Signals) => {
+      const fromTerminal = (signal === 'SIGINT' || signal === 'SIGQUIT') && !plan.terminal && isatty(0)
+      if (commandPid && !fromTerminal) process.kill(commandPid, signal)
+    }
     for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const) process.on(signal, forward)
     let said = ''
     let refused: Error | undefined
@@ -224,16 +244,15 @@ async function execIn(state: ContainerState, command: string[], env: string[], w
           try {
             commandPid = enterCgroups(helper.pid!, cgroups, gateFd)
           } catch (err) {
+            // The command never ran; nor should the helper wait for it.
             refused = err as Error
+            helper.kill('SIGKILL')
           }
         }
         if (what === 'started') commandPid ??= Number(value)
       }
     })
-    const code = await new Promise<number>((resolve, reject) => {
-      helper.on('error', reject)
-      helper.on('exit', (exitCode, signal) => resolve(exitCode ?? 128 + (signal === 'SIGKILL' ? 9 : 15)))
-    })
+    const code = await exited
     await relayed
     if (refused) throw refused
     return code
@@ -312,6 +331,7 @@ function enterCgroups(helperPid: number, cgroups: string[], gate: number): numbe
   let child: number | undefined
   while (!child && Date.now() < deadline) {
     child = Number(readFileSync(`/proc/${helperPid}/task/${helperPid}/children`, 'utf8').trim().split(' ')[0]) || undefined
+    if (!child) pause()
   }
   if (!child) throw new UsageError('the command did not start: the helper made no process')
   try {
@@ -330,8 +350,14 @@ function enterCgroups(helperPid: number, cgroups: string[], gate: number): numbe
       return child
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENXIO' || Date.now() > deadline) throw err
+      pause()
     }
   }
+}
+
+// 2 ms without spinning: the helper and the command need the CPU meanwhile.
+function pause(): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2)
 }
 
 // Write to a file that must already be there (cgroup.procs): never create one.
