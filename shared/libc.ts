@@ -60,6 +60,7 @@ function bind(lib: LibraryHandle) {
     dup2: lib.func('int dup2(int oldfd, int newfd)'),
     close: lib.func('int close(int fd)'),
     socketpair: lib.func('int socketpair(int domain, int type, int protocol, _Out_ int *sv)'),
+    socket: lib.func('int socket(int domain, int type, int protocol)'),
     sendmsg: lib.func('long sendmsg(int sockfd, const void *msg, int flags)'),
     recvmsg: lib.func('long recvmsg(int sockfd, void *msg, int flags)'),
     shutdown: lib.func('int shutdown(int sockfd, int how)'),

@@ -4,14 +4,17 @@
 //   host:  cfs0 (bridge, 10.77.0.1/24) ── cfs<id> ┐ veth pair
 //   container netns:                       eth0 ──┘ 10.77.0.N/24, default via 10.77.0.1
 //
-// The `ip` command (iproute2) does the netlink work. Traffic stays on this
-// machine: containers reach each other and the bridge, nothing else.
+// On the host the `ip` command (iproute2) does the netlink work; inside,
+// the child sets up its end with ioctls (linkUp, addAddress,
+// addDefaultRoute). Traffic stays on this machine: containers reach each
+// other and the bridge, nothing else.
 
 import { execFile, execFileSync } from 'node:child_process'
 import { mkdirSync, readdirSync, readFileSync, rmSync, rmdirSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { UsageError } from './errors.ts'
+import { check, raw } from './libc.ts'
 import { withLock } from './lock.ts'
 import { isRunning } from './procfs.ts'
 import { PREFIX, stateDir } from './settings.ts'
@@ -44,30 +47,83 @@ export function vethName(id: string): string {
 /**
  * ip(8), iproute2's command, which speaks netlink to the kernel: run
  * `commands` (each one line as you would type it after `ip`) as one batch,
- * and wait. Its error becomes one line. For the child, which has nothing
- * else to do meanwhile.
- */
-export function ip(...commands: string[]): string {
-  return runIp([], `${commands.join('\n')}\n`)
-}
-
-/**
- * The same without blocking, for the parent: while `ip` runs, the parent
- * can still answer signals (see Cleanup in container.ts).
+ * without blocking: while `ip` runs, the parent can still answer signals
+ * (see Cleanup in container.ts). Its error becomes one line.
  */
 export function ipAsync(...commands: string[]): Promise<string> {
   return runIpAsync([], `${commands.join('\n')}\n`)
 }
 
-// `ip ARGS`, or with `input`, `ip ARGS -batch -` reading commands from it.
-function runIp(args: string[], input?: string): string {
+// Inside: an interface's flags and address, and the routing table, set
+// with ioctl(2) on a socket (netdevice(7), route(7)), as ifconfig(8) and
+// route(8) do; ip(8) says the same over netlink. In the calling process:
+// the child runs this after it has joined its cgroup, where Node's own
+// threads count against pids.max already, and a program started then could
+// be one too many for a small --pids-limit.
+const AF_INET = 2
+const SOCK_DGRAM = 2
+const SOCK_CLOEXEC = 0o2000000
+const SIOCGIFFLAGS = 0x8913
+const SIOCSIFFLAGS = 0x8914
+const SIOCSIFADDR = 0x8916
+const SIOCSIFNETMASK = 0x891c
+const SIOCADDRT = 0x890b
+const IFF_UP = 0x1
+const RTF_UP = 0x1
+const RTF_GATEWAY = 0x2
+
+// An ioctl on a new AF_INET socket: any socket of the network namespace will do.
+function socketIoctl(request: number, arg: Buffer, what: string): void {
+  const fd = check('socket', raw.socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0) as number)
   try {
-    return execFileSync('ip', ipArgs(args, input), { encoding: 'utf8', input, stdio: ['pipe', 'pipe', 'pipe'] })
-  } catch (err) {
-    throw ipError(err, args, input)
+    check('ioctl', raw.ioctl(fd, request, 'void *', arg) as number, what)
+  } finally {
+    raw.close(fd)
   }
 }
 
+// struct ifreq: the interface's name (16 bytes), then a union, here a flags short or a sockaddr_in.
+function ifreq(name: string): Buffer {
+  const request = Buffer.alloc(40)
+  request.write(name, 0, 15, 'latin1')
+  return request
+}
+
+// struct sockaddr_in at `offset`: family, port 0, the address in network order.
+function writeSockaddr(buffer: Buffer, offset: number, address: string): void {
+  buffer.writeUInt16LE(AF_INET, offset)
+  address.split('.').forEach((byte, i) => buffer.writeUInt8(Number(byte), offset + 4 + i))
+}
+
+/** `ip link set NAME up`: SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP added (netdevice(7)). */
+export function linkUp(name: string): void {
+  const request = ifreq(name)
+  socketIoctl(SIOCGIFFLAGS, request, name)
+  request.writeUInt16LE(request.readUInt16LE(16) | IFF_UP, 16)
+  socketIoctl(SIOCSIFFLAGS, request, name)
+}
+
+/** `ip addr add ADDRESS/PREFIX dev NAME`: SIOCSIFADDR, then SIOCSIFNETMASK (netdevice(7)); the subnet's route comes with it. */
+export function addAddress(name: string, address: string, prefix: number): void {
+  const request = ifreq(name)
+  writeSockaddr(request, 16, address)
+  socketIoctl(SIOCSIFADDR, request, `${address} on ${name}`)
+  const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0
+  writeSockaddr(request, 16, [24, 16, 8, 0].map((shift) => (mask >>> shift) & 0xff).join('.'))
+  socketIoctl(SIOCSIFNETMASK, request, `/${prefix} on ${name}`)
+}
+
+/** `ip route add default via GATEWAY`: SIOCADDRT (route(7)), with a struct rtentry as 64-bit Linux lays it out. */
+export function addDefaultRoute(gateway: string): void {
+  const route = Buffer.alloc(120)
+  writeSockaddr(route, 8, '0.0.0.0') // rt_dst: any
+  writeSockaddr(route, 24, gateway) // rt_gateway
+  writeSockaddr(route, 40, '0.0.0.0') // rt_genmask: /0
+  route.writeUInt16LE(RTF_UP | RTF_GATEWAY, 56) // rt_flags
+  socketIoctl(SIOCADDRT, route, `default via ${gateway}`)
+}
+
+// `ip ARGS`, or with `input`, `ip ARGS -batch -` reading commands from it.
 function runIpAsync(args: string[], input?: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const child = execFile('ip', ipArgs(args, input), { encoding: 'utf8' }, (err, stdout, stderr) => {

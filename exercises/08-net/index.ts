@@ -27,7 +27,7 @@ import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
 } from '../../shared/mounts.ts'
 import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
-import { allocateNetwork, BRIDGE, ip, ipAsync, releaseNetwork, type Network } from '../../shared/net.ts'
+import { addAddress, addDefaultRoute, allocateNetwork, BRIDGE, ipAsync, linkUp, releaseNetwork, type Network } from '../../shared/net.ts'
 import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
 import { chdir, containerEnv, enterWorkdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
@@ -155,7 +155,8 @@ function child(container: Container): void {
   refuseHostNamespace('net')
   // TODO: eth0 is here now, with the address the parent gave: inside,
   // loopback up, the address on eth0, eth0 up, and the default route via the
-  // bridge (ip(8) again). Before pivot_root: `ip` is the host's program.
+  // bridge: four calls of shared/net.ts, ioctls of this process. Not `ip`: a
+  // program started now would count against pids.max, with Node's threads.
   // The host's / is usually a shared mount (`findmnt -o TARGET,PROPAGATION /`):
   // anything mounted under it would show up on the host too. MS_REC: all of
   // the tree, or mounts such as /dev/pts would still leak.

@@ -25,7 +25,7 @@ import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
 } from '../../shared/mounts.ts'
 import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS } from '../../shared/namespaces.ts'
-import { allocateNetwork, BRIDGE, ip, ipAsync, releaseNetwork, type Network } from '../../shared/net.ts'
+import { addAddress, addDefaultRoute, allocateNetwork, BRIDGE, ipAsync, linkUp, releaseNetwork, type Network } from '../../shared/net.ts'
 import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
 import { chdir, containerEnv, enterWorkdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { ensureImage } from '../../shared/rootfs.ts'
@@ -180,10 +180,15 @@ function child(container: Container): void {
   // Our own UTS namespace: this hostname is seen only in here.
   sethostname(container.hostname)
   // eth0 is here now, and the parent told us its address: loopback and eth0
-  // up, the address on eth0, the default route through the bridge. Before
-  // pivot_root: `ip` is the host's program, not the image's.
-  if (container.rootless) ip('link set lo up')
-  else ip('link set lo up', `addr add ${network.address}/${network.prefix} dev eth0`, 'link set eth0 up', `route add default via ${network.gateway}`)
+  // up, the address on eth0, the default route through the bridge. With
+  // ioctls of our own (shared/net.ts), not `ip`: a program started now would
+  // count against pids.max, where Node's threads are already.
+  linkUp('lo')
+  if (!container.rootless) {
+    addAddress('eth0', network.address, network.prefix)
+    linkUp('eth0')
+    addDefaultRoute(network.gateway)
+  }
   // The host's / is usually a shared mount (`findmnt -o TARGET,PROPAGATION /`):
   // anything mounted under it would show up on the host too. MS_REC: all of
   // the tree, or mounts such as /dev/pts would still leak.
