@@ -4,8 +4,8 @@
 // still in view, the targets are inside the new root, and the binds stay
 // the container's (its mounts are private: the host never sees them).
 
-import { closeSync, constants, mkdirSync, openSync, statSync } from 'node:fs'
-import { basename, dirname } from 'node:path'
+import { closeSync, constants, fstatSync, mkdirSync, openSync, readlinkSync, statSync } from 'node:fs'
+import { basename, dirname, relative } from 'node:path'
 import { SyscallError, UsageError } from './errors.ts'
 import {
   AT_EMPTY_PATH, AT_RECURSIVE, mount, mount_setattr, MOUNT_ATTR_RDONLY, MS_BIND, MS_REC, O_CLOEXEC, O_PATH, openat2, RESOLVE_IN_ROOT,
@@ -56,6 +56,8 @@ function bindVolume(rootFd: number, volume: Volume, create: boolean): void {
   // through /proc/self/fd/N, so no symlink is followed after the check.
   const fd = create ? makeInRoot(rootFd, volume.target, statSync(volume.source).isDirectory()) : openInRoot(rootFd, volume)
   try {
+    refuseRoot(rootFd, fd, volume.target)
+    refuseKernelPlaces(rootFd, fd, volume.target, volume.target)
     // MS_REC: what the host has mounted under its path comes along, as in Docker.
     mount(volume.source, `/proc/self/fd/${fd}`, null, MS_BIND | MS_REC)
   } finally {
@@ -81,6 +83,13 @@ function openInRoot(rootFd: number, volume: Volume): number {
     return openat2(rootFd, volume.target, O_PATH | O_CLOEXEC, RESOLVE_IN_ROOT)
   } catch (err) {
     if (!(err instanceof SyscallError && err.code === 'ENOENT')) throw err
+    // Missing under /proc, /sys or /dev: say so, rather than to make it in the image.
+    const [found, path] = deepestInRoot(rootFd, dirname(volume.target))
+    try {
+      refuseKernelPlaces(rootFd, found, path, volume.target)
+    } finally {
+      closeSync(found)
+    }
     throw new UsageError(`\`${volume.target}\` is not in the image, and this step has no overlay to make it in (it would change the image every container shares): bind onto a directory that exists, such as /mnt`)
   }
 }
@@ -88,13 +97,21 @@ function openInRoot(rootFd: number, volume: Volume): number {
 // The target, resolved inside the root, made first if missing (its parents
 // too): each name is made inside a directory we hold by fd, so a symlink by
 // that name is not followed (EEXIST), and the lookup after it stays inside.
-function makeInRoot(rootFd: number, path: string, directory: boolean): number {
+// `target`: the volume's, for messages, as the parents are made.
+function makeInRoot(rootFd: number, path: string, directory: boolean, target = path): number {
   try {
     return openat2(rootFd, path, O_PATH | O_CLOEXEC, RESOLVE_IN_ROOT)
   } catch (err) {
     if (!(err instanceof SyscallError && err.code === 'ENOENT')) throw err
   }
-  const parent = makeInRoot(rootFd, dirname(path), true)
+  const parent = makeInRoot(rootFd, dirname(path), true, target)
+  // Nothing is made under /proc, /sys or /dev, not even in our upper dir.
+  try {
+    refuseKernelPlaces(rootFd, parent, dirname(path), target)
+  } catch (err) {
+    closeSync(parent)
+    throw err
+  }
   const at = `/proc/self/fd/${parent}/${basename(path)}`
   try {
     if (directory) mkdirSync(at, 0o755)
@@ -111,4 +128,46 @@ function makeInRoot(rootFd: number, path: string, directory: boolean): number {
     if (!(err instanceof SyscallError && err.code === 'ENOENT')) throw err
     throw new UsageError(`\`${path}\` is a symlink to a path that is not in the image: bind onto the path it points to, inside the container`)
   }
+}
+
+// The deepest of `path` and its parents that the image has, resolved inside
+// the root (`/` at least), and which one it is.
+function deepestInRoot(rootFd: number, path: string): [fd: number, path: string] {
+  for (let at = path; ; at = dirname(at)) {
+    try {
+      return [openat2(rootFd, at, O_PATH | O_CLOEXEC, RESOLVE_IN_ROOT), at]
+    } catch (err) {
+      if (!(err instanceof SyscallError && err.code === 'ENOENT') || at === '/') throw err
+    }
+  }
+}
+
+// A target that resolves to the root itself (`/x -> /` in the image, or
+// `/x -> ..`: RESOLVE_IN_ROOT stops `..` there) would have the volume cover
+// the whole image, its shell and /proc included. The same directory is the
+// same device and inode (fstat(2); bigint: overlayfs inode numbers may pass 2^53).
+function refuseRoot(rootFd: number, fd: number, target: string): void {
+  const root = fstatSync(rootFd, { bigint: true })
+  const found = fstatSync(fd, { bigint: true })
+  if (found.dev !== root.dev || found.ino !== root.ino) return
+  throw new UsageError(`\`${target}\` is the container's root itself (through a symlink in the image): a volume there would cover the whole image; bind onto a directory inside it, such as /mnt`)
+}
+
+// /proc, /sys and /dev are the kernel's places in the container: the step
+// mounts proc, sysfs and a /dev of its own there (after the volumes; from
+// step 09 on, before them), and step 10 hides parts of them and makes
+// others read-only (its masks), by path. A bind there would hide or
+// replace what the kernel shows, to the command and to the step itself
+// (step 10 reads /proc/sys/kernel/cap_last_cap). Where `fd` (resolved
+// from `path`) really is: /proc/self/fd/N names it as the host sees it
+// (readlink(2), proc(5)), and so names the root's; the one relative to the
+// other is its path in the container, whatever symlinks the lookup went through.
+function refuseKernelPlaces(rootFd: number, fd: number, path: string, target: string): void {
+  const root = readlinkSync(`/proc/self/fd/${rootFd}`)
+  const where = `/${relative(root, readlinkSync(`/proc/self/fd/${fd}`))}`
+  const place = ['/proc', '/sys', '/dev'].find((place) => where === place || where.startsWith(`${place}/`))
+  if (!place) return
+  const at = path === target && where === place ? place : `under ${place}`
+  const symlink = where === path ? '' : ' (through a symlink in the image)'
+  throw new UsageError(`\`${target}\` is ${at}${symlink}, where the step mounts the kernel's filesystems (proc, sysfs, a /dev of the container's own): a volume there would hide or replace them; bind elsewhere, such as /mnt`)
 }

@@ -4,12 +4,13 @@
 // and never in the image; -v/--volume (05 on) is a bind the command can
 // read and write, whose writes land on the host, read-only with :ro down to
 // its submounts (EROFS), resolved inside the image even through a symlink
-// that points out of it, and never mounted on the host. Rootless at 09 too.
+// that points out of it, never onto the root itself nor into /proc, /sys or
+// /dev, and never mounted on the host. Rootless at 09 too.
 // Also: every step's --help has the same layout.
 
 import t from 'tap'
 import { spawn } from 'node:child_process'
-import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
+import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { tsx } from '../scripts/lib/verify.ts'
 import { waitFor } from '../scripts/lib/wait.ts'
@@ -168,6 +169,49 @@ t.test('a symlink in the image that points out of it: the volume lands inside th
     rmSync(join(source, 'through'), { force: true })
   }
   t.same(readFileSync(join(hostTarget, 'host-file'), 'utf8'), 'the host\'s\n', 'the host directory is untouched')
+  t.same(hostMounts(), before, 'the host\'s mount table is as it was')
+})
+
+t.test('a volume onto the root itself, or into /proc, /sys or /dev, even through a symlink: refused in one line, nothing mounted', rootOnly(), async (t) => {
+  const scratch = mkdtempSync('/tmp/cfs-flags-places-')
+  chmodSync(scratch, 0o755)
+  t.teardown(() => rmSync(scratch, { recursive: true, force: true }))
+  const source = join(scratch, 'volume')
+  mkdirSync(source)
+  chmodSync(source, 0o777)
+  // A throwaway image with symlinks to the root (absolute, and `..`, which stops at the root) and to /proc.
+  const image = join(scratch, 'image')
+  cpSync(await ensureImage(), image, { recursive: true, verbatimSymlinks: true })
+  symlinkSync('/', join(image, 'x'))
+  symlinkSync('..', join(image, 'up'))
+  symlinkSync('/proc', join(image, 'p'))
+  const before = hostMounts()
+
+  const root = /`\/(x|up)` is the container's root itself \(through a symlink in the image\): a volume there would cover the whole image/
+  const kernel = (at: string) => new RegExp(`is ${at.replace(/[()/]/g, '\\$&')}, where the step mounts the kernel's filesystems`)
+  const cases: [target: string, says: RegExp][] = [
+    ['/x', root], ['/x/.', root], ['/up', root],
+    ['/p', kernel('/proc (through a symlink in the image)')], ['/p/sys/new', kernel('under /proc (through a symlink in the image)')],
+    ['/proc/sys', kernel('under /proc')], ['/sys/fs', kernel('under /sys')], ['/dev', kernel('/dev')],
+  ]
+  // 05: no overlay; 07: one, where missing targets are made; 09 and 10: /proc, /sys and /dev are mounted before the volumes.
+  for (const step of ['05-mount-ns', '07-overlay', '09-userns', '10-security']) {
+    for (const [target, says] of cases) {
+      const r = await runStep(step, ['--image', image, '-v', `${source}:${target}`, 'ls', '/'])
+      t.equal(r.exitCode, 125, `${step}: -v …:${target} is refused: exit 125`, { ran: r.ran, stderr: r.stderr, stdout: r.stdout })
+      t.match(r.stderr, /^cfs: --volume `[^`]+`: [^\n]*\n$/, `${step}: -v …:${target}: in one line that names the volume`, { ran: r.ran })
+      t.match(r.stderr, says, `${step}: -v …:${target}: it says ${says}`, { ran: r.ran })
+      t.equal(r.stdout, '', `${step}: -v …:${target}: the command did not run`, { ran: r.ran })
+    }
+  }
+  t.same(readdirSync(source), [], 'nothing was written into the volume\'s source')
+  t.notOk(existsSync(join(image, 'proc/sys')), 'nothing was made in the image\'s /proc')
+  // A name that only starts like one of them is not one of them.
+  for (const step of ['07-overlay', '10-security']) {
+    const r = await runStep(step, ['--image', image, '-v', `${source}:/devices`, 'sh', '-c', `echo ${step} > /devices/${step}`])
+    t.equal(r.exitCode, 0, `${step}: -v …:/devices (not /dev) runs`, { ran: r.ran, stderr: r.stderr })
+    t.equal(existsSync(join(source, step)) && readFileSync(join(source, step), 'utf8'), `${step}\n`, `${step}: …and what it writes in /devices is on the host`)
+  }
   t.same(hostMounts(), before, 'the host\'s mount table is as it was')
 })
 
