@@ -6,7 +6,7 @@
 
 import t from 'tap'
 import { execFileSync, spawn } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { findLeftovers, leftoversOf } from '../scripts/lib/clean.ts'
 import { UsageError } from '../shared/errors.ts'
@@ -107,6 +107,11 @@ t.test('bad input: one line, the documented exit code, nothing left', rootOnly()
   mkdirSync(join(corrupt, 'bin'), { recursive: true })
   const aFile = join(scratch, 'a-file')
   writeFileSync(aFile, 'not a directory\n')
+  // An image with symlinks to its root and to its /proc, for -v targets that resolve there.
+  const linked = join(scratch, 'linked')
+  cpSync(image, linked, { recursive: true, verbatimSymlinks: true })
+  symlinkSync('/', join(linked, 'x'))
+  symlinkSync('/proc', join(linked, 'p'))
   t.teardown(() => rmSync(scratch, { recursive: true, force: true }))
 
   const cases: Case[] = [
@@ -137,6 +142,19 @@ t.test('bad input: one line, the documented exit code, nothing left', rootOnly()
     { name: '-v missing host path', steps: from('05-mount-ns'), args: ['-v', `${scratch}/no-such:/mnt`, 'true'], exitCode: 125, stderr: /`[^`]+\/no-such` does not exist on this host/, mounts: true },
     { name: '-v relative container path', steps: from('05-mount-ns'), args: ['-v', `${scratch}:mnt`, 'true'], exitCode: 125, stderr: /the container path `mnt` must be absolute/, mounts: true },
     { name: '-v onto /', steps: from('05-mount-ns'), args: ['-v', `${scratch}:/`, 'true'], exitCode: 125, stderr: /the container path cannot be \//, mounts: true },
+    { name: '-v onto /.', steps: ['05-mount-ns', '10-security'], args: ['-v', `${scratch}:/.`, 'true'], exitCode: 125, stderr: /the container path cannot be \//, mounts: true },
+    {
+      name: '-v onto a symlink to / in the image', steps: ['05-mount-ns', '07-overlay', '09-userns', '10-security'], args: ['--image', linked, '-v', `${scratch}:/x`, 'true'],
+      exitCode: 125, stderr: /--volume `[^:]+:\/x`: `\/x` is the container's root itself/, makesContainer: true, mounts: true,
+    },
+    {
+      name: '-v into /proc', steps: from('05-mount-ns'), args: ['-v', `${scratch}:/proc/sys`, 'true'],
+      exitCode: 125, stderr: /--volume `[^:]+:\/proc\/sys`: `\/proc\/sys` is under \/proc, where the step mounts the kernel's filesystems/, makesContainer: true, mounts: true,
+    },
+    {
+      name: '-v onto a symlink to /proc in the image', steps: ['05-mount-ns', '07-overlay', '09-userns', '10-security'], args: ['--image', linked, '-v', `${scratch}:/p`, 'true'],
+      exitCode: 125, stderr: /--volume `[^:]+:\/p`: `\/p` is \/proc \(through a symlink in the image\)/, makesContainer: true, mounts: true,
+    },
     {
       name: '-v target missing in the image, no overlay', steps: ['05-mount-ns', '06-cgroups'], args: ['-v', `${scratch}:/no-such-target`, 'true'],
       exitCode: 125, stderr: /--volume `[^:]+:\/no-such-target`: `\/no-such-target` is not in the image, and this step has no overlay/, makesContainer: true, mounts: true,
