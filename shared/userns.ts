@@ -116,17 +116,25 @@ export function spawnWithPathsReachable(paths: string[], command: string, args: 
 /**
  * For each path, the highest directory above it that others may not search
  * (no S_IXOTH, path_resolution(7)), with the paths under it. A path inside
- * another of `paths` comes with that one.
+ * another of `paths` that is listed comes with that one. One that is not
+ * (a -v of a whole 0700 home, with Node in it) does not bring it: Node is
+ * then listed under the home itself, which its tmpfs covers; the volume
+ * shows that tmpfs, where its container root could not have read the home.
  */
 export function closedAncestors(paths: string[]): Map<string, string[]> {
+  const highest = new Map(paths.map((path) => [path, highestClosed(path)]))
   const closed = new Map<string, string[]>()
-  for (const path of paths) {
-    if (paths.some((other) => path.startsWith(`${other}/`))) continue
-    const parts = path.split('/').slice(1, -1)
-    const dir = parts.map((_, i) => `/${parts.slice(0, i + 1).join('/')}`).find((dir) => !(statSync(dir).mode & 0o001))
-    if (dir) closed.set(dir, [...(closed.get(dir) ?? []), path])
+  for (const [path, dir] of highest) {
+    if (!dir || paths.some((other) => path.startsWith(`${other}/`) && highest.get(other))) continue
+    closed.set(dir, [...(closed.get(dir) ?? []), path])
   }
   return closed
+}
+
+// The highest directory above `path` that others may not search, if any.
+function highestClosed(path: string): string | undefined {
+  const parts = path.split('/').slice(1, -1)
+  return parts.map((_, i) => `/${parts.slice(0, i + 1).join('/')}`).find((dir) => !(statSync(dir).mode & 0o001))
 }
 
 // Cover `dir` with a tmpfs of mode 755 that holds only `paths`, bind mounts

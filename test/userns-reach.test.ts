@@ -47,6 +47,9 @@ t.test('closedAncestors: for each path, the highest directory others may not sea
   chmodSync(dir, 0o700)
   t.same([...closedAncestors([file])], [[home, [file]]], `${home} (0700) above ${dir} (0700): the highest, ${home}, is the one to cover`)
   t.same([...closedAncestors([dir, file])], [[home, [dir]]], `${file} inside ${dir}, both asked for: only ${dir} is listed, the file comes with it`)
+  chmodSync(dir, 0o755)
+  t.same([...closedAncestors([dir, home])], [[home, [dir]]], `${dir} inside ${home}, which is asked for but has nothing closed above it: ${dir} is still listed, under ${home}`)
+  chmodSync(dir, 0o700)
   chmodSync(home, 0o711)
   t.same([...closedAncestors([file])], [[dir, [file]]], `${home} at 0711 (others may search it): ${dir} is the closed one`)
   chmodSync(dir, 0o755)
@@ -69,11 +72,14 @@ t.test('as root, a child of uid 100000 reads a file under a 0700 home; only the 
 
 t.test('as root, the launcher (unshare --user) executes a program under a 0700 home', rootOnly(), async (t) => {
   // After unshare(CLONE_NEWUSER) the launcher is host uid 0 with capabilities only in its new namespace: the host's files judge it as anyone.
-  const { dir, file, bin } = makeHome(t)
+  const { home, dir, file, bin } = makeHome(t)
   const [command, ...args] = launcher(CLONE_NEWUSER, [join(bin, 'cat'), file])
   const plain = await finish(spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] }))
   t.match(plain.out, /failed to execute .*: Permission denied/, `without it, unshare cannot execute ${bin}/cat (said: ${plain.out.trim()})`)
   const reached = await finish(spawnWithPathsReachable([bin, dir], command, args, { stdio: ['ignore', 'pipe', 'pipe'] }))
   t.equal(reached.code, 0, `with it, \`${[command, ...args].join(' ')}\` exits 0 (said: ${reached.out.trim()})`)
   t.equal(reached.out, 'hello\n', 'and cat, run from the 0700 home, read the file there')
+  const withHome = await finish(spawnWithPathsReachable([bin, dir, home], command, args, { stdio: ['ignore', 'pipe', 'pipe'] }))
+  t.equal(withHome.code, 0, `with the home itself asked for too (a -v of the whole home), it still exits 0 (said: ${withHome.out.trim()})`)
 })
+
