@@ -16,6 +16,7 @@ import { mount, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_REC, MS_SLAVE } from
 import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS, spawnInNamespaces } from './namespaces.ts'
 import { compileCacheDir, imagesDir, repoDir, rootless } from './settings.ts'
 import { prepareRecord, recordPid1, recordStart } from './state.ts'
+import type { Volume } from './volumes.ts'
 
 /** One line of /proc/PID/uid_map (and gid_map): `count` ids from `inside` are `outside`… on the host. */
 export interface IdMap {
@@ -61,14 +62,18 @@ export function launcher(flags: number, command: string[]): string[] {
  * As reexecChild (shared/container.ts), through the launcher: `<step> child
  * <config>` in new namespaces, created by unshare(1) with the user namespace.
  * The returned process is unshare, which stays in the host's PID namespace;
- * the container's PID 1 is its child (containerPid).
+ * the container's PID 1 is its child (containerPid). The config's -v
+ * sources, if any, are made reachable with Node and the checkout: the child
+ * binds them, with no more reach over the host's files than the launcher.
  */
 export function reexecChildInUserNamespace(config: object, flags: number, stdio: StdioOptions): ChildProcess {
   const env = { ...process.env, NODE_COMPILE_CACHE: compileCacheDir }
   const script = realpathSync(statSync(resolve(process.argv[1])).isDirectory() ? join(resolve(process.argv[1]), 'index.ts') : resolve(process.argv[1]))
   const [file, ...args] = launcher(flags, [process.execPath, script, 'child', JSON.stringify(config)])
   prepareRecord()
-  const child = spawnWithPathsReachable(nodeAndCheckout(), file, args, { stdio, env })
+  // Once each: closedAncestors would list a path given twice twice, and openClosedDir make it twice (EEXIST).
+  const paths = [...new Set([...nodeAndCheckout(), ...((config as { volumes?: Volume[] }).volumes ?? []).map((volume) => volume.source)])]
+  const child = spawnWithPathsReachable(paths, file, args, { stdio, env })
   // Its state file names the launcher as PID 1 until signalContainer learns the real one.
   if (child.pid) recordStart(config, child.pid)
   return child

@@ -1,14 +1,18 @@
 // spawnWithPathsReachable (shared/userns.ts): as root, a child with no
 // privilege over the host's files (uid 100000, or host root after unshare
 // --user) still reaches paths under a directory that others may not search,
-// a home of mode 0700, and the host's mount table does not change.
+// a home of mode 0700, and the host's mount table does not change. So do
+// steps 09 and 10 as root, for a -v source in such a home.
 
 import t from 'tap'
 import { spawn, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
-import { chmodSync, chownSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { tsx } from '../scripts/lib/verify.ts'
+import { readMountInfo } from '../shared/mounts.ts'
 import { CLONE_NEWUSER } from '../shared/namespaces.ts'
+import { repoDir } from '../shared/settings.ts'
 import { closedAncestors, launcher, spawnWithPathsReachable } from '../shared/userns.ts'
 import { rootOnly, type Test } from './helpers.ts'
 
@@ -83,3 +87,22 @@ t.test('as root, the launcher (unshare --user) executes a program under a 0700 h
   t.equal(withHome.code, 0, `with the home itself asked for too (a -v of the whole home), it still exits 0 (said: ${withHome.out.trim()})`)
 })
 
+t.test('as root, steps 09 and 10 bind a -v source under a 0700 home: the container writes through it, the host sees the file', rootOnly(), async (t) => {
+  // The container's child binds the source after unshare --user, as host uid 100000: without the source among the paths made reachable, EACCES.
+  const { home } = makeHome(t)
+  const source = join(home, 'volume')
+  mkdirSync(source)
+  chmodSync(source, 0o777) // container root, host uid 100000, writes in it
+  writeFileSync(join(source, 'from-host'), 'hello from the host\n')
+  const hostMounts = () => readMountInfo().map((m) => `${m.mountPoint} <- ${m.source}:${m.root} (${m.fstype})`).sort()
+  const before = hostMounts()
+  for (const step of ['09-userns', '10-security']) {
+    const args = ['steps/' + step, 'run', '-v', `${source}:/data`, 'sh', '-c', `cat /data/from-host; echo written at ${step} > /data/${step}`]
+    const r = await finish(spawn('env', ['-u', 'NODE_OPTIONS', tsx, ...args], { cwd: repoDir, stdio: ['ignore', 'pipe', 'pipe'] }))
+    t.equal(r.code, 0, `npx tsx ${args.join(' ')} exits 0 (said: ${r.out.trim()})`)
+    t.equal(r.out, 'hello from the host\n', `${step}: the container reads the host's file through the volume, and says nothing else`)
+    const written = join(source, step)
+    t.equal(existsSync(written) && readFileSync(written, 'utf8'), `written at ${step}\n`, `${step}: the file it wrote through the volume is on the host, at ${written}`)
+  }
+  t.same(hostMounts(), before, 'the host\'s mount table is as it was')
+})
