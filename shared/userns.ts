@@ -12,7 +12,7 @@ import { createRequire } from 'node:module'
 import { basename, dirname, join, resolve } from 'node:path'
 import { UsageError } from './errors.ts'
 import { check, raw } from './libc.ts'
-import { mount, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_REC, MS_SLAVE } from './mounts.ts'
+import { mount, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_REC, MS_SLAVE, O_CLOEXEC, O_PATH } from './mounts.ts'
 import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS, spawnInNamespaces } from './namespaces.ts'
 import { compileCacheDir, imagesDir, repoDir, rootless } from './settings.ts'
 import { prepareRecord, recordPid1, recordStart } from './state.ts'
@@ -147,7 +147,8 @@ function highestClosed(path: string): string | undefined {
 // source is /proc/self/fd/N, a link the kernel follows to the open file
 // itself, without walking its path.
 function openClosedDir(dir: string, paths: string[]): void {
-  const fds = paths.map((path) => openSync(path, 'r'))
+  // O_PATH: the file itself, not its contents; a FIFO's open(2) would wait for a writer, a socket's fail (ENXIO).
+  const fds = paths.map((path) => openSync(path, O_PATH | O_CLOEXEC))
   try {
     // Directories and mount points only: nothing on it runs, or is a device.
     mount('tmpfs', dir, 'tmpfs', MS_NOSUID | MS_NODEV | MS_NOEXEC, 'mode=755')

@@ -5,7 +5,8 @@
 // steps 09 and 10 as root, for a -v source in such a home.
 
 import t from 'tap'
-import { spawn, spawnSync } from 'node:child_process'
+import { execFileSync, spawn, spawnSync } from 'node:child_process'
+import { createServer } from 'node:net'
 import { once } from 'node:events'
 import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -85,6 +86,22 @@ t.test('as root, the launcher (unshare --user) executes a program under a 0700 h
   t.equal(reached.out, 'hello\n', 'and cat, run from the 0700 home, read the file there')
   const withHome = await finish(spawnWithPathsReachable([bin, dir, home], command, args, { stdio: ['ignore', 'pipe', 'pipe'] }))
   t.equal(withHome.code, 0, `with the home itself asked for too (a -v of the whole home), it still exits 0 (said: ${withHome.out.trim()})`)
+})
+
+t.test('as root, a FIFO and a socket under a 0700 home are reachable too, and nothing waits for a writer', { ...rootOnly(), timeout: 30_000 }, async (t) => {
+  // A -v source may be either (a socket of $XDG_RUNTIME_DIR, mode 0700): opening a FIFO to read waits for a writer, a socket cannot be opened at all (ENXIO).
+  const { home } = makeHome(t)
+  const fifo = join(home, 'fifo')
+  const socket = join(home, 'socket')
+  execFileSync('mkfifo', ['-m', '0666', fifo])
+  const server = createServer().listen(socket)
+  await once(server, 'listening')
+  t.teardown(() => server.close())
+  const script = `test -p ${fifo} && test -S ${socket} && echo both`
+  const child = spawnWithPathsReachable([fifo, socket], 'setpriv', ['--reuid=100000', '--regid=100000', '--clear-groups', 'sh', '-c', script], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const { code, out } = await finish(child)
+  t.equal(code, 0, `uid 100000 runs \`${script}\`: exit 0 (output: ${out.trim()})`)
+  t.equal(out, 'both\n', 'it finds the FIFO and the socket at their own paths, as what they are')
 })
 
 t.test('as root, steps 09 and 10 bind a -v source under a 0700 home: the container writes through it, the host sees the file', rootOnly(), async (t) => {
