@@ -161,7 +161,8 @@ function openClosedDir(dir: string, paths: string[]): void {
       }
       if (fstatSync(fds[i]).isDirectory()) mkdirSync(path)
       else writeFileSync(path, '')
-      mount(`/proc/self/fd/${fds[i]}`, path, null, MS_BIND)
+      // MS_REC: what is mounted under it comes along (a -v source's submounts, as bindVolumes promises).
+      mount(`/proc/self/fd/${fds[i]}`, path, null, MS_BIND | MS_REC)
     }
   } finally {
     for (const fd of fds) closeSync(fd)

@@ -11,7 +11,7 @@ import { once } from 'node:events'
 import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { tsx } from '../scripts/lib/verify.ts'
-import { readMountInfo } from '../shared/mounts.ts'
+import { MNT_DETACH, mount, readMountInfo, umount2 } from '../shared/mounts.ts'
 import { CLONE_NEWUSER } from '../shared/namespaces.ts'
 import { repoDir } from '../shared/settings.ts'
 import { closedAncestors, launcher, spawnWithPathsReachable } from '../shared/userns.ts'
@@ -113,13 +113,24 @@ t.test('as root, steps 09 and 10 bind a -v source under a 0700 home: the contain
   writeFileSync(join(source, 'from-host'), 'hello from the host\n')
   const hostMounts = () => readMountInfo().map((m) => `${m.mountPoint} <- ${m.source}:${m.root} (${m.fstype})`).sort()
   const before = hostMounts()
+  // A submount under the source: the volume is recursive, so it shows in the container too.
+  const sub = join(source, 'sub')
+  mkdirSync(sub)
+  mount('tmpfs', sub, 'tmpfs', 0, 'mode=0755,size=1m')
+  t.teardown(() => {
+    try {
+      umount2(sub, MNT_DETACH)
+    } catch {} // unmounted already, below
+  })
+  writeFileSync(join(sub, 'file'), 'in the submount\n')
   for (const step of ['09-userns', '10-security']) {
-    const args = ['steps/' + step, 'run', '-v', `${source}:/data`, 'sh', '-c', `cat /data/from-host; echo written at ${step} > /data/${step}`]
+    const args = ['steps/' + step, 'run', '-v', `${source}:/data`, 'sh', '-c', `cat /data/from-host /data/sub/file; echo written at ${step} > /data/${step}`]
     const r = await finish(spawn('env', ['-u', 'NODE_OPTIONS', tsx, ...args], { cwd: repoDir, stdio: ['ignore', 'pipe', 'pipe'] }))
     t.equal(r.code, 0, `npx tsx ${args.join(' ')} exits 0 (said: ${r.out.trim()})`)
-    t.equal(r.out, 'hello from the host\n', `${step}: the container reads the host's file through the volume, and says nothing else`)
+    t.equal(r.out, 'hello from the host\nin the submount\n', `${step}: the container reads the host's files through the volume, its submount's too, and says nothing else`)
     const written = join(source, step)
     t.equal(existsSync(written) && readFileSync(written, 'utf8'), `written at ${step}\n`, `${step}: the file it wrote through the volume is on the host, at ${written}`)
   }
-  t.same(hostMounts(), before, 'the host\'s mount table is as it was')
+  umount2(sub)
+  t.same(hostMounts(), before, 'the host\'s mount table is as it was, once the test\'s own submount is gone')
 })
