@@ -2,6 +2,7 @@
 // mount_setattr(2), and reading the mount table (/proc/PID/mountinfo, see proc(5)).
 
 import { readFileSync } from 'node:fs'
+import { UsageError } from './errors.ts'
 import { check, raw } from './libc.ts'
 
 // mount(2) flags, from <sys/mount.h>.
@@ -35,7 +36,14 @@ export const AT_EMPTY_PATH = 0x1000
 export const AT_RECURSIVE = 0x8000
 export const MOUNT_ATTR_RDONLY = 0x1
 
-/** mount(2) */
+/** The most of mount(2)'s `data` the kernel reads: one page, its last byte made NUL (fs/namespace.c, path_mount). */
+export const MOUNT_DATA_MAX = 4095
+
+/**
+ * mount(2). Options longer than MOUNT_DATA_MAX are refused here: the kernel
+ * would cut them off without a word, and an overlay's cut-off list of
+ * layers can still name directories that exist.
+ */
 export function mount(
   source: string | null,
   target: string,
@@ -43,6 +51,9 @@ export function mount(
   flags: number,
   data: string | null = null,
 ): void {
+  if (data !== null && Buffer.byteLength(data) > MOUNT_DATA_MAX) {
+    throw new UsageError(`mount \`${target}\`: its options are ${Buffer.byteLength(data)} bytes, and mount(2) reads ${MOUNT_DATA_MAX}, one page: ${fstype === 'overlay' ? 'an image of this many layers does not fit here (fewer layers, or a shorter CFS_HOME)' : 'fewer options'}`)
+  }
   check('mount', raw.mount(source, target, fstype, flags, data), target, {
     ENOENT: `the mount point \`${target}\` does not exist`,
     ENODEV: `the kernel does not know the filesystem type \`${fstype}\``,
