@@ -81,8 +81,8 @@ export const exercises: Record<string, Exercise> = {
     man: ['mount(2)', 'overlayfs: Documentation/filesystems/overlayfs.rst'],
     hints: [
       'The parent already made the container\'s directory (container.dir) with upper/, work/ and merged/ in it; overlayDirs(container.dir) names them. The mount happens in the child, after MS_PRIVATE, so it exists only in the container\'s mount namespace.',
-      'mount(source, target, fstype, flags, data): the source is just a label (\'overlay\'), the target is merged, the type \'overlay\', and the data string lists the layers: lowerdir=…,upperdir=…,workdir=….',
-      'const { upper, work, merged } = overlayDirs(container.dir); mount(\'overlay\', merged, \'overlay\', 0, `lowerdir=${container.rootfs},upperdir=${upper},workdir=${work}`); then pivotInto(merged, container.volumes): the -v binds go into the overlay too.',
+      'mount(source, target, fstype, flags, data): the source is just a label (\'overlay\'), the target is merged, the type \'overlay\', and the data string lists the layers: lowerdir=…,upperdir=…,workdir=…. lowerdir takes several directories, `:` between them, the top one first, as container.lowerdirs has them.',
+      'const { upper, work, merged } = overlayDirs(container.dir); mount(\'overlay\', merged, \'overlay\', 0, `lowerdir=${container.lowerdirs.join(\':\')},upperdir=${upper},workdir=${work}`); then pivotInto(merged, container.volumes): the -v binds go into the overlay too.',
     ],
   },
   '08-net': {

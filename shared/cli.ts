@@ -21,9 +21,11 @@ type OptionValues<T extends OptionSpec> = {
  * `--help` prints the step's usage (see helpText) and exits 0. The options
  * that arrive in a step and stay in every later one are checked here, each
  * in one line: --hostname (02), --workdir (03), --volume (05, returned as
- * `volumes`).
+ * `volumes`). `commandFromImage` (steps 07 on): no command is no error
+ * here, but an empty `command`, for the image's Entrypoint or Cmd
+ * (shared/image-config.ts, withImageConfig).
  */
-export function parseRunArgs<const T extends OptionSpec>(argv: string[], options: T, usage: string) {
+export function parseRunArgs<const T extends OptionSpec>(argv: string[], options: T, usage: string, { commandFromImage = false } = {}) {
   checkNodeVersion()
   const [verb, ...rest] = argv
   // Not -h: from step 02 on it is --hostname, as in Docker.
@@ -38,7 +40,7 @@ export function parseRunArgs<const T extends OptionSpec>(argv: string[], options
   const values = parsed.values as Record<string, unknown>
   if (values.help) exitWithUsage(usage)
   const command = rest.slice(split).filter((arg, i) => !(i === 0 && arg === '--'))
-  if (command.length === 0) throw new UsageError('missing command: what should run in the container? (see --help)')
+  if (command.length === 0 && !commandFromImage) throw new UsageError('missing command: what should run in the container? (see --help)')
   if (process.platform !== 'linux') {
     throw new UsageError('containers need a Linux kernel: on macOS or Windows use the VM in vagrant/ (see README.md)')
   }

@@ -5,11 +5,20 @@
 //   upper/   its own changes (new files, changed copies, whiteouts for deletions)
 //   work/    overlayfs's scratch space (same filesystem as upper/)
 //   merged/  the mount point where image + changes appear as one tree
+//   lower    the image's layers, the overlay's lowerdirs, top first, one a
+//            line: what lies under upper/, for `npm run images -- diff`
+//            and `export` (scripts/lib/image-changes.ts), also once it has ended
+//
+// In a layer, and in upper/, overlayfs marks what hides the layers below:
+// a whiteout, a character device 0,0, for a name deleted, and an opaque
+// directory, one with the xattr overlay.opaque = "y", for a directory whose
+// contents below are all hidden (overlayfs.rst, "whiteouts and opaque directories").
 
-import { chmodSync, existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, type Stats } from 'node:fs'
 import { join } from 'node:path'
 import { mount } from './mounts.ts'
 import { containersDir } from './settings.ts'
+import { lgetxattr } from './xattr.ts'
 
 /** The directories of a container's overlay. */
 export function overlayDirs(dir: string) {
@@ -18,14 +27,38 @@ export function overlayDirs(dir: string) {
 
 /**
  * Make the container's directory, `<stateDir>/containers/<id>`, with
- * upper/, work/ and merged/, and note which process owns it (for clean-up).
+ * upper/, work/ and merged/, note which process owns it (for clean-up),
+ * and, if given, the image's layers it goes on (`lower`, see the header).
  */
-export function createContainerDir(id: string): string {
+export function createContainerDir(id: string, lowerdirs: string[] = []): string {
   const dir = join(containersDir, id)
   mkdirSync(dir, { recursive: true })
   for (const sub of Object.values(overlayDirs(dir))) mkdirSync(sub)
   writeFileSync(join(dir, 'parent.pid'), `${process.pid}\n`)
+  if (lowerdirs.length) writeFileSync(join(dir, 'lower'), lowerdirs.map((path) => `${path}\n`).join(''))
   return dir
+}
+
+/** The image's layers a container's directory notes in `lower` (top first); [] if it has none. */
+export function readLowerdirs(dir: string): string[] {
+  try {
+    return readFileSync(join(dir, 'lower'), 'utf8').split('\n').filter(Boolean)
+  } catch {
+    return []
+  }
+}
+
+/** The xattrs that make a directory opaque: trusted.* for an overlay mounted by host root, user.* with userxattr. */
+export const OPAQUE_XATTRS = ['trusted.overlay.opaque', 'user.overlay.opaque']
+
+/** A whiteout: a character device with device number 0,0 (lstat's view of it). */
+export function isWhiteout(stat: Stats): boolean {
+  return stat.isCharacterDevice() && stat.rdev === 0
+}
+
+/** Whether directory `path` is opaque to an overlay mounted with `xattrs` (both kinds unless said). */
+export function isOpaque(path: string, xattrs = OPAQUE_XATTRS): boolean {
+  return xattrs.some((name) => lgetxattr(path, name)?.toString() === 'y')
 }
 
 /** Remove a container's directory (nothing may be mounted in it any more). */

@@ -1,7 +1,7 @@
 // User namespaces (user_namespaces(7)): who root is. The id maps a parent
 // writes for a child's namespace, the calls that set a process's
 // credentials, starting Node in a new user namespace (Node, multithreaded,
-// cannot make one for itself), and an image whose owners are the mapped ids.
+// cannot make one for itself), and image layers whose owners are the mapped ids.
 
 import { execFileSync, spawn, spawnSync, type ChildProcess, type SpawnOptions, type StdioOptions } from 'node:child_process'
 import {
@@ -13,10 +13,13 @@ import { basename, dirname, join, resolve } from 'node:path'
 import { UsageError } from './errors.ts'
 import { check, raw } from './libc.ts'
 import { mount, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_REC, MS_SLAVE, O_CLOEXEC, O_PATH } from './mounts.ts'
+import { layersDir } from './image-config.ts'
 import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS, spawnInNamespaces } from './namespaces.ts'
+import { isOpaque } from './overlay.ts'
 import { compileCacheDir, imagesDir, repoDir, rootless } from './settings.ts'
 import { prepareRecord, recordPid1, recordStart } from './state.ts'
 import type { Volume } from './volumes.ts'
+import { lsetxattr } from './xattr.ts'
 
 /** One line of /proc/PID/uid_map (and gid_map): `count` ids from `inside` are `outside`… on the host. */
 export interface IdMap {
@@ -284,34 +287,44 @@ export function setresuid(ruid: number, euid: number, suid: number): void {
 }
 
 /**
- * The image with every owner moved by `map.outside`, so that root-owned
- * files belong to the container's root. For an image of the store, made
- * once per mapping as `<images>/<name>@<outside>/rootfs` and kept; for any
- * other directory, made in the container's directory and removed with it
- * (such a directory may change, and its own may be closed to uid 100000).
- * Rootless (a one-id map), `rootfs` itself: the user's files are root's inside already.
+ * The image's layers (top first) with every owner moved by `map.outside`,
+ * so that root-owned files belong to the container's root. Each is copied
+ * once per mapping and kept: a layer as `<layers>/<hex>@<outside>`, an
+ * image's rootfs as `<images>/<name>@<outside>/rootfs`; any other directory
+ * (an image given by path) in the container's directory, and removed with
+ * it (such a directory may change, and its own may be closed to uid 100000).
+ * The copies' opaque directories get user.overlay.opaque too: the overlay
+ * in a user namespace (userxattr) reads user.* xattrs, not trusted.*.
+ * Rootless (a one-id map), the layers themselves: the user's files are root's inside already.
  */
-export function shiftedImage(rootfs: string, map: IdMap, containerDir: string): string {
-  if (map.count === 1) return rootfs
-  const inStore = resolve(rootfs).startsWith(`${imagesDir}/`)
-  const shifted = inStore ? join(imagesDir, `${basename(dirname(rootfs))}@${map.outside}`, 'rootfs') : join(containerDir, 'image')
-  if (existsSync(shifted)) return shifted
-  mkdirSync(dirname(shifted), { recursive: true })
-  const making = `${shifted}.${process.pid}`
-  execFileSync('cp', ['-a', rootfs, making])
-  shiftOwners(making, map.outside)
-  try {
-    renameSync(making, shifted)
-  } catch {
-    rmSync(making, { recursive: true, force: true }) // another run made it first
-  }
-  return shifted
+export function shiftedLayers(lowerdirs: string[], map: IdMap, containerDir: string): string[] {
+  if (map.count === 1) return lowerdirs
+  return lowerdirs.map((dir) => {
+    const shifted = resolve(dir).startsWith(`${imagesDir}/`) ? join(imagesDir, `${basename(dirname(dir))}@${map.outside}`, 'rootfs')
+      : resolve(dir).startsWith(`${layersDir}/`) ? `${resolve(dir)}@${map.outside}`
+      : join(containerDir, 'image')
+    if (existsSync(shifted)) return shifted
+    mkdirSync(dirname(shifted), { recursive: true })
+    const making = `${shifted}.${process.pid}`
+    // The directory itself, if `dir` is a symlink to it (an image's rootfs may be one, to its layer).
+    execFileSync('cp', ['-a', realpathSync(dir), making])
+    shiftOwners(making, map.outside)
+    try {
+      renameSync(making, shifted)
+    } catch {
+      rmSync(making, { recursive: true, force: true }) // another run made it first
+    }
+    return shifted
+  })
 }
 
 // lchown every entry by `by`; chown clears set-user-ID bits, so put the mode back.
+// An opaque directory (trusted.overlay.opaque) gets user.overlay.opaque too.
 function shiftOwners(path: string, by: number): void {
   const stat = lstatSync(path)
   lchownSync(path, stat.uid + by, stat.gid + by)
   if (!stat.isSymbolicLink()) chmodSync(path, stat.mode & 0o7777)
-  if (stat.isDirectory()) for (const name of readdirSync(path)) shiftOwners(join(path, name), by)
+  if (!stat.isDirectory()) return
+  if (isOpaque(path, ['trusted.overlay.opaque'])) lsetxattr(path, 'user.overlay.opaque', 'y')
+  for (const name of readdirSync(path)) shiftOwners(join(path, name), by)
 }

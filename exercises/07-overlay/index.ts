@@ -6,6 +6,8 @@
 // top, and pivots into the merged view. Writes and deletions land in the
 // upper dir only, so a container costs kilobytes, not a copy of the image.
 // The directory is removed when the container ends, unless --keep is given.
+// An image may be layers, stacked as lower layers; its config (Entrypoint,
+// Cmd, Env, WorkingDir) fills in what the command line leaves out, as in Docker.
 //
 // Usage: npx tsx exercises/07-overlay run [options] <command> [args...]   (--help lists the options)
 //
@@ -28,7 +30,7 @@ import {
 import { CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
 import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
 import { chdir, containerEnv, enterWorkdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
-import { ensureImage } from '../../shared/rootfs.ts'
+import { imageLayers, withImageConfig } from '../../shared/image-config.ts'
 import { openContainerTerminal, TerminalRelay } from '../../shared/terminal.ts'
 import { sethostname } from '../../shared/uts.ts'
 import { bindVolumes, type Volume } from '../../shared/volumes.ts'
@@ -60,8 +62,8 @@ Examples:
 interface Container {
   id: string
   hostname: string // -h, or the id
-  rootfs: string
-  workdir: string // -w, or /
+  lowerdirs: string[] // the image's layers, top first
+  workdir: string // -w, or the image's WorkingDir, or /
   volumes: Volume[] // -v HOST:CTR[:ro]
   command: string[]
   env: string[] // -e KEY=VALUE
@@ -80,12 +82,14 @@ async function main(argv: string[]): Promise<void> {
     memory: { type: 'string', short: 'm' },
     cpus: { type: 'string' },
     'cpu-shares': { type: 'string', short: 'c' },
-  }, usage)
+  }, usage, { commandFromImage: true })
   const limits = limitsFromOptions(options)
   requireRoot()
-  const rootfs = await ensureImage(options.image)
+  const image = await imageLayers(options.image)
+  // What runs, with what, where: the command line's over the image's config, as Docker merges them.
+  const config = withImageConfig(image.config, { command, env, workdir: options.workdir })
   const id = newContainerId()
-  await run({ id, hostname: options.hostname ?? id, rootfs, workdir: options.workdir ?? '/', volumes, command, env }, limits, options.keep)
+  await run({ id, hostname: options.hostname ?? id, lowerdirs: image.lowerdirs, volumes, ...config }, limits, options.keep)
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -103,7 +107,7 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     for (const { dir } of cgroup.dirs) mkdirSync(dir)
     // A limit is a write to one of its files: pids.max, memory.max, cpu.max…
     for (const { dir, file, value } of cgroup.writes) writeFileSync(join(dir, file), value)
-    const dir = createContainerDir(container.id)
+    const dir = createContainerDir(container.id, container.lowerdirs)
     // The overlay is mounted in the container's mount namespace and goes with it.
     cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
     // With a terminal, the child gives the command one of the container's
@@ -140,11 +144,12 @@ function child(container: Container): void {
   // the tree, or mounts such as /dev/pts would still leak.
   mount(null, '/', null, MS_REC | MS_PRIVATE)
   // TODO: the image is shared by every container and must stay as it is.
-  // Mount an overlay: the image as the read-only lower layer, the container's
-  // own upper/ on top (work/ is the kernel's scratch space), merged/ where
-  // both show as one tree. Pivot into that instead. Until then, the container
-  // writes to the image itself.
-  pivotInto(container.rootfs, container.volumes)
+  // Mount an overlay: the image's layers (container.lowerdirs, the top one
+  // first) read-only below, the container's own upper/ on top (work/ is the
+  // kernel's scratch space), merged/ where all show as one tree. Pivot into
+  // that instead. Until then, the container runs in the image's top layer
+  // and writes to it.
+  pivotInto(container.lowerdirs[0], container.volumes)
   // A proc filesystem shows the PID namespace of the process that mounts it.
   mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
   // sysfs read-only: the container may read the kernel's view of devices and settings, not change it.

@@ -30,7 +30,7 @@ import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } f
 import { addAddress, addDefaultRoute, allocateNetwork, BRIDGE, ipAsync, linkUp, releaseNetwork, type Network } from '../../shared/net.ts'
 import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
 import { chdir, containerEnv, enterWorkdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
-import { ensureImage } from '../../shared/rootfs.ts'
+import { imageLayers, withImageConfig } from '../../shared/image-config.ts'
 import { openContainerTerminal, TerminalRelay } from '../../shared/terminal.ts'
 import { sethostname } from '../../shared/uts.ts'
 import { bindVolumes, type Volume } from '../../shared/volumes.ts'
@@ -63,8 +63,8 @@ Examples:
 interface Container {
   id: string
   hostname: string // -h, or the id
-  rootfs: string
-  workdir: string // -w, or /
+  lowerdirs: string[] // the image's layers, top first
+  workdir: string // -w, or the image's WorkingDir, or /
   volumes: Volume[] // -v HOST:CTR[:ro]
   command: string[]
   env: string[] // -e KEY=VALUE
@@ -83,12 +83,14 @@ async function main(argv: string[]): Promise<void> {
     memory: { type: 'string', short: 'm' },
     cpus: { type: 'string' },
     'cpu-shares': { type: 'string', short: 'c' },
-  }, usage)
+  }, usage, { commandFromImage: true })
   const limits = limitsFromOptions(options)
   requireRoot()
-  const rootfs = await ensureImage(options.image)
+  const image = await imageLayers(options.image)
+  // What runs, with what, where: the command line's over the image's config, as Docker merges them.
+  const config = withImageConfig(image.config, { command, env, workdir: options.workdir })
   const id = newContainerId()
-  await run({ id, hostname: options.hostname ?? id, rootfs, workdir: options.workdir ?? '/', volumes, command, env }, limits, options.keep)
+  await run({ id, hostname: options.hostname ?? id, lowerdirs: image.lowerdirs, volumes, ...config }, limits, options.keep)
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -106,7 +108,7 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     for (const { dir } of cgroup.dirs) mkdirSync(dir)
     // A limit is a write to one of its files: pids.max, memory.max, cpu.max…
     for (const { dir, file, value } of cgroup.writes) writeFileSync(join(dir, file), value)
-    const dir = createContainerDir(container.id)
+    const dir = createContainerDir(container.id, container.lowerdirs)
     // The overlay is mounted in the container's mount namespace and goes with it.
     cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
     // With a terminal, the child gives the command one of the container's
@@ -161,11 +163,11 @@ function child(container: Container): void {
   // anything mounted under it would show up on the host too. MS_REC: all of
   // the tree, or mounts such as /dev/pts would still leak.
   mount(null, '/', null, MS_REC | MS_PRIVATE)
-  // overlayfs: the image, read-only and shared by every container, below
-  // (lowerdir); our writes go to upperdir, workdir is overlayfs's scratch
-  // space (on upperdir's filesystem), and merged shows the two as one tree.
+  // overlayfs: the image's layers, read-only and shared by every container,
+  // below (lowerdir, top first); our writes go to upperdir, workdir is overlayfs's
+  // scratch space (on upperdir's filesystem), and merged shows them as one tree.
   const { upper, work, merged } = overlayDirs(container.dir)
-  mount('overlay', merged, 'overlay', 0, `lowerdir=${container.rootfs},upperdir=${upper},workdir=${work}`)
+  mount('overlay', merged, 'overlay', 0, `lowerdir=${container.lowerdirs.join(':')},upperdir=${upper},workdir=${work}`)
   pivotInto(merged, container.volumes)
   // A proc filesystem shows the PID namespace of the process that mounts it.
   mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)

@@ -31,11 +31,11 @@ import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, C
 import { addAddress, addDefaultRoute, allocateNetwork, BRIDGE, ipAsync, linkUp, releaseNetwork, type Network } from '../../shared/net.ts'
 import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
 import { chdir, containerEnv, enterWorkdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
-import { ensureImage } from '../../shared/rootfs.ts'
+import { imageLayers, withImageConfig } from '../../shared/image-config.ts'
 import { rootless } from '../../shared/settings.ts'
 import { openContainerTerminal, TerminalRelay } from '../../shared/terminal.ts'
 import {
-  containerPid, idMapFor, reexecChildInUserNamespace, requireUserns, setgroups, setresgid, setresuid, shiftedImage,
+  containerPid, idMapFor, reexecChildInUserNamespace, requireUserns, setgroups, setresgid, setresuid, shiftedLayers,
   signalContainer, writeIdMaps,
 } from '../../shared/userns.ts'
 import { sethostname } from '../../shared/uts.ts'
@@ -70,8 +70,8 @@ Examples:
 interface Container {
   id: string
   hostname: string // -h, or the id
-  rootfs: string
-  workdir: string // -w, or /
+  lowerdirs: string[] // the image's layers, top first
+  workdir: string // -w, or the image's WorkingDir, or /
   volumes: Volume[] // -v HOST:CTR[:ro]
   command: string[]
   env: string[] // -e KEY=VALUE
@@ -91,13 +91,15 @@ async function main(argv: string[]): Promise<void> {
     memory: { type: 'string', short: 'm' },
     cpus: { type: 'string' },
     'cpu-shares': { type: 'string', short: 'c' },
-  }, usage)
+  }, usage, { commandFromImage: true })
   const limits = limitsFromOptions(options)
   // No sudo: run by a user, the step is rootless, if the host lets users make user namespaces.
   requireUserns()
-  const rootfs = await ensureImage(options.image)
+  const image = await imageLayers(options.image)
+  // What runs, with what, where: the command line's over the image's config, as Docker merges them.
+  const config = withImageConfig(image.config, { command, env, workdir: options.workdir })
   const id = newContainerId()
-  await run({ id, hostname: options.hostname ?? id, rootfs, workdir: options.workdir ?? '/', volumes, command, env, rootless }, limits, options.keep)
+  await run({ id, hostname: options.hostname ?? id, lowerdirs: image.lowerdirs, volumes, ...config, rootless }, limits, options.keep)
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -116,14 +118,14 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     for (const { dir } of cgroup.dirs) mkdirSync(dir)
     // A limit is a write to one of its files: pids.max, memory.max, cpu.max…
     for (const { dir, file, value } of cgroup.writes) writeFileSync(join(dir, file), value)
-    const dir = createContainerDir(container.id)
+    const dir = createContainerDir(container.id, container.lowerdirs)
     // The overlay is mounted in the container's mount namespace and goes with it.
     cleanup.defer(() => (keep ? keepContainerDir(dir) : removeContainerDir(dir)))
     // Container root is map.outside on the host: it writes the overlay's upper and work dirs.
     const map = idMapFor()
     for (const sub of Object.values(overlayDirs(dir))) chownSync(sub, map.outside, map.outside)
-    // Root-owned files would be nobody's inside: as root, a copy of the image owned by the mapped ids.
-    const rootfs = shiftedImage(container.rootfs, map, dir)
+    // Root-owned files would be nobody's inside: as root, a copy of each layer owned by the mapped ids.
+    const lowerdirs = shiftedLayers(container.lowerdirs, map, dir)
     // With a terminal, the child gives the command one of the container's
     // own and sends us its master; we relay between it and ours.
     const terminal = new TerminalRelay()
@@ -133,7 +135,7 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     // message queues of its own. It comes with the mount namespace: queues show
     // as files in an mqueue mount, as POSIX shared memory does in /dev/shm.
     const flags = CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET
-    const child = reexecChildInUserNamespace({ ...container, rootfs, dir }, flags, terminal.stdio(STDIO_WITH_SYNC))
+    const child = reexecChildInUserNamespace({ ...container, lowerdirs, dir }, flags, terminal.stdio(STDIO_WITH_SYNC))
     // If setting up fails here, the child, still waiting on the pipe, must not outlive us.
     cleanup.defer(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
     // The child waits on a pipe until we say so. Joining is a write too: its
@@ -196,12 +198,12 @@ function child(container: Container): void {
   // anything mounted under it would show up on the host too. MS_REC: all of
   // the tree, or mounts such as /dev/pts would still leak.
   mount(null, '/', null, MS_REC | MS_PRIVATE)
-  // overlayfs: the image, read-only and shared by every container, below
-  // (lowerdir); our writes go to upperdir, workdir is overlayfs's scratch
-  // space (on upperdir's filesystem), and merged shows the two as one tree.
+  // overlayfs: the image's layers, read-only and shared by every container,
+  // below (lowerdir, top first); our writes go to upperdir, workdir is overlayfs's
+  // scratch space (on upperdir's filesystem), and merged shows them as one tree.
   const { upper, work, merged } = overlayDirs(container.dir)
   // userxattr: in a user namespace overlayfs keeps its notes in user.* xattrs (trusted.* are host root's).
-  mount('overlay', merged, 'overlay', 0, `lowerdir=${container.rootfs},upperdir=${upper},workdir=${work},userxattr`)
+  mount('overlay', merged, 'overlay', 0, `lowerdir=${container.lowerdirs.join(':')},upperdir=${upper},workdir=${work},userxattr`)
   // In a user namespace, proc and sysfs mount only while the host's are in
   // view, so before pivot_root, as runc does; mknod is refused: /dev is bind mounts.
   // A proc filesystem shows the PID namespace of the process that mounts it.

@@ -113,7 +113,7 @@ export async function runStress(
     }
   } finally {
     removeTree(imageDir)
-    // Steps 09 and 10 as root run on a copy of the image owned by uid 100000 (shiftedImage), made once and kept in the store.
+    // Steps 09 and 10 as root run on a copy of the image owned by uid 100000 (shiftedLayers), made once and kept in the store.
     removeTree(`${imageDir}@${ROOT_MAP.outside}`)
   }
 }
