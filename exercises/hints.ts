@@ -165,6 +165,18 @@ export const homework: Record<string, Homework & { slug: string }> = {
     ],
     person: 'prediction.txt: the explanation under its last heading',
   },
+  p3: {
+    slug: 'p3-layers',
+    title: 'an image of layers: add a big file, delete it, and measure',
+    file: 'index.ts',
+    man: ['overlayfs: Documentation/filesystems/overlayfs.rst (Multiple lower layers)', 'mount(2)', 'tar(1)', 'sha256sum(1)', 'OCI image spec: layer.md, config.md'],
+    hints: [
+      'Each instruction gets its own overlay: the layers so far as lowerdirs, an empty upper. lowerdir lists the top layer first, and `layers` lists them bottom first, as image.json does: layers.map(layerDir).reverse().join(\':\').',
+      'mount(\'overlay\', merged, \'overlay\', 0, `lowerdir=${…},upperdir=${upper},workdir=${work}`). After umount2(merged), upper holds only what the instruction changed: that is the layer. layers.push(storeLayer(upper)) puts it on top.',
+      'storeLayer: const hex = layerDigest(dir); the target is join(layersDir, hex). If it exists, the layer is there already (drop dir unless copying); else renameSync(dir, target), or with copy, cp -a dir/. to a temporary name, then rename it into place. Return `sha256:${hex}`. Deleting /big in a later layer only adds a whiteout: the bytes stay in the layer below.',
+    ],
+    person: 'answers.md: why the image does not shrink, what diff\'s letters mean, and the export against the layers',
+  },
   p4: {
     slug: 'p4-lsns',
     title: 'a small lsns for one PID',

@@ -20,7 +20,7 @@ exitOnClosedPipe()
 const usage = `Usage: npm run homework [-- NAME [--hint | --show] [--target DIR]]
 
   (nothing)      list the problems, and what a person has to judge in each
-  NAME           check exercises/homework/<problem> (needs root: re-runs itself under sudo); NAME is p1a, p1b, p1b-userns, p2, p4, p5, p6a, p6b or p6c
+  NAME           check exercises/homework/<problem> (needs root: re-runs itself under sudo); NAME is p1a, p1b, p1b-userns, p2, p3, p4, p5, p6a, p6b or p6c
   NAME --hint    show the next hint
   NAME --show    (p2) also print what the kernel did
   --target DIR   check DIR instead (same file names), e.g. exercises/solutions/p1a-proc`
