@@ -10,7 +10,9 @@
 // the command's, -e and -w win; no command at all, or a User, is one line.
 // Then `diff` and `export` (scripts/lib/image-changes.ts) of a running
 // container and of kept ones (--keep). After each run the host's mount
-// table is as it was and the container's directory is gone.
+// table is as it was and the container's directory is gone. Also, without
+// the kernel: withImageConfig's merge, and mount() refusing options longer
+// than the page mount(2) reads.
 
 import t from 'tap'
 import { spawn, spawnSync } from 'node:child_process'
@@ -19,7 +21,8 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, sta
 import { join } from 'node:path'
 import { tsx } from '../scripts/lib/verify.ts'
 import { makedev, mknod, S_IFCHR } from '../shared/devices.ts'
-import { readMountInfo } from '../shared/mounts.ts'
+import { withImageConfig } from '../shared/image-config.ts'
+import { mount, readMountInfo } from '../shared/mounts.ts'
 import { removeContainerDir } from '../shared/overlay.ts'
 import { ensureImage } from '../shared/rootfs.ts'
 import { repoDir } from '../shared/settings.ts'
@@ -103,6 +106,23 @@ const FACTS = 'test -e /etc/hosts && echo hosts-present || echo hosts-gone; ls /
 // What a container changes, for diff and export: a new file, a copy-up, a deletion, a directory made anew.
 const CHANGES = 'echo new > /new; echo more >> /a; rm /etc/passwd; rm -r /opaque-dir; mkdir /opaque-dir; echo fresh > /opaque-dir/fresh'
 const EXPECTED_DIFF = ['C /a', 'C /etc', 'D /etc/passwd', 'A /new', 'C /opaque-dir', 'A /opaque-dir/fresh', 'D /opaque-dir/from-top', 'A /work']
+
+t.test('withImageConfig: the command line over the image\'s config, as Docker merges them', async (t) => {
+  const config = { Entrypoint: ['/bin/echo', 'entry'], Cmd: ['cmd'], Env: ['A=image', 'B=image'], WorkingDir: 'srv' }
+  t.same(withImageConfig(config, { command: [], env: [] }), { command: ['/bin/echo', 'entry', 'cmd'], env: ['A=image', 'B=image'], workdir: '/srv' },
+    'no command: Entrypoint + Cmd; Env as it is; a relative WorkingDir from /')
+  t.same(withImageConfig(config, { command: ['given'], env: ['B=cli'], workdir: '/tmp' }), { command: ['/bin/echo', 'entry', 'given'], env: ['A=image', 'B=image', 'B=cli'], workdir: '/tmp' },
+    'the words given replace Cmd, not Entrypoint; -e comes after Env (containerEnv lets the later one win); -w wins')
+  t.same(withImageConfig({ User: '0:0' }, { command: ['true'], env: [] }).command, ['true'], 'User 0:0 is root: no refusal')
+  t.throws(() => withImageConfig({}, { command: [], env: [] }), /^missing command/, 'neither a command nor Entrypoint/Cmd: missing command')
+  t.throws(() => withImageConfig({ User: '1000' }, { command: ['true'], env: [] }), /User `1000`/, 'a User other than root: refused')
+  t.throws(() => withImageConfig({ Env: ['NOVALUE'] }, { command: ['true'], env: [] }), /Env `NOVALUE`: expected KEY=VALUE/, 'an Env entry without =: refused')
+})
+
+t.test('mount(): options longer than mount(2)\'s one page are refused before the kernel cuts them off', async (t) => {
+  const layers = Array.from({ length: 40 }, (_, i) => `/var/lib/containers-from-scratch/layers/${String(i).padStart(64, '0')}`)
+  t.throws(() => mount('overlay', '/nonexistent', 'overlay', 0, `lowerdir=${layers.join(':')},upperdir=/u,workdir=/w`), /options are \d+ bytes, and mount\(2\) reads 4095, one page: an image of this many layers does not fit/, '40 layers of full paths: one line that says so')
+})
 
 t.test('an image of three layers, and its config, at steps 07-10', rootOnly(), async (t) => {
   const base = await ensureImage('busybox')
