@@ -25,8 +25,9 @@ function bind(lib: LibraryHandle) {
     execvpe: lib.func('int execvpe(const char *file, const char **argv, const char **envp)'),
     fcntl: lib.func('int fcntl(int fd, int cmd, ...)'),
     mknod: lib.func('int mknod(const char *pathname, unsigned int mode, unsigned long dev)'),
+    // Extended attributes: overlayfs's notes on a layer's directories (shared/xattr.ts).
+    lsetxattr: lib.func('int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)'),
     lgetxattr: lib.func('long lgetxattr(const char *path, const char *name, _Out_ uint8_t *value, size_t size)'),
-    lsetxattr: lib.func('int lsetxattr(const char *path, const char *name, const uint8_t *value, size_t size, int flags)'),
     prctl: lib.func('int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)'),
     kill: lib.func('int kill(int pid, int sig)'),
     _exit: lib.func('void _exit(int status)'),

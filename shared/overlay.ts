@@ -58,7 +58,7 @@ export function isWhiteout(stat: Stats): boolean {
 
 /** Whether directory `path` is opaque to an overlay mounted with `xattrs` (both kinds unless said). */
 export function isOpaque(path: string, xattrs = OPAQUE_XATTRS): boolean {
-  return xattrs.some((name) => lgetxattr(path, name)?.toString() === 'y')
+  return xattrs.some((name) => lgetxattr(path, name) === 'y')
 }
 
 /** Remove a container's directory (nothing may be mounted in it any more). */
