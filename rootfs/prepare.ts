@@ -1,7 +1,7 @@
 // npm run rootfs [-- --source alpine|busybox] [--from-tar FILE [--name NAME]] [--force]
 //
-// Prepares the image containers use as their root filesystem. See
-// rootfs/README.md for the sources and where images live.
+// Prepares the image containers use as their root filesystem, or imports
+// one. See rootfs/README.md for the sources, the layers and where images live.
 
 import { parseArgs } from 'node:util'
 import { requireRoot } from '../shared/cli.ts'
@@ -17,9 +17,10 @@ ${imagesDir} (set CFS_HOME to move it).
 Options:
   --source alpine|busybox  where to get it (default: Alpine if the network
                            allows, else the host's busybox-static)
-  --from-tar FILE          use any root filesystem tarball (e.g. docker export)
+  --from-tar FILE          use any root filesystem tarball (e.g. docker export),
+                           as a one-layer image
   --name NAME              the image's name (with --from-tar; default: file name)
-  --force                  rebuild even if the image exists
+  --force                  rebuild, or replace the image of that name
 `
 
 try {

@@ -14,10 +14,10 @@ import { existsSync, readFileSync } from 'node:fs'
 import { dirname, join, posix } from 'node:path'
 import { UsageError } from './errors.ts'
 import { ensureImage } from './rootfs.ts'
-import { imagesDir, stateDir } from './settings.ts'
+import { imagesDir, layersDir } from './settings.ts'
 
-/** Where the layers are: one directory each, named by the hex of its diff_id. */
-export const layersDir = join(stateDir, 'layers')
+/** Where the layers are: one directory each, named by the hex of its diff_id (shared/settings.ts). */
+export { layersDir }
 
 /** What an image's config may say about running it (OCI image-spec, config.md: `config`). */
 export interface ImageConfig {

@@ -1,21 +1,25 @@
 // Images: the directory trees containers use as their root filesystem.
 //
-// An image is `<stateDir>/images/<name>/rootfs` plus `image.json` saying where
-// it came from. Sources, in the order `prepareImage` tries them:
+// An image is a stack of layers in the store (shared/layers.ts): steps 03-06
+// run one-layer images, whose `<stateDir>/images/<name>/rootfs` links to
+// their layer; from step 07 overlay stacks the layers. Sources, in the order
+// `prepareImage` tries them:
 //   1. an image that is already there;
 //   2. Alpine's minirootfs (pinned, SHA-256 checked), when the network allows;
 //   3. busybox from the host (Debian/Ubuntu: apt-get install busybox-static),
 //      which needs no network and is what CI uses;
 //   4. any tarball, with --from-tar (e.g. the output of `docker export`).
+// Each makes a one-layer image.
 
 import { execFileSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import {
   chmodSync, copyFileSync, existsSync, lstatSync, mkdirSync, mkdtempSync, openSync, readSync, closeSync,
-  renameSync, rmSync, symlinkSync, writeFileSync, accessSync, constants as fsConstants,
+  realpathSync, rmSync, symlinkSync, writeFileSync, accessSync, constants as fsConstants,
 } from 'node:fs'
 import { basename, dirname, join, resolve } from 'node:path'
 import { UsageError } from './errors.ts'
+import { imageExists, importImage, layerDirs, layersDir, readImage, type ImageInfo, type ImageRecord } from './layers.ts'
 import { imagesDir } from './settings.ts'
 
 /** Alpine minirootfs, pinned: version, and SHA-256 per architecture. */
@@ -34,32 +38,44 @@ export const ALPINE = {
 /** Image names tried, in order, when none is given. */
 export const DEFAULT_IMAGES = ['alpine', 'busybox']
 
-/** Where an image's root filesystem is (or would be). */
+/** Where an image's root filesystem is (or would be): for a one-layer image, a link to its layer. */
 export function imageRootfs(name: string): string {
   return name.includes('/') ? resolve(name) : join(imagesDir, name, 'rootfs')
 }
 
 /**
  * The root filesystem to run: the named image (or a directory path), or the
- * default one, prepared on first use. Throws a one-line UsageError if the
- * image is missing or broken.
+ * default one, prepared on first use. For an image of the store, its one
+ * layer's directory itself (not the rootfs link to it, which cp -a and
+ * mountinfo would not see through). Throws a one-line UsageError if the
+ * image is missing, broken, or has more than one layer.
  */
 export async function ensureImage(name?: string): Promise<string> {
-  if (name) {
+  if (name?.includes('/')) {
     const rootfs = imageRootfs(name)
-    if (!existsSync(rootfs)) {
-      throw new UsageError(`no image \`${name}\` at ${rootfs}: prepare it with \`npm run rootfs\``)
-    }
-    return checkImage(rootfs)
+    if (!existsSync(rootfs)) throw new UsageError(`no image \`${name}\` at ${rootfs}: prepare it with \`npm run rootfs\``)
+    // Through any symlink (images/<name>/rootfs is one): step 04 finds its
+    // /proc mount in mountinfo by this path, which shows the real one.
+    return checkImage(realpathSync(rootfs))
   }
-  const found = DEFAULT_IMAGES.map(imageRootfs).find((dir) => existsSync(dir))
-  if (found) return checkImage(found)
+  if (name) return checkImage(oneLayer(readImage(name)))
+  const found = DEFAULT_IMAGES.find(imageExists)
+  if (found) return checkImage(oneLayer(readImage(found)))
   // One line, not the preparation's running commentary: the learner asked for a container.
   const said: string[] = []
   const rootfs = await prepareImage({ log: (line) => said.push(line) })
   const fallback = said.find((line) => line.startsWith('Alpine download not possible'))
   process.stderr.write(`cfs: no image yet: prepared one at ${rootfs}, once${fallback ? ' (from the host\'s busybox: Alpine could not be downloaded)' : ''}\n`)
   return checkImage(rootfs)
+}
+
+// Steps 03-06 use the image as the root itself: one directory, one layer.
+function oneLayer(image: ImageRecord): string {
+  const dirs = layerDirs(image)
+  if (dirs.length !== 1) {
+    throw new UsageError(`image \`${image.name}\` has ${dirs.length} layers: steps before 07 run one-layer images only (layers arrive with overlay at step 07)`)
+  }
+  return dirs[0]
 }
 
 // An image must at least have a shell; anything else is a half-made image.
@@ -80,59 +96,81 @@ export interface PrepareOptions {
   log?: (line: string) => void
 }
 
-/** Prepare an image and return its rootfs directory. See the header for the order. */
+/**
+ * Prepare an image and return its rootfs directory (its layer's), or, for
+ * an image of several layers, the image's directory. See the header for the order.
+ */
 export async function prepareImage(options: PrepareOptions): Promise<string> {
   const log = options.log ?? ((line: string) => process.stderr.write(`cfs: ${line}\n`))
+  const { force } = options
   if (options.fromTar) {
-    const name = options.name ?? basename(options.fromTar).replace(/\.(tar(\.\w+)?|tgz)$/, '')
-    return build(name, options.force, log, (dir) => extractTar(options.fromTar!, dir), { source: 'tar', file: resolve(options.fromTar) })
+    const file = resolve(options.fromTar)
+    if (!existsSync(file)) throw new UsageError(`no such tarball: ${file}`)
+    const name = options.name ?? basename(file).replace(/\.(tar(\.\w+)?|tgz)$/, '')
+    const info: ImageInfo = { source: 'tar', file, config: {}, history: [{ created: new Date().toISOString(), createdBy: `npm run rootfs -- --from-tar ${file}` }] }
+    return where(await importImage(name, [{ label: basename(file), file }], info, { force, log }))
   }
-  if (!options.force && !options.source) {
-    const found = DEFAULT_IMAGES.map(imageRootfs).find((dir) => existsSync(dir))
-    if (found) return found
+  if (!force && !options.source) {
+    const found = DEFAULT_IMAGES.find(imageExists)
+    if (found) return where(readImage(found))
   }
   if (options.source !== 'busybox') {
     try {
-      return await build('alpine', options.force, log, (dir) => downloadAlpine(dir, log), { source: 'alpine', version: ALPINE.version })
+      return await build('alpine', force, log, (work) => downloadAlpine(work, log), {
+        source: 'alpine', version: ALPINE.version, config: SHELL_CONFIG,
+        history: [{ created: new Date().toISOString(), createdBy: `Alpine minirootfs ${ALPINE.version}, ${ALPINE.url(process.arch)}` }],
+      })
     } catch (err) {
       if (options.source === 'alpine') throw err
       log(`Alpine download not possible (${(err as Error).message}); using the host's busybox instead`)
     }
   }
-  return build('busybox', options.force, log, buildBusybox, { source: 'busybox', binary: findBusybox() })
+  const binary = findBusybox()
+  return build('busybox', force, log, busyboxLayer, {
+    source: 'busybox', binary, config: SHELL_CONFIG,
+    history: [{ created: new Date().toISOString(), createdBy: `${binary} from this host, a link per applet, a minimal /etc` }],
+  })
 }
 
-// Build an image in a temporary directory and rename it into place, so a
-// half-built image is never used and two first runs cannot collide.
+// What Docker's busybox and alpine images run when told nothing else.
+const SHELL_CONFIG = { Cmd: ['/bin/sh'], Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'] }
+
+// The directory to print for an image: its one layer's, or the image's own.
+function where(image: ImageRecord): string {
+  const dirs = layerDirs(image)
+  return dirs.length === 1 ? dirs[0] : join(imagesDir, image.name)
+}
+
+// Make a one-layer image from a tar that `makeTar` writes in a scratch
+// directory, unless the image is there already (and not --force). Two
+// first runs at the same moment: one makes it, the other uses it.
 async function build(
   name: string,
   force: boolean | undefined,
   log: (line: string) => void,
-  fill: (rootfs: string) => void | Promise<void>,
-  info: object,
+  makeTar: (work: string) => string | Promise<string>,
+  info: ImageInfo,
 ): Promise<string> {
-  const final = join(imagesDir, name)
-  if (existsSync(final) && !force) return join(final, 'rootfs')
-  mkdirSync(imagesDir, { recursive: true })
-  const tmp = mkdtempSync(join(imagesDir, `.${name}-`))
+  if (!force && imageExists(name)) return where(readImage(name))
+  mkdirSync(layersDir, { recursive: true })
+  // In the store, so that npm run clean finds it if this process dies.
+  const work = mkdtempSync(join(layersDir, `.tmp-${process.pid}-`))
   try {
-    mkdirSync(join(tmp, 'rootfs'))
-    await fill(join(tmp, 'rootfs'))
-    writeFileSync(join(tmp, 'image.json'), JSON.stringify({ name, ...info, created: new Date().toISOString() }, null, 2) + '\n')
-    if (force) rmSync(final, { recursive: true, force: true })
-    renameSync(tmp, final)
+    const tar = await makeTar(work)
+    const image = await importImage(name, [{ label: `image \`${name}\``, file: tar }], info, { force })
+    const rootfs = where(image)
+    log(`image \`${name}\` ready at ${rootfs}`)
+    return rootfs
   } catch (err) {
-    rmSync(tmp, { recursive: true, force: true })
-    if ((err as NodeJS.ErrnoException).code === 'ENOTEMPTY' || (err as NodeJS.ErrnoException).code === 'EEXIST') {
-      return join(final, 'rootfs') // another run built it at the same moment
-    }
+    if (!force && imageExists(name)) return where(readImage(name)) // another run made it meanwhile
     throw err
+  } finally {
+    rmSync(work, { recursive: true, force: true })
   }
-  log(`image \`${name}\` ready at ${join(final, 'rootfs')}`)
-  return join(final, 'rootfs')
 }
 
-async function downloadAlpine(rootfs: string, log: (line: string) => void): Promise<void> {
+// The pinned minirootfs, checked, as a file in `work`.
+async function downloadAlpine(work: string, log: (line: string) => void): Promise<string> {
   const sha256 = ALPINE.sha256[process.arch]
   if (!sha256) throw new Error(`no pinned Alpine image for ${process.arch}`)
   const url = ALPINE.url(process.arch)
@@ -155,20 +193,9 @@ async function downloadAlpine(rootfs: string, log: (line: string) => void): Prom
   const actual = createHash('sha256').update(tarball).digest('hex')
   if (actual !== sha256) throw new Error(`SHA-256 mismatch for ${url}: expected ${sha256}, got ${actual}`)
   log(`downloaded Alpine ${ALPINE.version} (${mib(tarball.length)}, SHA-256 checked)`)
-  const file = join(dirname(rootfs), 'alpine.tar.gz')
+  const file = join(work, 'alpine.tar.gz')
   writeFileSync(file, tarball)
-  extractTar(file, rootfs)
-  rmSync(file)
-}
-
-function extractTar(file: string, rootfs: string): void {
-  if (!existsSync(file)) throw new UsageError(`no such tarball: ${file}`)
-  try {
-    // --numeric-owner: the image's uids are the image's, not this host's names.
-    execFileSync('tar', ['-xf', resolve(file), '-C', rootfs, '--numeric-owner'], { stdio: ['ignore', 'ignore', 'pipe'] })
-  } catch (err) {
-    throw new UsageError(`cannot extract ${file}: ${String((err as { stderr?: Buffer }).stderr ?? '').trim().split('\n')[0]}`)
-  }
+  return file
 }
 
 /** The host's busybox, if it is statically linked (it must run inside any root). */
@@ -201,6 +228,19 @@ function isStatic(path: string): boolean {
     if (header.readUInt32LE(phoff + i * phentsize) === PT_INTERP) return false
   }
   return true
+}
+
+// The busybox image's layer: the tree below, as a tar made the same way
+// every time (names sorted, times 0, numeric owners). So the layer's
+// diff_id is a content id: the same busybox gives the same layer, and a
+// second build finds it in the store instead of unpacking another copy.
+function busyboxLayer(work: string): string {
+  const tree = join(work, 'tree')
+  mkdirSync(tree)
+  buildBusybox(tree)
+  const tar = join(work, 'busybox.tar')
+  execFileSync('tar', ['--sort=name', '--numeric-owner', '--mtime=@0', '--format=gnu', '-C', tree, '-cf', tar, '.'])
+  return tar
 }
 
 // A tiny distribution: one static busybox, a link per applet, /etc basics.

@@ -27,6 +27,8 @@ export const stateDir = process.env.CFS_HOME || (process.getuid?.() === 0
   ? '/var/lib/containers-from-scratch'
   : join(process.env.XDG_DATA_HOME || join(homedir(), '.local', 'share'), 'containers-from-scratch'))
 export const imagesDir = join(stateDir, 'images')
+/** Image layers, one directory each, shared by the images that have them (shared/layers.ts). */
+export const layersDir = join(stateDir, 'layers')
 export const containersDir = join(stateDir, 'containers')
 
 /** Root's state dir (see stateDir), whoever asks: `npm run ps` run by a user lists root's containers too. */

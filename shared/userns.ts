@@ -13,10 +13,9 @@ import { basename, dirname, join, resolve } from 'node:path'
 import { UsageError } from './errors.ts'
 import { check, raw } from './libc.ts'
 import { mount, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_REC, MS_SLAVE, O_CLOEXEC, O_PATH } from './mounts.ts'
-import { layersDir } from './image-config.ts'
 import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS, spawnInNamespaces } from './namespaces.ts'
 import { isOpaque } from './overlay.ts'
-import { compileCacheDir, imagesDir, repoDir, rootless } from './settings.ts'
+import { compileCacheDir, imagesDir, layersDir, repoDir, rootless } from './settings.ts'
 import { prepareRecord, recordPid1, recordStart } from './state.ts'
 import type { Volume } from './volumes.ts'
 import { lsetxattr } from './xattr.ts'
@@ -300,14 +299,16 @@ export function setresuid(ruid: number, euid: number, suid: number): void {
 export function shiftedLayers(lowerdirs: string[], map: IdMap, containerDir: string): string[] {
   if (map.count === 1) return lowerdirs
   return lowerdirs.map((dir) => {
-    const shifted = resolve(dir).startsWith(`${imagesDir}/`) ? join(imagesDir, `${basename(dirname(dir))}@${map.outside}`, 'rootfs')
-      : resolve(dir).startsWith(`${layersDir}/`) ? `${resolve(dir)}@${map.outside}`
+    const real = realpathSync(dir)
+    // A layer of the store (shared/layers.ts) is shifted once, beside it, for every image that has it.
+    const shifted = real.startsWith(`${layersDir}/`) ? `${real}@${map.outside}`
+      : real.startsWith(`${imagesDir}/`) ? join(imagesDir, `${basename(dirname(real))}@${map.outside}`, 'rootfs')
       : join(containerDir, 'image')
     if (existsSync(shifted)) return shifted
     mkdirSync(dirname(shifted), { recursive: true })
     const making = `${shifted}.${process.pid}`
     // The directory itself, if `dir` is a symlink to it (an image's rootfs may be one, to its layer).
-    execFileSync('cp', ['-a', realpathSync(dir), making])
+    execFileSync('cp', ['-a', real, making])
     shiftOwners(making, map.outside)
     try {
       renameSync(making, shifted)
