@@ -1,4 +1,4 @@
-// npm run rootfs [-- --source alpine|busybox] [--from-tar FILE [--name NAME]] [--force]
+// npm run rootfs [-- --source alpine|busybox] [--from-tar FILE | --from-oci PATH] [--name NAME] [--force]
 //
 // Prepares the image containers use as their root filesystem, or imports
 // one. See rootfs/README.md for the sources, the layers and where images live.
@@ -19,8 +19,13 @@ Options:
                            allows, else the host's busybox-static)
   --from-tar FILE          use any root filesystem tarball (e.g. docker export),
                            as a one-layer image
-  --name NAME              the image's name (with --from-tar; default: file name)
+  --from-oci PATH          import an image with its layers: an OCI image layout
+                           (a directory, or a tar of one: docker save), or a
+                           docker-archive (podman save, older docker save)
+  --name NAME              the image's name (default: the archive's, or the file's)
   --force                  rebuild, or replace the image of that name
+
+Then: npm run images (lists images and their layers)
 `
 
 try {
@@ -28,6 +33,7 @@ try {
     options: {
       source: { type: 'string' },
       'from-tar': { type: 'string' },
+      'from-oci': { type: 'string' },
       name: { type: 'string' },
       force: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
@@ -40,10 +46,13 @@ try {
   if (values.source && values.source !== 'alpine' && values.source !== 'busybox') {
     throw new UsageError(`--source must be alpine or busybox, not \`${values.source}\``)
   }
+  if (values['from-tar'] && values['from-oci']) throw new UsageError('--from-tar and --from-oci: one image at a time')
+  if (values.name && !values['from-tar'] && !values['from-oci']) throw new UsageError('--name goes with --from-tar or --from-oci (the built-in images are named alpine and busybox)')
   requireRoot() // images keep device nodes and owners: root writes them (re-runs under sudo)
   const rootfs = await prepareImage({
     source: values.source as 'alpine' | 'busybox' | undefined,
     fromTar: values['from-tar'],
+    fromOci: values['from-oci'],
     name: values.name,
     force: values.force,
   })

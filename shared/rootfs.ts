@@ -8,8 +8,9 @@
 //   2. Alpine's minirootfs (pinned, SHA-256 checked), when the network allows;
 //   3. busybox from the host (Debian/Ubuntu: apt-get install busybox-static),
 //      which needs no network and is what CI uses;
-//   4. any tarball, with --from-tar (e.g. the output of `docker export`).
-// Each makes a one-layer image.
+//   4. any tarball, with --from-tar (e.g. the output of `docker export`);
+//   5. an OCI image or a docker-archive, with --from-oci (shared/oci.ts).
+// The first four make one-layer images.
 
 import { execFileSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
@@ -20,6 +21,7 @@ import {
 import { basename, dirname, join, resolve } from 'node:path'
 import { UsageError } from './errors.ts'
 import { imageExists, importImage, layerDirs, layersDir, readImage, type ImageInfo, type ImageRecord } from './layers.ts'
+import { importOci } from './oci.ts'
 import { imagesDir } from './settings.ts'
 
 /** Alpine minirootfs, pinned: version, and SHA-256 per architecture. */
@@ -91,6 +93,7 @@ function checkImage(rootfs: string): string {
 export interface PrepareOptions {
   source?: 'alpine' | 'busybox'
   fromTar?: string
+  fromOci?: string
   name?: string
   force?: boolean
   log?: (line: string) => void
@@ -103,6 +106,7 @@ export interface PrepareOptions {
 export async function prepareImage(options: PrepareOptions): Promise<string> {
   const log = options.log ?? ((line: string) => process.stderr.write(`cfs: ${line}\n`))
   const { force } = options
+  if (options.fromOci) return where(await importOci(options.fromOci, { name: options.name, force, log }))
   if (options.fromTar) {
     const file = resolve(options.fromTar)
     if (!existsSync(file)) throw new UsageError(`no such tarball: ${file}`)
