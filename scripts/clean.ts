@@ -19,9 +19,10 @@ try {
 
 Remove what containers left behind after a crash: mounts under ${stateDir},
 cfs-* cgroups, cfs* interfaces and netns, container directories, stale leases
-and state files (npm run ps), and the isolation matrix's runc containers,
-cfsm-* keys and shared memory.
-Anything a running container still uses is left alone.
+and state files (npm run ps), an image import's temporary directories, and
+the isolation matrix's runc containers, cfsm-* keys and shared memory.
+Anything a running container still uses is left alone. Images and layers
+stay: npm run images -- rm NAME, and -- prune, remove those.
 
   --all        also stop running containers and remove directories kept with --keep
   --rootless   without sudo: only what your own rootless runs (steps 09 and 10)

@@ -2,8 +2,10 @@
 // crash (a parent killed with SIGKILL cannot clean up after itself):
 // mounts under the state dir, cfs-* cgroups (at the top, and, of a rootless
 // step 09 or 10, in a user's delegated cgroup), cfs* interfaces and netns,
-// container directories, stale address leases, and the isolation matrix's
-// runc containers, cfsm-* keys and "cfs" System V shared memory segments.
+// container directories, stale address leases, an image import's
+// temporary directories (never an image or a layer: npm run images -- prune
+// removes layers), and the isolation matrix's runc containers, cfsm-* keys
+// and "cfs" System V shared memory segments.
 // Only things with the project's prefix or under its state dir are ever
 // looked at. The one leftover finder: npm run clean, the stress run, the
 // tests and the verify scripts all look through findLeftovers().
@@ -19,7 +21,7 @@ import { BRIDGE, deleteInterface, liveLeases } from '../../shared/net.ts'
 import { removeContainerDir } from '../../shared/overlay.ts'
 import { STALE_LOCK_MS } from '../../shared/lock.ts'
 import { isRunning } from '../../shared/procfs.ts'
-import { containersDir, PREFIX, stateDir } from '../../shared/settings.ts'
+import { containersDir, imagesDir, layersDir, PREFIX, stateDir } from '../../shared/settings.ts'
 import { alive, readClaims, readStates, runDir, statusOf } from '../../shared/state.ts'
 import { RUNC_ROOT } from '../matrix/runc.ts'
 import { findKeys, findSegments, keyctl_invalidate, shmctl_rmid } from './kernel-objects.ts'
@@ -29,7 +31,7 @@ import { cmdline, findProcesses } from './procfs.ts'
 
 /** Something the project made: what it is, whether a running container still uses it, how to remove it. */
 export interface Leftover {
-  kind: 'mount' | 'cgroup' | 'interface' | 'netns' | 'container dir' | 'lease' | 'lock' | 'runc container' | 'key' | 'shm' | 'state file'
+  kind: 'mount' | 'cgroup' | 'interface' | 'netns' | 'container dir' | 'store temp' | 'lease' | 'lock' | 'runc container' | 'key' | 'shm' | 'state file'
   name: string
   inUse: string | false // why it must stay, if it must
   remove: () => unknown // may return a promise
@@ -62,6 +64,7 @@ export function findLeftovers(kinds?: Leftover['kind'][]): Leftover[] {
     ...(wanted('interface') ? interfaces() : []),
     ...(wanted('netns') ? netns() : []),
     ...(wanted('container dir') ? containerDirs() : []),
+    ...(wanted('store temp', 'lock') ? storeTemps() : []),
     ...(wanted('lease', 'lock') ? leases() : []),
     ...(wanted('key') ? keys() : []),
     ...(wanted('shm') ? segments() : []),
@@ -98,7 +101,7 @@ export async function clean(all = false, rootless = false): Promise<{ removed: L
   const kept: Leftover[] = []
   const failed: { item: Leftover; error: string }[] = []
   // Order matters: runc's containers and cgroups first (kills processes), then mounts, then the rest.
-  const order = ['runc container', 'cgroup', 'mount', 'interface', 'netns', 'container dir', 'lease', 'lock', 'key', 'shm', 'state file']
+  const order = ['runc container', 'cgroup', 'mount', 'interface', 'netns', 'container dir', 'store temp', 'lease', 'lock', 'key', 'shm', 'state file']
   const items = (rootless ? ownLeftovers() : findLeftovers()).sort((a, b) => order.indexOf(a.kind) - order.indexOf(b.kind))
   for (const item of items) {
     if (item.inUse && !all) {
@@ -295,6 +298,28 @@ function containerDirs(): Leftover[] {
       id: idIn(id),
     }
   }))
+}
+
+// What an image import (shared/layers.ts) or npm run images had under way
+// in the store when it died: .tmp-<pid>-… in layers/ and images/, a layer
+// half unpacked, an image half written, an old copy on its way out. In use
+// while that process lives. And the store's lock, left by a crash.
+function storeTemps(): Leftover[] {
+  const lock = join(layersDir, '.lock')
+  const stale: Leftover[] = existsSync(lock) && Date.now() - statSync(lock).mtimeMs > STALE_LOCK_MS
+    ? [{ kind: 'lock', name: lock, inUse: false, remove: () => rmdirSync(lock) }]
+    : []
+  return stale.concat([layersDir, imagesDir].flatMap((dir) => listDir(dir).flatMap((name) => {
+    const pid = Number(/^\.tmp-(\d+)-/.exec(name)?.[1])
+    if (!pid) return []
+    const path = join(dir, name)
+    return [{
+      kind: 'store temp' as const,
+      name: path,
+      inUse: isRunning(pid) ? `its process ${pid} is running` : false,
+      remove: () => rmSync(path, { recursive: true, force: true }),
+    }]
+  })))
 }
 
 // Address leases whose parent is gone, and a lock left by a crash.
