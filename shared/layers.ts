@@ -227,20 +227,28 @@ export function tempPath(dir: string, what = ''): string {
 function commit(name: string, staged: Staged[], info: ImageInfo, force: boolean, log: (line: string) => void): ImageRecord {
   for (const layer of staged) {
     const final = layerDir(layer.diffId)
+    let ours = false // the copy in place is the one this import unpacked
     if (layer.temp) {
       try {
         renameSync(layer.temp, final)
+        ours = true
       } catch (err) {
         if (!['ENOTEMPTY', 'EEXIST'].includes((err as NodeJS.ErrnoException).code!)) throw err
-        if (force) replaceLayer(final, layer.temp, log)
-        // Or another import unpacked the same layer meanwhile: theirs is as good as ours.
-        else rmSync(layer.temp, { recursive: true, force: true })
+        if (force) {
+          replaceLayer(final, layer.temp, log)
+          ours = true
+        } else {
+          // Another import unpacked the same layer meanwhile: theirs is as good as ours.
+          rmSync(layer.temp, { recursive: true, force: true })
+        }
       }
       layer.temp = undefined
     } else if (!existsSync(final)) {
       throw new UsageError(`layer ${shortId(layer.diffId)} was removed while this import ran (npm run images -- prune?): import again`)
     }
-    if (!existsSync(`${final}.json`)) writeAtomically(`${final}.json`, JSON.stringify(layer.record ?? measureLayer(layer.diffId, final), null, 2) + '\n')
+    if (ours || !existsSync(`${final}.json`)) {
+      writeAtomically(`${final}.json`, JSON.stringify(ours ? layer.record : measureLayer(layer.diffId, final), null, 2) + '\n')
+    }
   }
   const { source, config, history, ...from } = info
   const record: ImageRecord = {
@@ -250,16 +258,23 @@ function commit(name: string, staged: Staged[], info: ImageInfo, force: boolean,
   return record
 }
 
-// --force: the fresh copy in, the old one out. A container still running
-// in the old one (steps 03-06) keeps what it has open.
+// --force: the fresh copy in, the old one out, and userns.ts's shifted
+// copies of the old one (<hex>@<outside>) with it, to be made again. A
+// container still running in the old one keeps what it has open.
 function replaceLayer(final: string, fresh: string, log: (line: string) => void): void {
-  const old = tempPath(layersDir, 'old-')
-  renameSync(final, old)
+  const old = [final, ...readdirSync(layersDir).filter((name) => name.startsWith(`${basename(final)}@`)).map((name) => join(layersDir, name))]
+    .map((dir) => {
+      const aside = tempPath(layersDir, 'old-')
+      renameSync(dir, aside)
+      return aside
+    })
   renameSync(fresh, final)
-  try {
-    rmSync(old, { recursive: true, force: true })
-  } catch (err) {
-    log(`the old copy of ${basename(final)} stays in ${old} (${(err as Error).message}): npm run clean removes it`)
+  for (const dir of old) {
+    try {
+      rmSync(dir, { recursive: true, force: true })
+    } catch (err) {
+      log(`an old copy of ${basename(final)} stays in ${dir} (${(err as Error).message}): npm run clean removes it`)
+    }
   }
 }
 
