@@ -21,6 +21,7 @@ import {
 } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { gunzipSync, zstdCompressSync } from 'node:zlib'
 import { listDir, onPath } from '../scripts/lib/files.ts'
 import { readMountInfo } from '../shared/mounts.ts'
 import { hostArchitecture } from '../shared/oci.ts'
@@ -349,6 +350,19 @@ t.test('an index for several platforms: the host\'s is chosen; none for it, one 
   t.equal(none.exitCode, 125, 'an index with no image for this machine: exit 125', said(none))
   t.match(none.stderr, new RegExp(`^cfs: [^\\n]*no image for linux/${hostArchitecture()} in it, only for linux/s390x\\n$`), '…in one line naming the platforms it has')
   t.same(storeContents(home), before, 'nothing added to the store')
+})
+
+t.test('a layer compressed with zstd (media type …tar+zstd)', { skip }, async (t) => {
+  const home = scratchStore(t)
+  const busybox = await rootfs(home, '--source', 'busybox')
+  const layout = copyLayout(t, buildFixtures(busybox.stdout.trim()).layout)
+  const tar = gunzipSync(readFileSync(blobFile(layout.dir, layout.manifest.layers[0].digest)))
+  layout.manifest.layers[0] = { mediaType: 'application/vnd.oci.image.layer.v1.tar+zstd', ...putBlob(layout.dir, zstdCompressSync(tar)) }
+  const r = await rootfs(home, '--from-oci', saveLayout(layout), '--name', 'zstd')
+  t.equal(r.exitCode, 0, 'import: exit 0', said(r))
+  const [first] = imageJson(home, 'zstd').layers
+  t.equal(first, layout.config.rootfs.diff_ids[0], 'layer 1 has the diff_id it had gzipped: the same tar')
+  t.ok(lstatSync(join(layerPath(home, first), 'bin/busybox')).isFile(), 'and is unpacked')
 })
 
 // Each case imports into an empty store and must leave it empty.
