@@ -346,7 +346,8 @@ async function stageLayer(source: LayerSource, interrupted: Interruption, afresh
   let bytes = 0
   const counted = tap(blobHash, (n) => (bytes += n))
   if (source.diffId) {
-    await pipeline(open(source), counted, new Writable({ write: (_chunk, _encoding, done) => done() }))
+    // Nothing to check before unpacking if the blob has no digest (old docker save's <id>/layer.tar): its diff_id is its check.
+    if (source.digest || source.size !== undefined) await pipeline(open(source), counted, new Writable({ write: (_chunk, _encoding, done) => done() }))
   } else {
     await guard(source, compression, pipeline(open(source), counted, decompressor(compression), tap(diffHash), new Writable({ write: (_c, _e, done) => done() })))
   }
@@ -397,7 +398,9 @@ async function unpack(source: LayerSource, compression: Compression, diffId: str
     if (code !== 0) throw new UsageError(`${source.label}: tar: ${stderr.trim().split('\n').find((line) => !/Ignoring unknown extended header/.test(line)) ?? `exit ${code}`}`)
     const actual = `sha256:${hash.digest('hex')}`
     if (actual !== diffId) {
-      throw new UsageError(`${source.label}: uncompressed, its sha256 is ${actual.slice(7)}, not ${diffId.slice(7)} as the image's config (rootfs.diff_ids) says`)
+      throw new UsageError(source.diffId
+        ? `${source.label}: uncompressed, its sha256 is ${actual.slice(7)}, not ${diffId.slice(7)} as the image's config (rootfs.diff_ids) says`
+        : `${source.label}: changed while it was read (sha256 ${diffId.slice(7)}, then ${actual.slice(7)})`)
     }
     applyWhiteouts(temp, scanner.scan, root)
     return { diffId, temp, record: { diffId, ...measure(temp), created: new Date().toISOString() } }
