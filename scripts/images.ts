@@ -1,13 +1,15 @@
-// npm run images [-- history NAME | rm NAME | prune]
+// npm run images [-- history NAME | diff ID | export ID FILE | rm NAME | prune]
 //
 // The image store (shared/layers.ts): each image with its layers and their
-// sizes; an image's history, layer by layer; removing an image; removing
+// sizes; an image's history, layer by layer; a container's changes and its
+// merged view (scripts/lib/image-changes.ts); removing an image; removing
 // the layers no image has any more.
 
 import { parseArgs } from 'node:util'
 import { exitOnClosedPipe, exitWithError, UsageError } from '../shared/errors.ts'
 import { formatSize, listImages, readImage, readLayer, shortId, type ImageRecord } from '../shared/layers.ts'
 import { imagesDir, layersDir } from '../shared/settings.ts'
+import { diffCommand, exportCommand } from './lib/image-changes.ts'
 import { imageSize, layerUsers, pruneLayers, removeImage, storedLayers, type StoredLayer } from './lib/images.ts'
 
 exitOnClosedPipe()
@@ -20,6 +22,8 @@ The images in ${imagesDir} and their layers, in ${layersDir}
 Commands:
   (none)          each image, its layers (bottom first) and their sizes
   history NAME    how the image was made: each layer, what made it, its size
+  diff ID         a running or --keep container's changes, A/C/D (docker diff)
+  export ID FILE  a container's merged view as a tar (docker export)
   rm NAME         remove an image (its layers stay until prune)
   prune           remove the layers no image has, and say what that freed
 `
@@ -51,10 +55,14 @@ try {
       want(0, 'nothing')
       prune()
       break
-    // `diff ID` and `export ID FILE` (a container's changes, from its upper
-    // dir) go here, from scripts/lib/image-changes.ts.
+    case 'diff':
+      diffCommand(args)
+      break
+    case 'export':
+      await exportCommand(args)
+      break
     default:
-      throw new UsageError(`no command \`${command}\`: expected history, rm or prune (see --help)`)
+      throw new UsageError(`no command \`${command}\`: expected history, diff, export, rm or prune (see --help)`)
   }
 } catch (err) {
   exitWithError(err)

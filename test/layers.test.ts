@@ -54,7 +54,7 @@ function runTsx(script: string, args: string[], env: NodeJS.ProcessEnv, asUser?:
 
 const runStep = (step: string, args: string[], env: NodeJS.ProcessEnv, asUser?: number) => runTsx(`steps/${step}`, ['run', ...args], env, asUser)
 // `npm run images -- diff|export …`, through the test's stand-in for scripts/images.ts.
-const images = (args: string[], env: NodeJS.ProcessEnv) => runTsx('test/fixtures/image-changes.ts', args, env)
+const images = (args: string[], env: NodeJS.ProcessEnv) => runTsx('scripts/images.ts', args, env)
 
 // The host's mount table, as `mount point <- root (type)` lines: what each run must leave as it was.
 const hostMounts = () => readMountInfo().map((m) => `${m.mountPoint} <- ${m.root} (${m.fstype})`).sort()
