@@ -77,6 +77,9 @@ function watchRun(root: number, pids: Set<number>, ids: Set<string>): void {
     const [id, pid] = readText(join(leasesDir, address)).split(' ')
     if (pids.has(Number(pid))) ids.add(id)
   }
+  // The run's state file (shared/state.ts), there from its child's start to
+  // its clean-up: on a busy machine the child may come and go between polls.
+  for (const { state } of readStates()) if (pids.has(state.parent.pid)) ids.add(state.id)
 }
 
 // Left by the run: what carries its ids, and any new mount under the state
