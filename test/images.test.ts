@@ -299,6 +299,15 @@ t.test('images as layers: busybox, an OCI image three ways, shared layers, white
   }
   t.same(readMountInfo().filter((m) => m.mountPoint.startsWith(`${home}/`)).map((m) => m.mountPoint), [], 'no mount left in the store')
 
+  // Steps 07 and 08 run it as its layers: one lowerdir per layer, top first, and the whiteout and the new file as layer 2 left them.
+  for (const name of ['07-overlay', '08-net']) {
+    const ran = await step(home, name, '--image', 'two', 'sh', '-c', 'grep " / / " /proc/self/mountinfo; cat /etc/added; ls /var; ls /etc/hosts')
+    t.equal(ran.exitCode, 1, `step ${name} --image two: exit 1, from \`ls /etc/hosts\` (whited out)`, said(ran))
+    const lowerdirs = /\blowerdir=([^,\s]+)/.exec(ran.stdout)?.[1].split(':') ?? []
+    t.same(lowerdirs, [second, first], `step ${name}: the root is an overlay with one lowerdir per layer, top first`, said(ran))
+    t.match(ran.stdout, /^from layer 2\nnew$/m, `step ${name}: /etc/added is there, /var has only new`, said(ran))
+  }
+
   // Removing images; prune frees the layers no image has.
   for (const name of ['two', 'two-tar']) t.equal((await images(home, 'rm', name)).exitCode, 0, `npm run images -- rm ${name}: exit 0`)
   t.ok(existsSync(layerPath(home, two.layers[1])), 'the layers stay while two-docker has them')
@@ -502,4 +511,10 @@ t.test('Debian from mmdebstrap, as a one-layer --from-tar image', { skip }, asyn
   t.equal(image.layers.length, 1, 'one layer')
   t.equal(image.layers[0], `sha256:${sha256(readFileSync(debian.tar))}`, 'its diff_id is the tar\'s sha256')
   t.ok(lstatSync(join(layerPath(home, image.layers[0]), 'usr/bin/python3')).isSymbolicLink(), 'the layer has /usr/bin/python3')
+  // A distribution no one here wrote, at steps 07 and 08: bash, procps's ps, python3.
+  for (const name of ['07-overlay', '08-net']) {
+    const ran = await step(home, name, '--image', 'debian', 'bash', '-c', 'cat /etc/debian_version; ps -o pid=,comm=; python3 -c "print(6 * 7)"')
+    t.equal(ran.exitCode, 0, `step ${name} --image debian: exit 0`, said(ran))
+    t.match(ran.stdout, /^12\.\d+\n\s*1 bash\n\s*\d+ ps\n42\n$/, `step ${name}: Debian 12; ps shows bash as PID 1 and itself; python3 prints 42`, said(ran))
+  }
 })
