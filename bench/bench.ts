@@ -11,11 +11,13 @@
 //     execs the command;
 //   - from step 09 on, the same start rootless: as a user, without sudo;
 //   - overlay start and per-container disk, small image vs a 200 MB one,
-//     against copying the image per container.
+//     against copying the image per container;
+//   - an image of 10 layers against the same files as 1 layer (step 07).
 // Prints a table and writes bench/results.json.
 
 import chalk from 'chalk'
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus, release, tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -242,6 +244,26 @@ const overlayRows = images.map(([name, rootfs]) => {
 })
 rmSync(join(large, '..'), { recursive: true, force: true })
 
+// Layers: the image as 1 layer, and as 10 (the same plus 9 of one file
+// each), in a store of the bench's own (CFS_HOME), by image.json's contract
+// (shared/layers.ts): what stacking more lowerdirs costs a start.
+const layerHome = mkdtempSync(join(tmpdir(), 'cfs-bench-layers-'))
+const layerIds = Array.from({ length: 10 }, (_, i) => createHash('sha256').update(`cfs-bench-layer-${i}`).digest('hex'))
+cpSync(image, join(layerHome, 'layers', layerIds[0]), { recursive: true, verbatimSymlinks: true })
+for (const [i, hex] of layerIds.entries()) {
+  if (i > 0) {
+    mkdirSync(join(layerHome, 'layers', hex), { recursive: true })
+    writeFileSync(join(layerHome, 'layers', hex, `layer-${i}`), `${i}\n`)
+  }
+}
+for (const [name, count] of [['one', 1], ['ten', 10]] as const) {
+  mkdirSync(join(layerHome, 'images', name), { recursive: true })
+  writeFileSync(join(layerHome, 'images', name, 'image.json'), JSON.stringify({ name, source: 'bench', created: new Date().toISOString(), layers: layerIds.slice(0, count).map((hex) => `sha256:${hex}`), config: {} }))
+}
+const layerStarts = measure([1, 10].map((count) => ({ name: `${count}`, command: tsx, args: ['steps/07-overlay', 'run', '--image', count === 1 ? 'one' : 'ten', '/bin/true'], env: { CFS_HOME: layerHome } })))
+const layerRows = [1, 10].map((count) => ({ layers: count, ms: layerStarts.get(`${count}`)!.ms, ok: layerStarts.get(`${count}`)!.ok }))
+rmSync(layerHome, { recursive: true, force: true })
+
 // Report.
 const f = (ms: number) => `${ms.toFixed(0)} ms`
 console.log(chalk.bold(`\nContainer start, median of ${runs} runs, taken in rounds (${cpus().length} × ${cpus()[0]?.model.trim()}, Linux ${release()}, cgroups ${cgroupLayout()})\n`))
@@ -261,7 +283,9 @@ console.log('\noverlay vs copy (step 07)')
 for (const o of overlayRows) {
   console.log(`  ${o.image} image (${(o.imageKiB / 1024).toFixed(1)} MiB): overlay start ${f(o.overlayStartMs)}, ${o.overlayPerContainerKiB} KiB per container; copy ${f(o.copyMs)}, ${(o.copyPerContainerKiB / 1024).toFixed(1)} MiB per container`)
 }
-const results = { date: new Date().toISOString(), runs, machine: { cpus: cpus().length, model: cpus()[0]?.model, kernel: release(), cgroups: cgroupLayout(), node: process.versions.node }, floor: { ms: floor, tsxEmptyMs: tsxEmpty, bareNodeMs: bareNode }, steps: stepRows, bridgeUp: bridgeUpRow, rootless: rootlessRows, exec: execRow, others, overlay: overlayRows }
+console.log('\nlayers (step 07, the same files as 1 layer or as 10)')
+for (const l of layerRows) console.log(`  ${String(l.layers).padStart(2)} layer${l.layers === 1 ? ' ' : 's'}: ${f(l.ms)}${l.ok ? '' : chalk.red('  (failed)')}`)
+const results = { date: new Date().toISOString(), runs, machine: { cpus: cpus().length, model: cpus()[0]?.model, kernel: release(), cgroups: cgroupLayout(), node: process.versions.node }, floor: { ms: floor, tsxEmptyMs: tsxEmpty, bareNodeMs: bareNode }, steps: stepRows, bridgeUp: bridgeUpRow, rootless: rootlessRows, exec: execRow, others, overlay: overlayRows, layers: layerRows }
 writeFileSync(join(repoDir, 'bench', 'results.json'), JSON.stringify(results, null, 2) + '\n')
 handBack(join(repoDir, 'bench', 'results.json'))
 console.log(chalk.dim('\nwritten to bench/results.json'))
