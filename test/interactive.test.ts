@@ -104,6 +104,7 @@ for (const step of steps) {
   t.test(`steps/${step}: run sh in a terminal`, rootOnly(), async (t) => {
     const pane = new Pane(`cfs-test-${step}`)
     t.teardown(() => pane.close(step))
+    await pane.until((lines) => lines.some((line) => /^bash-[\d.]+[#$]/.test(line)), 10_000) // see newPane
     // The wrapper prints the step's exit code, then the stat line of a
     // process in the wrapper's process group: field 5 is that group, field
     // 8 the terminal's foreground group.
@@ -171,7 +172,7 @@ for (const { step, user } of ptySteps) {
   const skip = rootOnly().skip || (user !== undefined && usernsForbidden()) || false
 
   t.test(`steps/${step}${as}: a terminal of the container's own`, { skip }, async (t) => {
-    const pane = newPane(t, step, user)
+    const pane = await newPane(t, step, user)
     pane.type('echo "before=$(stty -g)"')
     pane.type(`PS1="${prompt} " node_modules/.bin/tsx steps/${step} run -e PS1 sh; echo "exit=$?"; echo "after=$(stty -g)"`)
     t.ok(await pane.until((lines) => lines.some((line) => line.startsWith(prompt)), 30_000), 'a prompt appears', pane.shown())
@@ -214,7 +215,7 @@ for (const { step, user } of ptySteps) {
   })
 
   t.test(`steps/${step}${as}: Ctrl-C and SIGTERM with \`sleep\` as PID 1`, { skip }, async (t) => {
-    const pane = newPane(t, step, user)
+    const pane = await newPane(t, step, user)
     const seconds = `28.${process.pid}`
     pane.type('echo "before=$(stty -g)"')
     pane.type(`node_modules/.bin/tsx steps/${step} run sleep ${seconds}; printf '\\nexit=%s\\n' $?; echo "after=$(stty -g)"`)
@@ -244,10 +245,10 @@ for (const { step, user } of ptySteps) {
 // the exec'd shell gets a pty of the container's own too (notes/exec.md).
 t.test('npm run exec into step 10, from a second terminal: a terminal of the container\'s own', rootOnly(), async (t) => {
   const name = `cfs-exec-tty-${process.pid}`
-  const first = newPane(t, '10-security', undefined, 'run')
+  const first = await newPane(t, '10-security', undefined, 'run')
   first.type(`node_modules/.bin/tsx steps/10-security run --name ${name} sh`)
   t.ok(await first.until((lines) => lines.some((line) => line.startsWith('/ #')), 30_000), 'the container\'s shell is up in the first terminal', first.shown())
-  const second = newPane(t, '10-security', undefined, 'exec')
+  const second = await newPane(t, '10-security', undefined, 'exec')
   second.type('echo "before=$(stty -g)"')
   second.type(`PS1="${prompt} " node_modules/.bin/tsx scripts/exec.ts -e PS1 ${name} sh; echo "exit=$?"; echo "after=$(stty -g)"`)
   t.ok(await second.until((lines) => lines.some((line) => line.startsWith(prompt)), 30_000), 'exec\'s shell prompt appears in the second', second.shown())
@@ -275,7 +276,7 @@ t.test('npm run exec into step 10, from a second terminal: a terminal of the con
 // terminal itself is not handed in either (TIOCSTI works on any fd of it):
 // pipes for the fds that were the terminal, copied by the step.
 t.test('steps/05-mount-ns with its output redirected: pipes, not the learner\'s terminal', rootOnly(), async (t) => {
-  const pane = newPane(t, '05-mount-ns', undefined, 'redirect')
+  const pane = await newPane(t, '05-mount-ns', undefined, 'redirect')
   const out = join(tmpdir(), `cfs-redirect-${process.pid}`)
   t.teardown(() => rmSync(out, { force: true }))
   pane.type(`node_modules/.bin/tsx steps/05-mount-ns run sh -c 'readlink /proc/self/fd/0; readlink /proc/self/fd/2; read line; echo "got=$line"' > ${out}; echo "exit=$?"`)
@@ -292,10 +293,10 @@ t.test('steps/05-mount-ns with its output redirected: pipes, not the learner\'s 
 // a job in the background that still holds the container's terminal.
 t.test('npm run exec with a terminal: it ends with its command, a background job left or not', rootOnly(), async (t) => {
   const name = `cfs-exec-bg-${process.pid}`
-  const first = newPane(t, '05-mount-ns', undefined, 'bg-run')
+  const first = await newPane(t, '05-mount-ns', undefined, 'bg-run')
   first.type(`node_modules/.bin/tsx steps/05-mount-ns run --name ${name} sh`)
   t.ok(await first.until((lines) => lines.some((line) => line.startsWith('/ #')), 30_000), 'the container\'s shell is up', first.shown())
-  const second = newPane(t, '05-mount-ns', undefined, 'bg-exec')
+  const second = await newPane(t, '05-mount-ns', undefined, 'bg-exec')
   const seconds = `26.${process.pid}`
   // trap '' HUP: the job outlives the terminal's hangup, as under nohup, and keeps it open.
   second.type(`node_modules/.bin/tsx scripts/exec.ts ${name} sh -c 'trap "" HUP; sleep ${seconds} & echo started-bg; exit 5'; echo "exit=$?"`)
@@ -316,7 +317,7 @@ t.test('steps/05-mount-ns without a terminal: pipes stay pipes', rootOnly(), asy
 })
 
 // A pane for `step`, as root or (rootless) as `user` in a HOME of theirs; closed when the test ends.
-function newPane(t: Test, step: string, user?: number, suffix = ''): Pane {
+async function newPane(t: Test, step: string, user?: number, suffix = ''): Promise<Pane> {
   const home = user === undefined ? undefined : mkdtempSync(join(tmpdir(), 'cfs-tty-'))
   if (home) chownSync(home, user!, user!)
   const pane = new Pane(`cfs-test-tty-${step}${suffix && `-${suffix}`}`, home ? { uid: user!, home } : undefined)
@@ -324,6 +325,9 @@ function newPane(t: Test, step: string, user?: number, suffix = ''): Pane {
     await pane.close(step)
     if (home) rmSync(home, { recursive: true, force: true })
   })
+  // Type only once bash shows its prompt: on a busy machine a line typed
+  // before bash reads its terminal can be lost.
+  await pane.until((lines) => lines.some((line) => /^bash-[\d.]+[#$]/.test(line)), 10_000)
   return pane
 }
 
