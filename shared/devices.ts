@@ -4,7 +4,7 @@
 // (disks included, as one learner's Go container found); a container gets a tmpfs with only
 // the nodes programs expect, as runc and Docker do.
 
-import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs'
+import { chmodSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { check, raw } from './libc.ts'
 import { mount, MS_BIND, MS_NOEXEC, MS_NOSUID } from './mounts.ts'
@@ -48,6 +48,8 @@ export function mountDev(dev: string, { bindHostNodes = false } = {}): void {
   for (const [name, major, minor] of DEVICES) {
     if (!bindHostNodes) {
       mknod(join(dev, name), S_IFCHR | 0o666, makedev(major, minor))
+      // mknod's mode goes through the umask (022: 0644); these are for every user, as Docker's are.
+      chmodSync(join(dev, name), 0o666)
       continue
     }
     writeFileSync(join(dev, name), '')
