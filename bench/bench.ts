@@ -24,7 +24,7 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { cgroupLayout, parseCount } from '../shared/cgroups.ts'
 import { requireRoot } from '../shared/cli.ts'
-import { exitOnClosedPipe, exitWithError, UsageError } from '../shared/errors.ts'
+import { exitOnClosedPipe, exitWithError, RerunUnderSudo, UsageError } from '../shared/errors.ts'
 import { handBack } from '../scripts/lib/owner.ts'
 import { ensureImage } from '../shared/rootfs.ts'
 import { containersDir, repoDir } from '../shared/settings.ts'
@@ -40,6 +40,7 @@ const runs = (() => {
     requireRoot()
     return count
   } catch (err) {
+    if (err instanceof RerunUnderSudo) throw err // see requireRoot
     exitWithError(err instanceof UsageError ? err : new UsageError(`${(err as Error).message} (usage: npm run bench [-- --runs N])`), 'bench')
   }
 })()

@@ -1,11 +1,12 @@
 // The command line every step shares: `run [options] <command> [args...]`.
 
-import { spawnSync } from 'node:child_process'
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { accessSync, closeSync, constants, existsSync, openSync } from 'node:fs'
+import { constants as osConstants } from 'node:os'
 import { delimiter, dirname, isAbsolute, join, resolve } from 'node:path'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
-import { exitWithError, UsageError } from './errors.ts'
-import { DEFAULT_PATH, execvp, keepStdio } from './process.ts'
+import { exitWithError, RerunUnderSudo, UsageError } from './errors.ts'
+import { DEFAULT_PATH, prctl, PR_SET_PDEATHSIG, SIGHUP } from './process.ts'
 import { ARCHITECTURES } from './seccomp.ts'
 import { setName } from './state.ts'
 import type { Volume } from './volumes.ts'
@@ -158,19 +159,30 @@ export function checkNodeVersion(version = process.versions.node): void {
 }
 
 /**
- * Go on as root: return at once if we are root, else replace this process
- * with `sudo` running the same program again (same Node binary by its full
- * path, so a Node installed in a home directory works; same loader, script,
- * arguments and working directory). If that cannot be, one line and exit 125.
+ * Go on as root: return at once if we are root, else run the same program
+ * again under `sudo` (same Node binary by its full path, so a Node installed
+ * in a home directory works; same loader, script, arguments and working
+ * directory), and never return: this process waits for sudo and exits with
+ * its exit code. If that cannot be, one line and exit 125.
  *
- * exec, not a child process: whatever waits for us (a shell, `npx tsx`) then
- * waits for sudo, and its signals reach sudo, which passes them on. sudo
- * resets the environment, so what only the user's shell knows goes along
- * explicitly (through env(1)): the CFS_* settings, `-e KEY`'s host value (in
- * the arguments, see parseRunArgs), and this Node's directory first in PATH,
- * so that tools started by name (tsx, npm) run on the same Node.
+ * A child, not an exec: `npx tsx` sends a signal on to its child and, if the
+ * child does not say within 30 ms that it got it, SIGKILLs it. sudo cannot
+ * say so, and a killed sudo tears its command down 2 s later (SIGKILL), in
+ * the middle of its clean-up: the container's cgroup would be left behind.
+ * This Node says so (tsx's hook in it does), and passes SIGTERM and SIGHUP
+ * on to sudo, which passes them on to the root run (sudo 1.9.13 and newer
+ * do, from a process of their own process group). Ctrl-C and Ctrl-\ are
+ * not passed on: the terminal sends them to sudo too. If our own parent
+ * dies first, the kernel sends us SIGHUP (PR_SET_PDEATHSIG), passed on too.
+ *
+ * sudo resets the environment, so what only the user's shell knows goes
+ * along explicitly (through env(1)): the CFS_* settings, `-e KEY`'s host
+ * value (in the arguments, see parseRunArgs), and this Node's directory
+ * first in PATH, so that tools started by name (tsx, npm) run on the same
+ * Node.
  */
 export function requireRoot(args = rerunArgs ?? process.argv.slice(2)): void {
+  let rerun: ChildProcess
   try {
     checkNodeVersion()
     if (process.getuid?.() === 0) return
@@ -190,11 +202,22 @@ export function requireRoot(args = rerunArgs ?? process.argv.slice(2)): void {
     process.stderr.write(`cfs: ${why}: re-running under sudo\n`)
     const settings = Object.entries(process.env).filter(([key]) => key.startsWith('CFS_')).map(([key, value]) => `${key}=${value}`)
     const path = `PATH=${dirname(process.execPath)}:${DEFAULT_PATH}`
-    keepStdio()
-    execvp(sudo, ['--', 'env', ...settings, 'CFS_SUDO=1', path, process.execPath, ...process.execArgv, process.argv[1], ...args])
+    // If our own parent ends first (`npx tsx` killed, even by SIGKILL), the
+    // kernel sends us SIGHUP, which goes on to sudo: the container stops, clean.
+    prctl(PR_SET_PDEATHSIG, SIGHUP)
+    rerun = spawn(sudo, ['--', 'env', ...settings, 'CFS_SUDO=1', path, process.execPath, ...process.execArgv, process.argv[1], ...args], { stdio: 'inherit' })
   } catch (err) {
     exitWithError(err)
   }
+  const sudo = rerun
+  for (const signal of ['SIGTERM', 'SIGHUP'] as const) process.on(signal, () => sudo.kill(signal))
+  for (const signal of ['SIGINT', 'SIGQUIT'] as const) process.on(signal, () => {})
+  sudo.on('error', (err) => exitWithError(new UsageError(`could not start sudo: ${err.message}`)))
+  sudo.on('exit', (code, signal) => process.exit(code ?? 128 + osConstants.signals[signal!]))
+  // Stop the caller here: whatever follows requireRoot() runs as root, under sudo.
+  process.on('uncaughtException', (err) => err instanceof RerunUnderSudo || exitWithError(err))
+  process.on('unhandledRejection', (err) => err instanceof RerunUnderSudo || exitWithError(err))
+  throw new RerunUnderSudo()
 }
 
 // The first executable `name` in PATH, as a shell would find it.

@@ -45,8 +45,19 @@ export class UsageError extends Error {
   }
 }
 
+/**
+ * Not an error: thrown by requireRoot() once sudo runs the program again as
+ * root, to stop the caller's own run of it here. This process only waits for
+ * sudo now, and exits with its code; exitWithError() passes it on, and the
+ * handlers requireRoot() installs swallow it.
+ */
+export class RerunUnderSudo extends Error {
+  override name = 'RerunUnderSudo'
+}
+
 /** Print an error as one line and exit; a stack only for real bugs. */
 export function exitWithError(err: unknown, prefix = 'cfs'): never {
+  if (err instanceof RerunUnderSudo) throw err
   if (err instanceof SyscallError || err instanceof UsageError) {
     process.stderr.write(`${prefix}: ${err.message}${err.hint ? ` (${err.hint})` : ''}\n`)
     process.exit(err instanceof UsageError ? err.exitCode : EXIT_SETUP_FAILED)

@@ -15,6 +15,7 @@ export const O_NONBLOCK = 0o4000
 export const PR_SET_PDEATHSIG = 1
 
 export const SIGKILL = 9
+export const SIGHUP = 1
 
 /** chdir(2) */
 export function chdir(path: string): void {
