@@ -361,12 +361,27 @@ export class TerminalRelay {
    * relay. `stop`: see relayTerminal.
    */
   async relay(child: ChildProcess, stop?: Promise<unknown>): Promise<void> {
+    if (!this.sockets && this.piped.length === 0) return
+    surviveHangup()
     if (this.piped.length) return relayPipes(child, this.piped, stop)
-    if (!this.sockets) return
     close(this.sockets[1])
     const master = await this.received
     close(this.sockets[0])
     if (master !== undefined) await relayTerminal(master, stop)
+  }
+}
+
+/**
+ * When the learner closes the window, the kernel hangs our terminal up: from
+ * then on reads and writes of it say EIO. The container is on its way out
+ * then (SIGHUP), and its clean-up must still run: what it prints goes
+ * nowhere, instead of an unhandled 'error' ending this process half-way.
+ */
+function surviveHangup(): void {
+  for (const stream of [process.stdin, process.stdout, process.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EIO' && err.code !== 'EPIPE') throw err
+    })
   }
 }
 

@@ -46,6 +46,31 @@ done
 $T capture-pane -p -t card >"$R/card-tty.out"
 $T kill-server 2>/dev/null
 
+# Stopping a container that sudo runs, the two ways a learner does:
+# SIGTERM to the `npx tsx` process they see in ps (tsx passes it on, and
+# SIGKILLs a child that does not say it got it), and closing the window
+# (the kernel hangs the terminal up). Either way, nothing may be left.
+gone() { # wait until no process runs step 06 any more
+  for _ in $(seq 1 40); do pgrep -f 'steps/06-cgroups run' >/dev/null || return 0; sleep 0.5; done
+  return 1
+}
+npx tsx steps/06-cgroups run sleep 1000 >"$R/kill-tsx.out" 2>&1 </dev/null &
+for _ in $(seq 1 60); do pgrep -x sleep -f 'sleep 1000' >/dev/null && break; sleep 0.5; done
+kill -TERM "$(pgrep -u "$USER" -f 'node_modules/.bin/tsx steps/06-cgroups')"
+wait $!
+echo $? >"$R/kill-tsx.rc"
+gone
+step kill-tsx-clean npm run --silent clean
+$T new-session -d -s close -x 120 -y 30 -c ~/repo "npx tsx steps/06-cgroups run sh"
+for _ in $(seq 1 120); do
+  $T capture-pane -p -t close | grep -q '^/ # ' && break
+  sleep 0.5
+done
+$T kill-server
+gone
+echo $? >"$R/window-closed.rc"
+step window-closed-clean npm run --silent clean
+
 # Step 09 as root, as README types it, from a home only its owner may enter:
 # the launcher is nobody to the host's files. Then rootless.
 inside='echo uid=$(id -u) map=$(cat /proc/self/uid_map)'
