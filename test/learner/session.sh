@@ -55,7 +55,7 @@ gone() { # wait until no process runs step 06 any more
   return 1
 }
 npx tsx steps/06-cgroups run sleep 1000 >"$R/kill-tsx.out" 2>&1 </dev/null &
-for _ in $(seq 1 60); do pgrep -x sleep -f 'sleep 1000' >/dev/null && break; sleep 0.5; done
+for _ in $(seq 1 60); do pgrep -f '^sleep 1000$' >/dev/null && break; sleep 0.5; done
 kill -TERM "$(pgrep -u "$USER" -f 'node_modules/.bin/tsx steps/06-cgroups')"
 wait $!
 echo $? >"$R/kill-tsx.rc"
