@@ -364,6 +364,7 @@ export class TerminalRelay {
     if (!this.sockets && this.piped.length === 0) return
     surviveHangup()
     if (this.piped.length) return relayPipes(child, this.piped, stop)
+    if (!this.sockets) return
     close(this.sockets[1])
     const master = await this.received
     close(this.sockets[0])
