@@ -11,8 +11,8 @@
 
 import t from 'tap'
 import { arch } from 'node:os'
-import { onPath } from '../scripts/lib/files.ts'
-import { detailOf, needsRoot, runWithResults } from './helpers.ts'
+import { onPath } from '../../scripts/lib/files.ts'
+import { detailOf, needsRoot, runWithResults } from '../helpers.ts'
 
 const qemuInstalled = onPath('qemu-system-x86_64')
 const skip = needsRoot()
