@@ -91,6 +91,7 @@ t.test('a new user, Node in their home, sudo: from clone to a PID-1 shell, nothi
     t.equal(rc('npm-ci-again'), 0, `npm ci again, after all those sudo runs: ${out('npm-ci-again').slice(-400)}`)
     t.equal(rc('git-clean'), 0, `git clean -fdx: ${out('git-clean')}`)
     t.equal(out('root-owned'), '', 'no file in their clone, ~/.local or ~/.npm is owned by root')
+    if (existsSync(join(results, 'times'))) t.comment(`seconds per command: ${readFileSync(join(results, 'times'), 'utf8').trim().replace(/\n/g, ', ')}`)
   } finally {
     removeUser()
     rmSync(work, { recursive: true, force: true })

@@ -8,11 +8,12 @@
 set -u
 R=$1
 BUNDLE=$2
-step() { # step NAME COMMAND... : run it, keep its output and exit code
-  local name=$1
+step() { # step NAME COMMAND... : run it, keep its output, exit code and seconds taken
+  local name=$1 start=$SECONDS
   shift
   "$@" >"$R/$name.out" 2>&1 </dev/null
   echo $? >"$R/$name.rc"
+  echo "$name $((SECONDS - start))" >>"$R/times"
 }
 
 step node-found sh -c 'command -v node; node --version'
