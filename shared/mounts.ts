@@ -1,7 +1,8 @@
 // Mounts: mount(2), umount2(2), pivot_root(2), chroot(2), openat2(2),
 // mount_setattr(2), and reading the mount table (/proc/PID/mountinfo, see proc(5)).
 
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync, realpathSync } from 'node:fs'
+import { basename, dirname, join } from 'node:path'
 import { UsageError } from './errors.ts'
 import { check, raw } from './libc.ts'
 
@@ -42,7 +43,9 @@ export const MOUNT_DATA_MAX = 4095
 /**
  * mount(2). Options longer than MOUNT_DATA_MAX are refused here: the kernel
  * would cut them off without a word, and an overlay's cut-off list of
- * layers can still name directories that exist.
+ * layers can still name directories that exist. An overlay's layers, full
+ * paths of 64-digit names, fill that page at about 37: past that, they go
+ * by their short links instead (shortLowerdirs), as Docker's do.
  */
 export function mount(
   source: string | null,
@@ -52,12 +55,44 @@ export function mount(
   data: string | null = null,
 ): void {
   if (data !== null && Buffer.byteLength(data) > MOUNT_DATA_MAX) {
+    const short = fstype === 'overlay' ? shortLowerdirs(data) : undefined
+    if (short) return inDirectory(short.dir, () => mount(source, target, fstype, flags, short.data))
     throw new UsageError(`mount \`${target}\`: its options are ${Buffer.byteLength(data)} bytes, and mount(2) reads ${MOUNT_DATA_MAX}, one page: ${fstype === 'overlay' ? 'an image of this many layers does not fit here (fewer layers, or a shorter CFS_HOME)' : 'fewer options'}`)
   }
   check('mount', raw.mount(source, target, fstype, flags, data), target, {
     ENOENT: `the mount point \`${target}\` does not exist`,
     ENODEV: `the kernel does not know the filesystem type \`${fstype}\``,
   })
+}
+
+/** A layer's short link, beside it in its store: `l/` and the first 16 digits of its name (and its `@<uid>`, if shifted). */
+export function shortLink(layer: string): string {
+  const name = basename(layer)
+  return join(dirname(layer), 'l', name.slice(0, 16) + (name.includes('@') ? name.slice(name.indexOf('@')) : ''))
+}
+
+// An overlay's options with its lowerdirs as `l/<16 digits>`, relative to
+// the store they share (the kernel reads a relative path from the mounting
+// process's working directory), if every one has its short link
+// (shared/overlay.ts, linkLayers) and that fits the page; else undefined.
+function shortLowerdirs(data: string): { dir: string; data: string } | undefined {
+  const lowerdirs = /(?:^|,)lowerdir=([^,]*)/.exec(data)?.[1].split(':') ?? []
+  const dir = dirname(lowerdirs[0] ?? '')
+  const linked = (layer: string) => dirname(layer) === dir && existsSync(shortLink(layer)) && realpathSync(shortLink(layer)) === realpathSync(layer)
+  if (!lowerdirs.length || !lowerdirs.every(linked)) return undefined
+  const short = data.replace(/(^|,)lowerdir=[^,]*/, `$1lowerdir=${lowerdirs.map((layer) => `l/${basename(shortLink(layer))}`).join(':')}`)
+  return Buffer.byteLength(short) > MOUNT_DATA_MAX ? undefined : { dir, data: short }
+}
+
+// Run `action` with `dir` as the working directory, then go back.
+function inDirectory<T>(dir: string, action: () => T): T {
+  const back = process.cwd()
+  process.chdir(dir)
+  try {
+    return action()
+  } finally {
+    process.chdir(back)
+  }
 }
 
 /** umount2(2) */

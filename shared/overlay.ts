@@ -14,9 +14,10 @@
 // directory, one with the xattr overlay.opaque = "y", for a directory whose
 // contents below are all hidden (overlayfs.rst, "whiteouts and opaque directories").
 
-import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, type Stats } from 'node:fs'
-import { join } from 'node:path'
-import { mount } from './mounts.ts'
+import { chmodSync, existsSync, mkdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync, type Stats } from 'node:fs'
+import { basename, dirname, join } from 'node:path'
+import { UsageError } from './errors.ts'
+import { mount, shortLink } from './mounts.ts'
 import { containersDir } from './settings.ts'
 import { lgetxattr } from './xattr.ts'
 
@@ -36,7 +37,30 @@ export function createContainerDir(id: string, lowerdirs: string[] = []): string
   for (const sub of Object.values(overlayDirs(dir))) mkdirSync(sub)
   writeFileSync(join(dir, 'parent.pid'), `${process.pid}\n`)
   if (lowerdirs.length) writeFileSync(join(dir, 'lower'), lowerdirs.map((path) => `${path}\n`).join(''))
+  linkLayers(lowerdirs)
   return dir
+}
+
+/**
+ * Give each layer of the store its short link, `l/<16 digits>` beside it
+ * (shortLink), if it has none: for an image of more layers than fit in
+ * mount(2)'s one page of options by their full paths (shared/mounts.ts).
+ * Only for an image of many layers, and made by whoever owns the store,
+ * before the container's mount namespace. Any other directory is left be.
+ */
+export function linkLayers(lowerdirs: string[]): void {
+  if (lowerdirs.join(':').length < 2048) return
+  for (const layer of lowerdirs.filter((dir) => /^[0-9a-f]{64}(@\d+)?$/.test(basename(dir)))) {
+    const link = shortLink(layer)
+    const target = join('..', basename(layer))
+    mkdirSync(dirname(link), { recursive: true })
+    try {
+      symlinkSync(target, link)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+      if (readlinkSync(link) !== target) throw new UsageError(`layers ${basename(layer)} and ${readlinkSync(link)} share their first 16 digits, the short name \`${link}\`: remove one (npm run images -- rm)`)
+    }
+  }
 }
 
 /** The image's layers a container's directory notes in `lower` (top first); [] if it has none. */

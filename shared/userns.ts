@@ -14,7 +14,7 @@ import { UsageError } from './errors.ts'
 import { check, raw } from './libc.ts'
 import { mount, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_REC, MS_SLAVE, O_CLOEXEC, O_PATH } from './mounts.ts'
 import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS, spawnInNamespaces } from './namespaces.ts'
-import { isOpaque } from './overlay.ts'
+import { isOpaque, linkLayers } from './overlay.ts'
 import { compileCacheDir, imagesDir, layersDir, repoDir, rootless } from './settings.ts'
 import { prepareRecord, recordPid1, recordStart } from './state.ts'
 import type { Volume } from './volumes.ts'
@@ -298,7 +298,7 @@ export function setresuid(ruid: number, euid: number, suid: number): void {
  */
 export function shiftedLayers(lowerdirs: string[], map: IdMap, containerDir: string): string[] {
   if (map.count === 1) return lowerdirs
-  return lowerdirs.map((dir) => {
+  const dirs = lowerdirs.map((dir) => {
     const real = realpathSync(dir)
     // A layer of the store (shared/layers.ts) is shifted once, beside it, for every image that has it.
     const shifted = real.startsWith(`${layersDir}/`) ? `${real}@${map.outside}`
@@ -317,6 +317,8 @@ export function shiftedLayers(lowerdirs: string[], map: IdMap, containerDir: str
     }
     return shifted
   })
+  linkLayers(dirs) // their short names, for an image of many layers (shared/overlay.ts)
+  return dirs
 }
 
 // lchown every entry by `by`; chown clears set-user-ID bits, so put the mode back.

@@ -12,7 +12,8 @@
 // container and of kept ones (--keep). After each run the host's mount
 // table is as it was and the container's directory is gone. Also, without
 // the kernel: withImageConfig's merge, and mount() refusing options longer
-// than the page mount(2) reads.
+// than the page mount(2) reads. And an image of 80 layers, more than their
+// full paths fit in that page, at 07 and 09: mounted by their short links.
 
 import t from 'tap'
 import { spawn, spawnSync } from 'node:child_process'
@@ -122,6 +123,40 @@ t.test('withImageConfig: the command line over the image\'s config, as Docker me
 t.test('mount(): options longer than mount(2)\'s one page are refused before the kernel cuts them off', async (t) => {
   const layers = Array.from({ length: 40 }, (_, i) => `/var/lib/containers-from-scratch/layers/${String(i).padStart(64, '0')}`)
   t.throws(() => mount('overlay', '/nonexistent', 'overlay', 0, `lowerdir=${layers.join(':')},upperdir=/u,workdir=/w`), /options are \d+ bytes, and mount\(2\) reads 4095, one page: an image of this many layers does not fit/, '40 layers of full paths: one line that says so')
+})
+
+t.test('an image of 80 layers, more than their full paths fit in mount(2)\'s page: mounted by their short links at 07 and 09', rootOnly(), async (t) => {
+  const base = await ensureImage('busybox')
+  const home = mkdtempSync('/tmp/cfs-layers-many-')
+  chmodSync(home, 0o755) // step 09 as root: container root, host uid 100000, must get through to the layers
+  t.teardown(() => rmSync(home, { recursive: true, force: true }))
+  const env = { CFS_HOME: home }
+  const ids: string[] = []
+  mkdirSync(join(home, 'layers'))
+  for (let i = 0; i < 80; i++) {
+    const hex = createHash('sha256').update(`many ${i} ${process.pid} ${home}`).digest('hex')
+    const dir = join(home, 'layers', hex)
+    if (i === 0) spawnSync('cp', ['-a', base, dir], { stdio: 'inherit' })
+    else mkdirSync(dir)
+    writeFileSync(join(dir, `layer-${i}`), `${i}\n`)
+    ids.push(`sha256:${hex}`)
+  }
+  mkdirSync(join(home, 'images', 'many'), { recursive: true })
+  writeFileSync(join(home, 'images', 'many', 'image.json'), `${JSON.stringify({ name: 'many', layers: ids })}\n`)
+  t.ok(ids.length * (join(home, 'layers').length + 66) > 4095, 'by their full paths, the 80 layers would not fit in one page')
+  const mountsBefore = hostMounts()
+  for (const step of ['07-overlay', '09-userns']) {
+    const r = await runStep(step, ['--image', 'many', 'sh', '-c', 'cat /layer-0 /layer-79; ls / | grep -c "^layer-"; grep " / / " /proc/self/mountinfo'], env)
+    const lines = r.stdout.split('\n')
+    t.equal(r.exitCode, 0, `${step}: runs the image of 80 layers`, { ran: r.ran, stderr: r.stderr })
+    t.same(lines.slice(0, 3), ['0', '79', '80'], `${step}: the bottom layer's file and the top one's are there, and one from each of the 80`, { ran: r.ran, stdout: r.stdout })
+    const lowerdirs = / - overlay overlay rw,lowerdir=([^,]*),upperdir=/.exec(lines[3] ?? '')?.[1].split(':') ?? []
+    t.equal(lowerdirs.length, 80, `${step}: / is an overlay of 80 lowerdirs`, { got: lines[3] })
+    const shifted = step >= '09' ? '@100000' : ''
+    t.ok(lowerdirs.every((dir, i) => dir === `l/${ids[79 - i].slice(7, 23)}${shifted}`), `${step}: each by its short link, l/<16 digits>${shifted}, top first`, { got: lowerdirs.slice(0, 2) })
+    t.same(hostMounts(), mountsBefore, `${step}: the host's mount table is as it was`)
+    t.same(liveDirs(home), [], `${step}: the container's directory is gone`)
+  }
 })
 
 t.test('an image of three layers, and its config, at steps 07-10', rootOnly(), async (t) => {

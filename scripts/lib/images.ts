@@ -2,7 +2,7 @@
 // name, which ones running containers use, and removing images and unused
 // layers. For npm run images.
 
-import { readlinkSync, renameSync, rmSync } from 'node:fs'
+import { existsSync, readlinkSync, renameSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { UsageError } from '../../shared/errors.ts'
 import {
@@ -123,6 +123,10 @@ export function pruneLayers(): Pruned {
       moved.push(temp)
       result.removed.push(layer)
       result.freed += layer.size
+    }
+    // Short links (l/, shared/overlay.ts linkLayers) to layers no longer there.
+    for (const link of listDir(join(layersDir, 'l')).map((name) => join(layersDir, 'l', name))) {
+      if (!existsSync(link)) rmSync(link, { force: true })
     }
     for (const file of listDir(layersDir).filter((name) => /^[0-9a-f]{64}\.json$/.test(name))) {
       if (!listDir(layersDir).includes(file.slice(0, 64))) rmSync(join(layersDir, file), { force: true })
