@@ -16,7 +16,7 @@ import { stateDirs } from './lib/containers.ts'
 
 exitOnClosedPipe()
 
-const usage = `Usage: npm run ps [-- --all] [-- --format table|json]
+const usage = `Usage: npm run ps [-- [--all] [--format table|json]]
 
 List the running containers of every step: id, --name, step, the host PID
 of the container's PID 1, uptime, status, address, cgroup and command.
