@@ -71,7 +71,11 @@ export function exitWithError(err: unknown, prefix = 'cfs'): never {
   }
   if (String(system?.code).startsWith('ERR_PARSE_ARGS')) {
     // node:util parseArgs: an unknown option or a missing value, a usage error.
-    process.stderr.write(`${prefix}: ${(err as Error).message.split(/\.(\s|$)/)[0]} (see --help)\n`)
+    const message = (err as Error).message
+    const ambiguous = /^Option '([^']+)' argument is ambiguous/.exec(message)
+    // `--name -x`: -x looks like an option; Node's own hint is on its third line.
+    const line = ambiguous ? `${ambiguous[1]} needs a value, and the next word starts with a dash${ambiguous[1].startsWith('--') ? ` (for a value that does: ${ambiguous[1]}=-VALUE)` : ''}` : message.split(/\.(\s|$)/)[0]
+    process.stderr.write(`${prefix}: ${line} (see --help)\n`)
     process.exit(EXIT_SETUP_FAILED)
   }
   process.stderr.write(`${prefix}: internal error (a bug, please report it):\n`)
