@@ -21,7 +21,11 @@ export function findContainer(idOrName: string): { state: ContainerState; owner:
   const all = stateDirs().flatMap((dir) => readStates(runDir(dir)).map(({ file, state }) => ({ file, state })))
   const byName = all.filter(({ state }) => state.name === idOrName)
   const matches = byName.length ? byName : all.filter(({ state }) => state.id.startsWith(idOrName))
-  if (matches.length > 1) throw new UsageError(`\`${idOrName}\` is the start of ${matches.length} container ids: give more of it (see npm run ps)`)
+  if (matches.length > 1) {
+    // Names are unique per state dir: root's container and a user's rootless one may share one.
+    if (byName.length) throw new UsageError(`${matches.length} containers are named \`${idOrName}\` (${matches.map(({ state }) => state.id).join(', ')}: root's and a rootless one): give its id (see npm run ps)`)
+    throw new UsageError(`\`${idOrName}\` is the start of ${matches.length} container ids: give more of it (see npm run ps)`)
+  }
   const [found] = matches
   if (!found) throw new UsageError(`no such container: \`${idOrName}\` (see npm run ps)`)
   const status = statusOf(found.state)
