@@ -131,9 +131,10 @@ const EXIT_CODES = `Exit codes, as Docker's:
   125    the step itself failed: bad input (an option, the image…) or a set-up error
   126    the command cannot run (not an executable)
   127    the command was not found (in the container's PATH)
-  128+N  the command was killed by signal N: 137 is SIGKILL, also when SIGTERM to the
-         step did not stop it within 2 s (a PID 1 ignores signals it has no handler for);
-         so does Ctrl-C where the container has no terminal of its own
+  128+N  the command was killed by signal N: 130 is SIGINT, which Ctrl-C sends where the
+         container has no terminal of its own (the step passes it on); 137 is SIGKILL,
+         also when SIGTERM or that Ctrl-C did not stop it within 2 s (a PID 1 ignores
+         signals it has no handler for)
 `
 
 // `-e KEY=VALUE` as it is; `-e KEY` takes the host's value, or nothing if
