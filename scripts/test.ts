@@ -7,21 +7,23 @@
 //
 // Two tap runs at once, each on cores of its own (taskset): the VM guest
 // (test/vm/, which .taprc leaves out of tap's list) on the last core, where
-// qemu emulates the guest's one CPU, and the host's tests on the others.
-// They run one test at a time, and take about as long on one core as on
-// two (December 2026, 2 cores: the verify, flags and interactive tests,
-// 212 s on one core beside the guest, 209 s on both in a full run); in
-// turn, the guest's four minutes or so would come on top. Unpinned, they starved the guest, whose checks have deadlines of
-// their own. The guest's output is held back and printed when both are
-// done; either failing fails the whole. With one core, or no taskset, one
-// after the other. With arguments (`npm test -- test/foo.test.ts`), tap
-// alone, with them.
+// qemu emulates the guest's CPUs in one thread, and the host's tests on the
+// others until the guest is done, then on all. Most of the host's tests
+// run one thing at a time, and took about as long on one core as on two
+// (December 2026, 2 cores: the verify, flags and interactive tests, 212 s
+// on one core beside the guest, 209 s on both in a full run); in turn, the
+// guest's four minutes or so would come on top. Unpinned, they starved the
+// guest, whose checks have deadlines of their own. The guest's output is
+// held back and printed when both are done; either failing fails the
+// whole. With one core, or no taskset, one after the other. With arguments
+// (`npm test -- test/foo.test.ts`), tap alone, with them.
 
-import { spawn, type ChildProcess } from 'node:child_process'
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { readdirSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
 import { onPath } from './lib/files.ts'
+import { descendants } from './lib/procfs.ts'
 import { requireRoot } from '../shared/cli.ts'
 import { repoDir } from '../shared/settings.ts'
 import { handBack } from './lib/owner.ts'
@@ -42,6 +44,12 @@ let code: number
 if (beside) {
   const host = start(...pinned(`0-${cores - 2}`, args), 'inherit')
   const vm = start(...pinned(`${cores - 1}`, vmTests), ['ignore', 'pipe', 'pipe'])
+  // Once the guest is done, the host's tests get every core: each thread of
+  // each of their processes now (taskset --all-tasks), and what they start
+  // later inherits it.
+  vm.on('exit', () => {
+    for (const pid of [host.pid!, ...descendants(host.pid!)]) spawnSync('taskset', ['--all-tasks', '--pid', '--cpu-list', `0-${cores - 1}`, String(pid)], { stdio: 'ignore' })
+  })
   let vmOutput = ''
   vm.stdout!.on('data', (chunk) => (vmOutput += chunk))
   vm.stderr!.on('data', (chunk) => (vmOutput += chunk))
