@@ -25,6 +25,7 @@ const sudoers = `/etc/sudoers.d/${user}`
 
 t.test('a new user, Node in their home, sudo: from clone to a PID-1 shell, nothing root-owned', { ...rootOnly(), timeout: 900_000 }, async (t) => {
   if (!existsSync('/usr/bin/sudo')) throw new Error('sudo is not installed (.ci/run installs it)')
+  const started = Date.now()
   removeUser()
   const work = mkdtempSync('/tmp/cfs-learner-')
   try {
@@ -50,6 +51,7 @@ t.test('a new user, Node in their home, sudo: from clone to a PID-1 shell, nothi
     for (const key of ['NODE_EXTRA_CA_CERTS', 'HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy', 'NO_PROXY', 'no_proxy']) {
       if (process.env[key]) env.push(`${key}=${process.env[key]}`)
     }
+    const setUp = Date.now() - started
     const session = spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c',
       `${hide || 'true'} && exec runuser -u ${user} -- env -i "$@"`, 'sh', ...env, 'bash', join(repoDir, 'test/learner/session.sh'), results, join(work, 'repo.bundle')],
     { encoding: 'utf8', timeout: 840_000 })
@@ -91,7 +93,7 @@ t.test('a new user, Node in their home, sudo: from clone to a PID-1 shell, nothi
     t.equal(rc('npm-ci-again'), 0, `npm ci again, after all those sudo runs: ${out('npm-ci-again').slice(-400)}`)
     t.equal(rc('git-clean'), 0, `git clean -fdx: ${out('git-clean')}`)
     t.equal(out('root-owned'), '', 'no file in their clone, ~/.local or ~/.npm is owned by root')
-    if (existsSync(join(results, 'times'))) t.comment(`seconds per command: ${readFileSync(join(results, 'times'), 'utf8').trim().replace(/\n/g, ', ')}`)
+    if (existsSync(join(results, 'times'))) t.comment(`seconds per command: ${readFileSync(join(results, 'times'), 'utf8').trim().replace(/\n/g, ', ')}; set-up ${(setUp / 1000).toFixed(0)} s, in all ${((Date.now() - started) / 1000).toFixed(0)} s`)
   } finally {
     removeUser()
     rmSync(work, { recursive: true, force: true })

@@ -14,6 +14,11 @@ step() { # step NAME COMMAND... : run it, keep its output, exit code and seconds
   "$@" >"$R/$name.out" 2>&1 </dev/null
   echo $? >"$R/$name.rc"
   echo "$name $((SECONDS - start))" >>"$R/times"
+  last_mark=$SECONDS
+}
+mark() { # mark NAME: how long the part before it took, for what is not a step
+  echo "$1 $((SECONDS - ${last_mark:-0}))" >>"$R/times"
+  last_mark=$SECONDS
 }
 
 step node-found sh -c 'command -v node; node --version'
@@ -46,6 +51,7 @@ for _ in $(seq 1 60); do
 done
 $T capture-pane -p -t card >"$R/card-tty.out"
 $T kill-server 2>/dev/null
+mark card-tty
 
 # Stopping a container that sudo runs, the two ways a learner does:
 # SIGTERM to the `npx tsx` process they see in ps (tsx passes it on, and
@@ -61,6 +67,7 @@ kill -TERM "$(pgrep -u "$USER" -f 'node_modules/.bin/tsx steps/06-cgroups')"
 wait $!
 echo $? >"$R/kill-tsx.rc"
 gone
+mark kill-tsx
 step kill-tsx-clean npm run --silent clean
 $T new-session -d -s close -x 120 -y 30 -c ~/repo "npx tsx steps/06-cgroups run sh"
 for _ in $(seq 1 120); do
@@ -70,6 +77,7 @@ done
 $T kill-server
 gone
 echo $? >"$R/window-closed.rc"
+mark window-closed
 step window-closed-clean npm run --silent clean
 
 # Step 09 as root, as README types it, from a home only its owner may enter:
@@ -85,3 +93,4 @@ step hint-2 npm run exercise -- 02 --hint
 step npm-ci-again npm ci --no-audit --no-fund
 step git-clean git clean -fdxq
 step root-owned find ~/repo ~/.local ~/.npm -user root
+echo "whole-session $SECONDS" >>"$R/times"
