@@ -2,9 +2,11 @@
 // and has Node 24 in their home directory, of mode 0700, as the only Node
 // their shell finds (the machine's own /usr/bin/node and npm are hidden from
 // this test, in a private mount namespace). They clone the repository, `npm
-// ci`, type the card's line without sudo, run README's first command, step
-// 09 with sudo and without, check an exercise and ask for two hints, then
-// `npm ci` again. Nothing in their clone or home may end up owned by root.
+// ci`, type the card's line without sudo, run README's first command, stop
+// a container that sudo runs by SIGTERM and by closing its window, run step
+// 09 with sudo and without, check an exercise and ask for two hints.
+// Nothing in their clone or home may end up owned by root (a second `npm
+// ci` used to show that too, at 25 s; the search for root's files does).
 //
 // The clone is of HEAD (a git bundle): commit what you want this to test.
 // Node comes from CFS_TEST_NODE_PREFIX (a prefix with node and npm in
@@ -90,7 +92,6 @@ t.test('a new user, Node in their home, sudo: from clone to a PID-1 shell, nothi
     t.match(out('exercise'), /✘ exercise 02-uts: \d+ of \d+ checks pass/, `with the verdict line: ${out('exercise').slice(-300)}`)
     t.match(out('hint-1'), /hint 1 of \d/, `the first --hint is hint 1: ${out('hint-1')}`)
     t.match(out('hint-2'), /hint 2 of \d/, `the second --hint is hint 2: the progress was saved: ${out('hint-2')}`)
-    t.equal(rc('npm-ci-again'), 0, `npm ci again, after all those sudo runs: ${out('npm-ci-again').slice(-400)}`)
     t.equal(rc('git-clean'), 0, `git clean -fdx: ${out('git-clean')}`)
     t.equal(out('root-owned'), '', 'no file in their clone, ~/.local or ~/.npm is owned by root')
     if (existsSync(join(results, 'times'))) t.comment(`seconds per command: ${readFileSync(join(results, 'times'), 'utf8').trim().replace(/\n/g, ', ')}; set-up ${(setUp / 1000).toFixed(0)} s, in all ${((Date.now() - started) / 1000).toFixed(0)} s`)

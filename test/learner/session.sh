@@ -37,7 +37,7 @@ step card-piped sh -c 'printf "echo pid=\$\$ uid=\$(id -u)\nexit 0\n" | npx tsx 
 T="tmux -L cfs-learner -f /dev/null"
 $T new-session -d -s card -x 120 -y 30 -c ~/repo "npx tsx steps/04-pid-proc run sh; echo \$? > $R/card-tty.rc; sleep 30"
 for _ in $(seq 1 120); do
-  $T capture-pane -p -t card | grep -q '^/ # ' && break
+  $T capture-pane -p -t card | grep -q '^/ #' && break
   sleep 0.5
 done
 $T send-keys -t card -l 'echo pid=$$ uid=$(id -u) host=$(hostname)'
@@ -71,7 +71,7 @@ mark kill-tsx
 step kill-tsx-clean npm run --silent clean
 $T new-session -d -s close -x 120 -y 30 -c ~/repo "npx tsx steps/06-cgroups run sh"
 for _ in $(seq 1 120); do
-  $T capture-pane -p -t close | grep -q '^/ # ' && break
+  $T capture-pane -p -t close | grep -q '^/ #' && break
   sleep 0.5
 done
 $T kill-server
@@ -90,7 +90,6 @@ step doctor npm run doctor
 step exercise npm run exercise -- 02
 step hint-1 npm run exercise -- 02 --hint
 step hint-2 npm run exercise -- 02 --hint
-step npm-ci-again npm ci --no-audit --no-fund
 step git-clean git clean -fdxq
 step root-owned find ~/repo ~/.local ~/.npm -user root
 echo "whole-session $SECONDS" >>"$R/times"
