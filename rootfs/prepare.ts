@@ -7,12 +7,14 @@ import { parseArgs } from 'node:util'
 import { requireRoot } from '../shared/cli.ts'
 import { exitWithError, UsageError } from '../shared/errors.ts'
 import { prepareImage } from '../shared/rootfs.ts'
-import { imagesDir } from '../shared/settings.ts'
+import { rootStateDir } from '../shared/settings.ts'
 
 const usage = `Usage: npm run rootfs -- [options]
 
 Prepare the image that containers use as their root filesystem, in
-${imagesDir} (set CFS_HOME to move it).
+${rootStateDir}/images (set CFS_HOME to move it): root's store, for steps
+02-08 and for 09-10 run with sudo; it runs under sudo. Steps 09-10 run
+without sudo prepare busybox in a store of your own.
 
 Options:
   --source alpine|busybox  where to get it (default: Alpine if the network

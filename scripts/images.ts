@@ -8,16 +8,19 @@
 import { parseArgs } from 'node:util'
 import { exitOnClosedPipe, exitWithError, UsageError } from '../shared/errors.ts'
 import { formatSize, listImages, readImage, readLayer, shortId, type ImageRecord } from '../shared/layers.ts'
-import { imagesDir, layersDir } from '../shared/settings.ts'
+import { requireRoot } from '../shared/cli.ts'
+import { imagesDir, layersDir, rootStateDir } from '../shared/settings.ts'
 import { diffCommand, exportCommand } from './lib/image-changes.ts'
 import { imageSize, layerUsers, pruneLayers, removeImage, storedLayers, type StoredLayer } from './lib/images.ts'
 
 exitOnClosedPipe()
 
-const usage = `Usage: npm run images [-- COMMAND]
+const usage = `Usage: npm run images [-- [--rootless] COMMAND]
 
-The images in ${imagesDir} and their layers, in ${layersDir}
-(set CFS_HOME to move them). Images come from npm run rootfs.
+The images in ${rootStateDir}/images and their layers, in
+${rootStateDir}/layers (set CFS_HOME to move them): root's store,
+where npm run rootfs puts them; it runs under sudo. --rootless: your own
+store instead, without sudo, where steps 09-10 run without sudo keep theirs.
 
 Commands:
   (none)          each image, its layers (bottom first) and their sizes
@@ -29,12 +32,15 @@ Commands:
 `
 
 try {
-  const { positionals, values } = parseArgs({ allowPositionals: true, options: { help: { type: 'boolean', short: 'h' } } })
+  const { positionals, values } = parseArgs({ allowPositionals: true, options: { rootless: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } })
   const [command, ...args] = positionals
   if (values.help) {
     process.stdout.write(usage)
     process.exit(0)
   }
+  if (values.rootless && process.getuid?.() === 0) throw new UsageError('--rootless is for a user without sudo: your own store, as steps 09-10 run without sudo use it')
+  // Root's store, the one npm run rootfs writes, whoever asks (re-runs under sudo).
+  if (!values.rootless) requireRoot()
   const want = (count: number, what: string) => {
     if (args.length !== count) throw new UsageError(`${command} takes ${what} (see --help)`)
   }

@@ -31,7 +31,7 @@ import zlib from 'node:zlib'
 import { makedev, mknod, S_IFCHR } from './devices.ts'
 import { UsageError } from './errors.ts'
 import { withLockSync } from './lock.ts'
-import { imagesDir, layersDir } from './settings.ts'
+import { imagesDir, layersDir, rootStateDir } from './settings.ts'
 import { LayerScanner, type LayerScan } from './tar.ts'
 import { lsetxattr } from './xattr.ts'
 
@@ -98,6 +98,11 @@ export function checkImageName(name: string): void {
 }
 
 /** Whether there is an image of this name (of either kind). */
+// Whether root's store has an image `name`, for a user whose own store has none (rootless steps 09-10).
+function inRootsStore(name: string): boolean {
+  return process.getuid?.() !== 0 && join(rootStateDir, 'images') !== imagesDir && existsSync(join(rootStateDir, 'images', name))
+}
+
 export function imageExists(name: string): boolean {
   return existsSync(join(imagesDir, name, 'image.json')) || existsSync(join(imagesDir, name, 'rootfs'))
 }
@@ -106,7 +111,7 @@ export function imageExists(name: string): boolean {
 export function readImage(name: string): ImageRecord {
   const dir = join(imagesDir, name)
   const file = join(dir, 'image.json')
-  if (!imageExists(name)) throw new UsageError(`no image \`${name}\` in ${imagesDir}: prepare it with \`npm run rootfs\``)
+  if (!imageExists(name)) throw new UsageError(`no image \`${name}\` in ${imagesDir}: ${inRootsStore(name) ? 'root\'s store has it (npm run rootfs writes there): run the step with sudo, or npm run images without --rootless' : 'prepare it with `npm run rootfs`'}`)
   let json: Partial<ImageRecord> = {}
   try {
     if (existsSync(file)) json = JSON.parse(readFileSync(file, 'utf8'))

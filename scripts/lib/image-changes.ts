@@ -9,6 +9,7 @@ import { spawn } from 'node:child_process'
 import { closeSync, existsSync, lstatSync, openSync, readdirSync, readSync, statSync, writeSync, type Stats } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import { requireRoot } from '../../shared/cli.ts'
+import { handBack } from './owner.ts'
 import { UsageError } from '../../shared/errors.ts'
 import { mount, MS_PRIVATE, MS_RDONLY, MS_REC } from '../../shared/mounts.ts'
 import { CLONE_NEWNS, spawnInNamespaces } from '../../shared/namespaces.ts'
@@ -44,6 +45,7 @@ export async function exportCommand(args: string[]): Promise<void> {
   if (args.length !== 2) throw new UsageError('usage: npm run images -- export ID FILE   (a running container\'s id or --name, or a kept one\'s id)')
   requireRoot()
   const { id, file, files, bytes } = await exportContainer(args[0], args[1])
+  handBack(file) // written as root through sudo: the learner's file, not root's
   console.log(`exported container ${id} to ${file}: ${files} files, ${bytes} bytes (${(bytes / 1024 / 1024).toFixed(1)} MiB)`)
 }
 
