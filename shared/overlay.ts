@@ -95,7 +95,8 @@ export function removeContainerDir(dir: string): void {
 /** Mark a container's directory as kept on purpose (--keep), so clean-up leaves it alone. */
 export function keepContainerDir(dir: string): void {
   writeFileSync(join(dir, 'kept'), `${new Date().toISOString()}\n`)
-  process.stderr.write(`cfs: kept the container's changes in ${dir}/upper (remove with npm run clean -- --all)\n`)
+  // rm -rf, not clean --all: that one stops every running container too.
+  process.stderr.write(`cfs: kept the container's changes in ${dir}/upper (remove them: ${process.getuid?.() === 0 ? 'sudo ' : ''}rm -rf ${dir})\n`)
 }
 
 /**
