@@ -73,8 +73,8 @@ export function exitWithError(err: unknown, prefix = 'cfs'): never {
     // node:util parseArgs: an unknown option or a missing value, a usage error.
     const message = (err as Error).message
     const ambiguous = /^Option '([^']+)' argument is ambiguous/.exec(message)
-    // `--name -x`: -x looks like an option; Node's own hint is on its third line.
-    const line = ambiguous ? `${ambiguous[1]} needs a value, and the next word starts with a dash${ambiguous[1].startsWith('--') ? ` (for a value that does: ${ambiguous[1]}=-VALUE)` : ''}` : message.split(/\.(\s|$)/)[0]
+    // `--name -x`: -x looks like an option. Node's hint (`--name=-x`) is left out: no value here may start with a dash.
+    const line = ambiguous ? `${ambiguous[1]} needs a value, and the next word starts with a dash, as an option does` : message.split(/\.(\s|$)/)[0]
     process.stderr.write(`${prefix}: ${line} (see --help)\n`)
     process.exit(EXIT_SETUP_FAILED)
   }
