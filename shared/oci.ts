@@ -280,7 +280,7 @@ function tarFiles(file: string): { kind: 'tar'; find: (member: string) => Locate
   try {
     members = indexTar(file)
   } catch (err) {
-    if (err instanceof UsageError) throw new UsageError(`${file}: ${err.message}`)
+    if (err instanceof UsageError && !err.message.startsWith(`${file}: `)) throw new UsageError(`${file}: ${err.message}`)
     throw err
   }
   const size = statSync(file).size
