@@ -29,8 +29,12 @@ export async function importOci(
   path: string,
   { name, force, log }: { name?: string; force?: boolean; log?: (line: string) => void } = {},
 ): Promise<ImageRecord> {
+  // PATH:TAG, as umoci and skopeo write it: the image of that tag in the archive.
+  const tagged = !existsSync(path) && /^(.+):([\w][\w.-]{0,127})$/.exec(path)
+  if (tagged && existsSync(tagged[1])) path = tagged[1]
+  const tag = tagged && path === tagged[1] ? tagged[2] : undefined
   const archive = openArchive(resolve(path))
-  const found = archive.has('index.json') && archive.has('oci-layout') ? readLayout(archive) : archive.has('manifest.json') ? readDockerArchive(archive) : undefined
+  const found = archive.has('index.json') && archive.has('oci-layout') ? readLayout(archive, tag) : archive.has('manifest.json') ? readDockerArchive(archive, tag) : undefined
   if (!found) {
     throw new UsageError(`${path} is neither an OCI image layout (oci-layout and index.json) nor a docker-archive (manifest.json)`)
   }
@@ -96,11 +100,15 @@ const CONFIG_TYPES = ['application/vnd.oci.image.config.v1+json', 'application/v
 const LAYER_TYPE = /^application\/vnd\.(oci\.image\.layer(\.nondistributable)?\.v1\.tar(\+gzip|\+zstd)?|docker\.image\.rootfs\.(foreign\.)?diff\.tar(\.gzip)?)$/
 
 // image-layout.md: oci-layout, index.json, blobs/<alg>/<hex>.
-function readLayout(archive: Archive): Found {
+function readLayout(archive: Archive, tag?: string): Found {
   const layout = archive.json('oci-layout') as { imageLayoutVersion?: string }
   if (!String(layout.imageLayoutVersion).startsWith('1.')) throw new UsageError(`${archive.name}: oci-layout says version ${layout.imageLayoutVersion}, not 1.x`)
   const top = archive.json('index.json') as { manifests?: Descriptor[] }
-  const chosen = chooseManifest(archive, top.manifests ?? [], 0)
+  const refName = (d: Descriptor) => d.annotations?.['org.opencontainers.image.ref.name'] ?? d.annotations?.['io.containerd.image.name']
+  const listed = top.manifests ?? []
+  const picked = tag === undefined ? listed : listed.filter((d) => refName(d) === tag || refName(d)?.endsWith(`:${tag}`))
+  if (!picked.length) throw new UsageError(`${archive.name}: no image tagged \`${tag}\` in it; its tags: ${listed.map(refName).filter(Boolean).join(', ') || 'none'}`)
+  const chosen = chooseManifest(archive, picked, 0)
   const manifest = archive.blob(chosen, 'the manifest') as { config?: Descriptor; layers?: Descriptor[] }
   if (!manifest.config || !Array.isArray(manifest.layers)) throw new UsageError(`${archive.name}: manifest ${chosen.digest} has no config or no layers`)
   if (manifest.config.mediaType && !CONFIG_TYPES.includes(manifest.config.mediaType)) {
@@ -139,16 +147,19 @@ function chooseManifest(archive: Archive, descriptors: Descriptor[], depth: numb
   const unnamed = manifests.filter((d) => !d.platform)
   if (unnamed.length === 1) return unnamed[0]
   if (manifests.length === 0) throw new UsageError(`${archive.name}: index.json lists no image manifest`)
-  if (unnamed.length > 1) throw new UsageError(`${archive.name}: index.json lists ${unnamed.length} images and no platform for them: import one at a time`)
+  if (unnamed.length > 1) throw new UsageError(`${archive.name}: index.json lists ${unnamed.length} images and no platform for them: pick one by its tag, PATH:TAG`)
   const platforms = [...new Set(manifests.map((d) => [d.platform?.os, d.platform?.architecture, d.platform?.variant].filter(Boolean).join('/')))]
   throw new UsageError(`${archive.name}: no image for linux/${host} in it, only for ${platforms.join(', ')}`)
 }
 
 // docker-archive: manifest.json lists the config and the layer tars by path.
-function readDockerArchive(archive: Archive): Found {
-  const list = archive.json('manifest.json') as { Config?: string; RepoTags?: string[]; Layers?: string[] }[]
-  if (!Array.isArray(list) || list.length === 0) throw new UsageError(`${archive.name}: manifest.json lists no image`)
-  if (list.length > 1) throw new UsageError(`${archive.name}: manifest.json lists ${list.length} images (${list.flatMap((i) => i.RepoTags ?? []).join(', ')}): import one at a time`)
+function readDockerArchive(archive: Archive, tag?: string): Found {
+  const all = archive.json('manifest.json') as { Config?: string; RepoTags?: string[]; Layers?: string[] }[]
+  if (!Array.isArray(all) || all.length === 0) throw new UsageError(`${archive.name}: manifest.json lists no image`)
+  const tags = all.flatMap((i) => i.RepoTags ?? [])
+  const list = tag === undefined ? all : all.filter((i) => (i.RepoTags ?? []).some((t) => t === tag || t.endsWith(`:${tag}`)))
+  if (!list.length) throw new UsageError(`${archive.name}: no image tagged \`${tag}\` in it; its tags: ${tags.join(', ') || 'none'}`)
+  if (list.length > 1) throw new UsageError(`${archive.name}: manifest.json lists ${list.length} images (${tags.join(', ')}): pick one by its tag, PATH:TAG`)
   const [entry] = list
   if (typeof entry.Config !== 'string' || !Array.isArray(entry.Layers)) throw new UsageError(`${archive.name}: manifest.json has no Config or no Layers`)
   // Config and blobs are named by their digest (<hex>.json, blobs/sha256/<hex>): check it. Old
