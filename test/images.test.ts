@@ -247,6 +247,7 @@ t.test('images as layers: busybox, an OCI image three ways, shared layers, white
   const byTag = await rootfs(home, '--from-oci', `${fixtures.layout}:two`, '--name', 'two-by-tag')
   t.equal(byTag.exitCode, 0, 'import of LAYOUT:two, by its tag: exit 0', said(byTag))
   t.same(imageJson(home, 'two-by-tag').layers, two.layers, '…the same image, the same layers')
+  t.equal((await images(home, 'rm', 'two-by-tag')).exitCode, 0, '…removed again (it shares both layers with two)')
   const noTag = await rootfs(home, '--from-oci', `${fixtures.layout}:nope`, '--name', 'nope')
   t.equal(noTag.exitCode, 125, 'LAYOUT:nope, a tag it does not have: exit 125', said(noTag))
   t.match(noTag.stderr, /^cfs: [^\n]*: no image tagged `nope` in it; its tags: two\n$/, '…in one line that lists the tags it has')
