@@ -70,11 +70,15 @@ export interface Sleeper {
 
 let sleepers = 0
 
-/** Start `run sleep <marker>` (about 100 s) and wait (up to 10 s × CFS_WAIT_SCALE) until the sleep is up. */
+/** Start `run sleep <marker>` (about 100 s) and wait (up to 10 s × CFS_WAIT_SCALE) until the sleep is up, or the run has ended. */
 export async function runSleeper(step: string): Promise<Sleeper> {
   const marker = `100.${process.pid}${++sleepers}`
   const run = runStep(step, ['sleep', marker])
-  const sleep = await waitFor(() => findProcesses((argv) => argv[0] === 'sleep' && argv[1] === marker)[0])
+  // A run that ends first (an exercise that stops before the command) has no sleep to wait for.
+  let ended = false
+  void run.then(() => (ended = true), () => (ended = true))
+  const found = await waitFor(() => findProcesses((argv) => argv[0] === 'sleep' && argv[1] === marker)[0] ?? (ended ? -1 : undefined))
+  const sleep = found === -1 ? undefined : found
   return { run, marker, sleep, step: findStepProcess(step, marker) }
 }
 
