@@ -80,7 +80,7 @@ t.test('a new user, Node in their home, sudo: from clone to a PID-1 shell, nothi
     t.equal(rc('kill-tsx'), 137, `SIGTERM to \`npx tsx\` stops the container that sudo runs: its sleep, as PID 1, ignores SIGTERM, so SIGKILL after 2 s (${out('kill-tsx').trim()})`)
     t.match(out('kill-tsx-clean'), /^nothing to clean$/m, `and nothing is left of it: ${out('kill-tsx-clean')}`)
     t.equal(rc('window-closed'), 0, 'closing the window of `run sh` (the terminal hung up) stops the step within 20 s')
-    t.match(out('window-closed-clean'), /^nothing to clean$/m, `and nothing is left of it: ${out('window-closed-clean')}`)
+    t.match(out('window-closed-clean'), /^nothing to clean$/m, `and nothing is left of it: ${out('window-closed-clean')}`, { ps: readFileSync(join(results, 'window-closed-ps.txt'), 'utf8') })
 
     t.equal(rc('userns-root'), 0, `step 09 as root, the way README says it (sudo env "PATH=$PATH" …), from the 0700 home: ${out('userns-root')}`)
     t.match(out('userns-root'), /^uid=0 map= ?0 100000 65536$/m, 'inside, root, and root is host uid 100000')

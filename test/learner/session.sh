@@ -68,6 +68,7 @@ wait $!
 echo $? >"$R/kill-tsx.rc"
 gone
 mark kill-tsx
+npm run --silent ps -- --all >"$R/kill-tsx-ps.txt" 2>&1
 step kill-tsx-clean npm run --silent clean
 $T new-session -d -s close -x 120 -y 30 -c ~/repo "npx tsx steps/06-cgroups run sh"
 for _ in $(seq 1 120); do
@@ -78,6 +79,7 @@ $T kill-server
 gone
 echo $? >"$R/window-closed.rc"
 mark window-closed
+npm run --silent ps -- --all >"$R/window-closed-ps.txt" 2>&1
 step window-closed-clean npm run --silent clean
 
 # Step 09 as root, as README types it, from a home only its owner may enter:
