@@ -1,4 +1,4 @@
-// npm run ps [-- --all] [-- --format json]
+// npm run ps [-- [--all] [--format table|json]]
 //
 // The running containers, as `docker ps` lists them. Each step keeps a
 // state file for its container while it runs (shared/state.ts): its id,

@@ -55,6 +55,14 @@ function scriptFile(script = resolve(process.argv[1])): string {
 /** How long a container gets to stop after SIGINT/SIGTERM before SIGKILL. */
 export const STOP_TIMEOUT_MS = 2000
 
+/**
+ * After SIGHUP, a terminal hung up (its window closed): 0.5 s. sudo, which
+ * runs the step when the learner typed it without, sees its terminal go
+ * too and SIGKILLs the step 2 s later (sudo's terminate_command): the
+ * clean-up after the container must fit before that.
+ */
+export const HANGUP_TIMEOUT_MS = 500
+
 /** The signals that ask a container to stop: Ctrl-C, kill's default, a closed terminal, Ctrl-\. */
 const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const
 
@@ -68,7 +76,7 @@ let stopRequested: NodeJS.Signals | undefined
  * SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to this process are passed on
  * (one that came during setup, at once). A PID 1 ignores signals it has no
  * handler for, so passing them on is not enough: if the container is still
- * there after STOP_TIMEOUT_MS, SIGKILL. Afterwards the terminal, if any,
+ * there after STOP_TIMEOUT_MS (HANGUP_TIMEOUT_MS after SIGHUP), SIGKILL. Afterwards the terminal, if any,
  * comes back to us (see reclaimTerminal).
  *
  * With a `terminal` (steps 05 on, shared/terminal.ts), its relay runs
@@ -79,7 +87,7 @@ export function waitForExit(child: ChildProcess, terminal?: TerminalRelay): Prom
   let killTimer: NodeJS.Timeout | undefined
   const forward = (signal: NodeJS.Signals) => {
     child.kill(signal)
-    killTimer ??= setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS)
+    killTimer ??= setTimeout(() => child.kill('SIGKILL'), signal === 'SIGHUP' ? HANGUP_TIMEOUT_MS : STOP_TIMEOUT_MS)
   }
   for (const signal of STOP_SIGNALS) process.on(signal, forward)
   if (stopRequested) forward(stopRequested)

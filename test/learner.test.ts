@@ -80,7 +80,10 @@ t.test('a new user, Node in their home, sudo: from clone to a PID-1 shell, nothi
     t.equal(rc('kill-tsx'), 137, `SIGTERM to \`npx tsx\` stops the container that sudo runs: its sleep, as PID 1, ignores SIGTERM, so SIGKILL after 2 s (${out('kill-tsx').trim()})`)
     t.match(out('kill-tsx-clean'), /^nothing to clean$/m, `and nothing is left of it: ${out('kill-tsx-clean')}`)
     t.equal(rc('window-closed'), 0, 'closing the window of `run sh` (the terminal hung up) stops the step within 20 s')
-    t.match(out('window-closed-clean'), /^nothing to clean$/m, `and nothing is left of it: ${out('window-closed-clean')}`, { ps: readFileSync(join(results, 'window-closed-ps.txt'), 'utf8') })
+    // Its id, from npm run ps while it ran: clean must find nothing of it (nor anything else but what other runs on this host left).
+    const closed = readJson<{ id: string; step: string }[]>(join(results, 'window-closed-running.json')).filter((row) => row.step === '06-cgroups').map((row) => row.id)
+    t.equal(closed.length, 1, 'npm run ps showed the container in the window while it ran', { ps: existsSync(join(results, 'window-closed-running.json')) ? readFileSync(join(results, 'window-closed-running.json'), 'utf8') : '(none)' })
+    t.ok(closed.every((id) => !out('window-closed-clean').includes(id)), `and nothing is left of it: ${out('window-closed-clean')}`, { id: closed, ps: readFileSync(join(results, 'window-closed-ps.txt'), 'utf8') })
 
     t.equal(rc('userns-root'), 0, `step 09 as root, the way README says it (sudo env "PATH=$PATH" …), from the 0700 home: ${out('userns-root')}`)
     t.match(out('userns-root'), /^uid=0 map= ?0 100000 65536$/m, 'inside, root, and root is host uid 100000')
@@ -111,6 +114,15 @@ function giveNode(): void {
   }
   execFileSync('runuser', ['-u', user, '--', 'env', `HOME=${home}`, ...(process.env.NODE_EXTRA_CA_CERTS ? [`NODE_EXTRA_CA_CERTS=${process.env.NODE_EXTRA_CA_CERTS}`] : []),
     'npm', 'install', '--no-audit', '--no-fund', '--prefix', `${home}/node`, 'node@24', 'npm@11'], { stdio: 'ignore' })
+}
+
+// A JSON file, or [] if it is missing or not JSON.
+function readJson<T>(file: string): T {
+  try {
+    return JSON.parse(readFileSync(file, 'utf8')) as T
+  } catch {
+    return [] as T
+  }
 }
 
 // The user's uid.

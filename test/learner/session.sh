@@ -75,6 +75,7 @@ for _ in $(seq 1 120); do
   $T capture-pane -p -t close | grep -q '^/ #' && break
   sleep 0.5
 done
+npm run --silent ps -- --format json >"$R/window-closed-running.json" 2>/dev/null
 $T kill-server
 gone
 echo $? >"$R/window-closed.rc"
