@@ -19,7 +19,7 @@ import { execFileSync, spawnSync } from 'node:child_process'
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { repoDir } from '../shared/settings.ts'
-import { rootOnly } from './helpers.ts'
+import { rootOnly, type Test } from './helpers.ts'
 
 const user = 'cfs-learner'
 const home = `/home/${user}`
@@ -78,12 +78,9 @@ t.test('a new user, Node in their home, sudo: from clone to a PID-1 shell, nothi
     t.match(out('card-tty'), /^pid=1 uid=0 host=[0-9a-f]{12}$/m, 'in a terminal: PID 1, root, the container\'s hostname')
 
     t.equal(rc('kill-tsx'), 137, `SIGTERM to \`npx tsx\` stops the container that sudo runs: its sleep, as PID 1, ignores SIGTERM, so SIGKILL after 2 s (${out('kill-tsx').trim()})`)
-    t.match(out('kill-tsx-clean'), /^nothing to clean$/m, `and nothing is left of it: ${out('kill-tsx-clean')}`)
+    checkNothingLeft(t, results, 'kill-tsx', (row) => row.step === '06-cgroups')
     t.equal(rc('window-closed'), 0, 'closing the window of `run sh` (the terminal hung up) stops the step within 20 s')
-    // Its id, from npm run ps while it ran: clean must find nothing of it (nor anything else but what other runs on this host left).
-    const closed = readJson<{ id: string; step: string }[]>(join(results, 'window-closed-running.json')).filter((row) => row.step === '06-cgroups').map((row) => row.id)
-    t.equal(closed.length, 1, 'npm run ps showed the container in the window while it ran', { ps: existsSync(join(results, 'window-closed-running.json')) ? readFileSync(join(results, 'window-closed-running.json'), 'utf8') : '(none)' })
-    t.ok(closed.every((id) => !out('window-closed-clean').includes(id)), `and nothing is left of it: ${out('window-closed-clean')}`, { id: closed, ps: readFileSync(join(results, 'window-closed-ps.txt'), 'utf8') })
+    checkNothingLeft(t, results, 'window-closed', (row) => row.step === '06-cgroups')
 
     t.equal(rc('userns-root'), 0, `step 09 as root, the way README says it (sudo env "PATH=$PATH" …), from the 0700 home: ${out('userns-root')}`)
     t.match(out('userns-root'), /^uid=0 map= ?0 100000 65536$/m, 'inside, root, and root is host uid 100000')
@@ -114,6 +111,16 @@ function giveNode(): void {
   }
   execFileSync('runuser', ['-u', user, '--', 'env', `HOME=${home}`, ...(process.env.NODE_EXTRA_CA_CERTS ? [`NODE_EXTRA_CA_CERTS=${process.env.NODE_EXTRA_CA_CERTS}`] : []),
     'npm', 'install', '--no-audit', '--no-fund', '--prefix', `${home}/node`, 'node@24', 'npm@11'], { stdio: 'ignore' })
+}
+
+// The one container `npm run ps` showed while <name> ran (its id), and
+// nothing of it in what `npm run clean` found afterwards.
+function checkNothingLeft(t: Test, results: string, name: string, mine: (row: { id: string; step: string }) => boolean): void {
+  const running = join(results, `${name}-running.json`)
+  const ids = readJson<{ id: string; step: string }[]>(running).filter(mine).map((row) => row.id)
+  const clean = existsSync(join(results, `${name}-clean.out`)) ? readFileSync(join(results, `${name}-clean.out`), 'utf8') : '(no output)'
+  t.equal(ids.length, 1, `${name}: npm run ps showed its container while it ran`, { ps: existsSync(running) ? readFileSync(running, 'utf8') : '(none)' })
+  t.ok(ids.length === 1 && !clean.includes(ids[0]), `${name}: and nothing of it is left: ${clean}`, { id: ids, ps: existsSync(join(results, `${name}-ps.txt`)) ? readFileSync(join(results, `${name}-ps.txt`), 'utf8') : '' })
 }
 
 // A JSON file, or [] if it is missing or not JSON.

@@ -56,13 +56,17 @@ mark card-tty
 # Stopping a container that sudo runs, the two ways a learner does:
 # SIGTERM to the `npx tsx` process they see in ps (tsx passes it on, and
 # SIGKILLs a child that does not say it got it), and closing the window
-# (the kernel hangs the terminal up). Either way, nothing may be left.
+# (the kernel hangs the terminal up). Either way, nothing of that container
+# may be left: the test looks for its id (from npm run ps while it ran) in
+# what clean then finds. Not for "nothing to clean": other tests before
+# this one leave stale state files on purpose (a step SIGKILLed).
 gone() { # wait until no process runs step 06 any more
   for _ in $(seq 1 40); do pgrep -f 'steps/06-cgroups run' >/dev/null || return 0; sleep 0.5; done
   return 1
 }
 npx tsx steps/06-cgroups run sleep 1000 >"$R/kill-tsx.out" 2>&1 </dev/null &
 for _ in $(seq 1 60); do pgrep -f '^sleep 1000$' >/dev/null && break; sleep 0.5; done
+npm run --silent ps -- --format json >"$R/kill-tsx-running.json" 2>/dev/null
 kill -TERM "$(pgrep -u "$USER" -f 'node_modules/.bin/tsx steps/06-cgroups')"
 wait $!
 echo $? >"$R/kill-tsx.rc"
