@@ -78,7 +78,7 @@ function list(): void {
   const images = listImages()
   const layers = new Map(storedLayers().filter((l) => !l.name.includes('@')).map((l) => [l.name, l]))
   const users = layerUsers(images)
-  if (images.length === 0) console.log(`no images in ${imagesDir}: npm run rootfs makes one`)
+  if (images.length === 0) console.log(`no images in ${imagesDir}: ${process.getuid?.() === 0 ? 'npm run rootfs makes one' : 'steps 09-10 run without sudo make busybox here on first use'}`)
   for (const image of images) {
     const count = image.rootfs ? '1 layer (a directory: made before layers)' : `${image.layers.length} layer${image.layers.length === 1 ? '' : 's'}`
     console.log(`${image.name}  ${count}, ${formatSize(imageSize(image, layers))}, ${image.source}, ${image.created.slice(0, 16).replace('T', ' ')}`)
