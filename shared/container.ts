@@ -76,8 +76,8 @@ let stopRequested: NodeJS.Signals | undefined
  * SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to this process are passed on
  * (one that came during setup, at once). A PID 1 ignores signals it has no
  * handler for, so passing them on is not enough: if the container is still
- * there after STOP_TIMEOUT_MS (HANGUP_TIMEOUT_MS after SIGHUP), SIGKILL. Afterwards the terminal, if any,
- * comes back to us (see reclaimTerminal).
+ * there after STOP_TIMEOUT_MS (HANGUP_TIMEOUT_MS after SIGHUP), SIGKILL.
+ * Afterwards the terminal, if any, comes back to us (see reclaimTerminal).
  *
  * With a `terminal` (steps 05 on, shared/terminal.ts), its relay runs
  * meanwhile, and the exit code comes once the container's last output is

@@ -97,12 +97,12 @@ export function checkImageName(name: string): void {
   if (!IMAGE_NAME.test(name)) throw new UsageError(`\`${name}\` cannot be an image's name: letters, digits, \`.\`, \`_\` and \`-\`, at most 128`)
 }
 
-/** Whether there is an image of this name (of either kind). */
 // Whether root's store has an image `name`, for a user whose own store has none (rootless steps 09-10).
 function inRootsStore(name: string): boolean {
   return process.getuid?.() !== 0 && join(rootStateDir, 'images') !== imagesDir && existsSync(join(rootStateDir, 'images', name))
 }
 
+/** Whether there is an image of this name (of either kind). */
 export function imageExists(name: string): boolean {
   return existsSync(join(imagesDir, name, 'image.json')) || existsSync(join(imagesDir, name, 'rootfs'))
 }
