@@ -106,9 +106,13 @@ console.log(failures ? chalk.red(`${failures} problem${failures > 1 ? 's' : ''} 
 process.exitCode = failures ? 1 : 0
 
 function hasModule(name: string): boolean {
-  try {
-    return readFileSync(`/lib/modules/${release()}/modules.builtin`, 'utf8').includes(`/${name}.ko`) || existsSync(`/sys/module/${name}`)
-  } catch {
-    return existsSync(`/sys/module/${name}`)
+  const listed = (file: string) => {
+    try {
+      return new RegExp(`/${name}\\.ko(\\.\\w+)?(:|$)`, 'm').test(readFileSync(`/lib/modules/${release()}/${file}`, 'utf8'))
+    } catch {
+      return false
+    }
   }
+  // modules.dep: a module not loaded yet, which the kernel loads itself on the first mount (mount(2) asks for fs-overlay).
+  return existsSync(`/sys/module/${name}`) || listed('modules.builtin') || listed('modules.dep')
 }
