@@ -38,8 +38,41 @@ export interface BootResult {
   qemuStatus: string
 }
 
-/** Boot the guest and stream its console here; resolves when qemu is gone (killed at the timeout). */
+/** Boot the busybox guest (scripts/cgroup2-guest.ts) and stream its console here; resolves when qemu is gone (killed at the timeout). */
 export function boot(kernel: Kernel, initramfs: string, resultsDir: string, accelerator: string, bootTimeoutMs?: number): Promise<BootResult> {
+  return bootGuest({
+    marker: 'CGROUP2', kernel: join(kernel.dir, 'vmlinuz'), initramfs, resultsDir, accelerator, bootTimeoutMs,
+    // cgroup_no_v1=all: every controller is on the v2 tree.
+    append: 'cgroup_no_v1=all rdinit=/init',
+    // The host's root, read-only; multidevs=remap: it spans several file systems (/proc, /sys, ...).
+    shares: [{ tag: 'hostroot', path: '/', options: 'readonly=on,multidevs=remap' }],
+  })
+}
+
+/** A guest to boot: its kernel and initramfs, its disks and 9p shares, and the prefix of its console's marker lines. */
+export interface GuestSpec {
+  /** `<marker>-BOOTED`, `<marker>-RESULT` and `<marker>-EXIT` lines on the console. */
+  marker: string
+  kernel: string
+  initramfs: string
+  /** Added to the kernel's command line. */
+  append: string
+  /** Disks, /dev/vda first; snapshot: the guest's writes go to a temporary file, the image stays as it is. */
+  drives?: { file: string; snapshot?: boolean }[]
+  shares?: { tag: string; path: string; options?: string }[]
+  /** Shared writable as `results`: see CFS_VERIFY_JSON in the guests' environment. */
+  resultsDir: string
+  accelerator: string
+  /** Give up (kill qemu) if no BOOTED line comes within this long. */
+  bootTimeoutMs?: number
+  /** The whole run, boot included (default: CFS_VM_TIMEOUT_S, else 480 s). */
+  timeoutMs?: number
+}
+
+/** Boot a guest and stream its console here; resolves when qemu is gone (killed at the timeout). */
+export function bootGuest(spec: GuestSpec): Promise<BootResult> {
+  const { marker, resultsDir, accelerator, bootTimeoutMs } = spec
+  const shares = [...(spec.shares ?? []), { tag: 'results', path: resultsDir, options: '' }]
   const args = [
     // tcg,thread=single: one host thread runs both virtual CPUs. With one
     // thread per CPU (qemu's default), node's JIT code in the guest now and
@@ -48,16 +81,16 @@ export function boot(kernel: Kernel, initramfs: string, resultsDir: string, acce
     // on one CPU, run as it was on the other), in about 1 run of 4.
     '-accel', accelerator === 'tcg' ? 'tcg,thread=single' : accelerator, '-m', memory, '-smp', cpus, '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
     '-chardev', 'stdio,id=console,signal=off', '-serial', 'chardev:console',
-    '-kernel', join(kernel.dir, 'vmlinuz'), '-initrd', initramfs,
-    // cgroup_no_v1=all: every controller is on the v2 tree; panic=-1: a panic reboots, and -no-reboot makes that an exit.
-    '-append', 'console=ttyS0 quiet cgroup_no_v1=all panic=-1 rdinit=/init',
-    // The host's root, read-only; multidevs=remap: it spans several file systems (/proc, /sys, ...).
-    '-fsdev', 'local,id=hostroot,path=/,security_model=passthrough,readonly=on,multidevs=remap',
-    '-device', 'virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot',
-    // The results directory, writable: see CFS_VERIFY_JSON in the guest's environment.
-    '-fsdev', `local,id=results,path=${resultsDir},security_model=passthrough`,
-    '-device', 'virtio-9p-pci,fsdev=results,mount_tag=results',
+    '-kernel', spec.kernel, '-initrd', spec.initramfs,
+    // panic=-1: a panic reboots, and -no-reboot makes that an exit.
+    '-append', `console=ttyS0 quiet panic=-1 ${spec.append}`,
+    ...(spec.drives ?? []).flatMap((drive) => ['-drive', `file=${drive.file},if=virtio,format=raw${drive.snapshot ? ',snapshot=on' : ''}`]),
+    ...shares.flatMap(({ tag, path, options }) => [
+      '-fsdev', `local,id=${tag},path=${path},security_model=passthrough${options ? `,${options}` : ''}`,
+      '-device', `virtio-9p-pci,fsdev=${tag},mount_tag=${tag}`,
+    ]),
   ]
+  const runTimeoutMs = spec.timeoutMs ?? timeoutMs
   const started = Date.now()
   const result: BootResult = { resultsDir, lines: [], timedOut: false, qemuStatus: '' }
   // setpriv --pdeathsig: should this process die, even by SIGKILL, the kernel kills qemu too.
@@ -65,7 +98,7 @@ export function boot(kernel: Kernel, initramfs: string, resultsDir: string, acce
   const timer = setTimeout(() => {
     result.timedOut = true
     qemu.kill('SIGKILL')
-  }, timeoutMs)
+  }, runTimeoutMs)
   // A boot that hangs (nested KVM can): give up early, so the caller can try tcg.
   const bootTimer = bootTimeoutMs === undefined ? undefined : setTimeout(() => qemu.kill('SIGKILL'), bootTimeoutMs)
   let pending = ''
@@ -79,14 +112,14 @@ export function boot(kernel: Kernel, initramfs: string, resultsDir: string, acce
     for (const raw of lines) {
       const line = raw.replace(/\r$/, '')
       result.lines.push(line)
-      if (line.startsWith('CGROUP2-BOOTED')) {
+      if (line.startsWith(`${marker}-BOOTED`)) {
         result.bootMs = Date.now() - started
         clearTimeout(bootTimer)
       }
-      const exit = /^CGROUP2-EXIT: (\d+)/.exec(line)
+      const exit = new RegExp(`^${marker}-EXIT: (\\d+)`).exec(line)
       if (exit) result.exitCode = Number(exit[1])
       // The verdict is in: the guest gets 30 s to power off, no more.
-      if (line.startsWith('CGROUP2-RESULT:')) setTimeout(() => qemu.kill('SIGKILL'), 30_000).unref()
+      if (line.startsWith(`${marker}-RESULT:`)) setTimeout(() => qemu.kill('SIGKILL'), 30_000).unref()
       console.log(colour(line))
     }
   })

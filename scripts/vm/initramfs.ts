@@ -27,8 +27,7 @@ const waitScale = (accelerator: string) => process.env.CFS_WAIT_SCALE || (accele
  * busybox, the modules, and /init.
  */
 export function buildInitramfs(kernel: Kernel, accelerator: string): Buffer {
-  const busybox = ['/bin/busybox', '/usr/bin/busybox'].find((p) => existsSync(p))
-  if (!busybox || !isStatic(busybox)) throw new UsageError('needs a static busybox for the guest: apt-get install busybox-static')
+  const busybox = staticBusybox()
   const archive = new Cpio()
   for (const dir of ['bin', 'dev', 'proc', 'sys', 'modules', 'host', 'rw', 'newroot']) archive.add(dir, 0o040755)
   archive.add('dev/console', 0o020600, Buffer.alloc(0), [5, 1]) // the kernel opens it for init's stdio
@@ -38,6 +37,13 @@ export function buildInitramfs(kernel: Kernel, accelerator: string): Buffer {
   archive.add('init', 0o100755, Buffer.from(init))
   archive.add('stage2', 0o100644, Buffer.from(stage2))
   return archive.finish()
+}
+
+/** The host's busybox, which must be static: it is the guests' first init, before any library is there. */
+export function staticBusybox(): string {
+  const busybox = ['/bin/busybox', '/usr/bin/busybox'].find((p) => existsSync(p))
+  if (!busybox || !isStatic(busybox)) throw new UsageError('needs a static busybox for the guest: apt-get install busybox-static')
+  return busybox
 }
 
 /**
@@ -124,12 +130,12 @@ ${busybox} poweroff -f
 }
 
 /** Just enough of cpio's newc format for an initramfs. */
-class Cpio {
+export class Cpio {
   private parts: Buffer[] = []
   private inode = 1
 
   /** One entry: `mode` includes the file type (S_IFDIR 0o040000, S_IFREG 0o100000, S_IFCHR 0o020000). */
-  add(name: string, mode: number, data = Buffer.alloc(0), [major, minor] = [0, 0]): void {
+  add(name: string, mode: number, data: Buffer = Buffer.alloc(0), [major, minor] = [0, 0]): void {
     const fields = [this.inode++, mode, 0, 0, 1, 0, data.length, 0, 0, major, minor, name.length + 1, 0]
     const header = `070701${fields.map((n) => n.toString(16).padStart(8, '0')).join('')}${name}\0`
     this.parts.push(pad(Buffer.from(header)), pad(data))
@@ -146,8 +152,8 @@ function pad(buffer: Buffer): Buffer {
   return Buffer.concat([buffer, Buffer.alloc((4 - (buffer.length % 4)) % 4)])
 }
 
-// A static ELF has no PT_INTERP program header (no dynamic loader to name).
-function isStatic(file: string): boolean {
+/** Whether `file` is a static ELF: it has no PT_INTERP program header (no dynamic loader to name). */
+export function isStatic(file: string): boolean {
   const fd = openSync(file, 'r')
   try {
     const header = Buffer.alloc(64)

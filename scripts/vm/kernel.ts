@@ -95,7 +95,7 @@ function dpkgField(deb: string, field: string): string {
  * modinfo(8) prints; modules built into the kernel (modules.builtin) need
  * nothing, and names differ only in `-` and `_`.
  */
-function resolveModules(modulesDir: string, names: string[]): string[] {
+export function resolveModules(modulesDir: string, names: string[]): string[] {
   const files = new Map<string, string>()
   for (const entry of readdirSync(join(modulesDir, 'kernel'), { recursive: true, withFileTypes: true })) {
     if (/\.ko(\.(xz|zst|gz))?$/.test(entry.name)) files.set(moduleName(entry.name), join(entry.parentPath, entry.name))
@@ -117,12 +117,12 @@ function resolveModules(modulesDir: string, names: string[]): string[] {
 }
 
 /** `a/b/9pnet-virtio.ko.xz` → `9pnet_virtio`. */
-function moduleName(file: string): string {
+export function moduleName(file: string): string {
   return basename(file).replace(/\.ko(\.\w+)?$/, '').replace(/-/g, '_')
 }
 
-// busybox's insmod may not read compressed modules (newer Debian kernels ship .ko.xz).
-function decompress(file: string): Buffer {
+/** A module file's contents, decompressed: busybox's insmod may not read compressed modules (newer Debian kernels ship .ko.xz). */
+export function decompress(file: string): Buffer {
   if (file.endsWith('.ko')) return readFileSync(file)
   const tool = file.endsWith('.xz') ? 'xz' : file.endsWith('.zst') ? 'zstd' : 'gzip'
   if (!onPath(tool)) throw new UsageError(`${basename(file)} is compressed: apt-get install ${tool === 'xz' ? 'xz-utils' : tool}`)
