@@ -180,16 +180,17 @@ export interface Delegation {
   dir: string
   leaf: string
   enabled: Controller[] // added to dir's cgroup.subtree_control by this run
-  moved: number[] // this process and those that started it (npx, tsx), as found in dir
+  moved: number[] // this process, those that started it (npx, tsx) and those it started (tsx's esbuild), as found in dir
 }
 
 /**
  * Rootless, on cgroup v2: whether this process's own cgroup is delegated
  * to its user, for the `wanted` controllers. It is if the user may write
  * the directory, its cgroup.procs and cgroup.subtree_control, its
- * cgroup.controllers offers them all, and its processes are this one and
- * those that started it (the kernel enables controllers only in a cgroup
- * without processes of its own, so they must all move: see enterLeaf).
+ * cgroup.controllers offers them all, and its processes are this one,
+ * those that started it and those it started (the kernel enables
+ * controllers only in a cgroup without processes of its own, so they must
+ * all move: see enterLeaf).
  * Otherwise `why`, in a few words.
  */
 export function findDelegation(
@@ -221,7 +222,12 @@ export function findDelegation(
   const run = new Set<number>()
   for (let p = pid; p > 0 && !run.has(p); p = parentPid(p)) run.add(p)
   const processes = cgroupProcs(dir)
-  const others = processes.filter((p) => !run.has(p))
+  // Ours too: what this process started, such as tsx's esbuild service (a child of the step's own Node).
+  const started = (p: number) => {
+    for (let q = parentPid(p), hops = 0; q > 1 && hops < 64; q = parentPid(q), hops++) if (q === pid) return true
+    return false
+  }
+  const others = processes.filter((p) => !run.has(p) && !started(p))
   if (others.length) {
     return { why: `your cgroup, ${dir}, holds processes other than this run's (${others.slice(0, 5).join(' ')}${others.length > 5 ? ' …' : ''}), and the kernel gives controllers only to a cgroup with none of its own` }
   }

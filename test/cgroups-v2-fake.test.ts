@@ -4,7 +4,7 @@
 // a VM with a v2-only kernel, the rootless delegated cgroup included.
 
 import t, { type Test } from 'tap'
-import { spawnSync } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -95,6 +95,12 @@ t.test('fake delegated cgroup: found, and each way it is not says why', async (t
   t.match(findDelegation(['pids', 'memory'], fewer.hierarchies, own), { why: /offers pids but not memory/ }, 'a delegated cgroup without memory, for --memory: why names it')
   const shared = fakeDelegated(t, 'cpu memory pids', [process.pid, 999999])
   t.match(findDelegation(['pids'], shared.hierarchies, own), { why: /holds processes other than this run's \(999999\)/ }, 'a process that did not start this one in it: why names it')
+  // tsx's esbuild service is such a child: in `systemd-run --user --scope … npx tsx steps/09-userns run`, the Debian guest found it in the scope.
+  const child = spawn('sleep', ['30'], { stdio: 'ignore' })
+  t.teardown(() => child.kill('SIGKILL'))
+  const started = fakeDelegated(t, 'cpu memory pids', [process.pid, process.ppid, child.pid!])
+  t.same(findDelegation(['pids'], started.hierarchies, own), { dir: started.dir, controllers: ['cpu', 'memory', 'pids'], processes: [process.pid, process.ppid, child.pid] },
+    'a process this one started (a child of it) in it: this run\'s too, delegated')
 })
 
 t.test('fake delegated cgroup: a user who may not write it is refused (as nobody)', async (t) => {
