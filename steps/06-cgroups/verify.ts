@@ -206,7 +206,8 @@ async function endContainer(s: Sleeper): Promise<void> {
 
 /** A busy loop in the container, PID 1 sleeping beside it; `busy` is the loop's host PID. */
 async function startBusy(options: string[], prefix?: string): Promise<Sleeper & { shown: string; busy?: number }> {
-  const s = await startSleeper([...options, 'sh', '-c', 'while :; do :; done & exec sleep "$0"'], '8', prefix)
+  // 8 s × CFS_WAIT_SCALE: under emulation two containers took longer to start than a plain 8 s sleep lasted.
+  const s = await startSleeper([...options, 'sh', '-c', 'while :; do :; done & exec sleep "$0"'], String(scaled(8)), prefix)
   const busy = findProcesses((argv) => argv[0] === 'sh' && argv[3] === s.marker)[0]
   return { ...s, busy }
 }
