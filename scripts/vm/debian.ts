@@ -10,8 +10,10 @@
 import { createHash } from 'node:crypto'
 import { spawnSync } from 'node:child_process'
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { UsageError } from '../../shared/errors.ts'
+import { readMountInfo } from '../../shared/mounts.ts'
 import { onPath } from '../lib/files.ts'
 import { Cpio, staticBusybox } from './initramfs.ts'
 import { decompress, moduleName, resolveModules } from './kernel.ts'
@@ -103,14 +105,20 @@ export function ensureDebianGuest(vmDir: string, log: (line: string) => void = c
   if (!onPath('mmdebstrap')) throw new UsageError('the systemd guest is built with mmdebstrap: apt-get install mmdebstrap')
   if (!onPath('mkfs.ext4')) throw new UsageError('the systemd guest\'s image is made with mkfs.ext4: apt-get install e2fsprogs')
   const tmp = join(vmDir, `build-${process.pid}`)
-  rmSync(tmp, { recursive: true, force: true })
-  mkdirSync(tmp)
+  // The root file system outside the state dir: mmdebstrap mounts /proc, /sys and /dev in it while it
+  // works, and mounts under the state dir are what `npm run clean` (and the tests' leftover checks) remove.
+  const scratch = join(tmpdir(), `cfs-vm-build-${process.pid}`)
+  removeStaleScratch()
+  for (const dir of [tmp, scratch]) {
+    rmSync(dir, { recursive: true, force: true })
+    mkdirSync(dir)
+  }
   try {
     const started = Date.now()
     const tried: string[] = []
     for (const suite of suites) {
-      const root = join(tmp, 'root')
-      rmSync(root, { recursive: true, force: true })
+      const root = join(scratch, 'root')
+      removeUnmounted(root)
       log(`building the systemd guest: mmdebstrap --variant=minbase ${suite} (once; kept in ${vmDir})`)
       const built = spawnSync('mmdebstrap', ['--variant=minbase', `--include=${packages.join(',')}`, suite, root], { encoding: 'utf8' })
       if (built.status !== 0) {
@@ -136,7 +144,23 @@ export function ensureDebianGuest(vmDir: string, log: (line: string) => void = c
     throw new UsageError(`mmdebstrap could not build any of ${suites.join(', ')}: ${tried.join('; ')}`)
   } finally {
     rmSync(tmp, { recursive: true, force: true })
+    removeUnmounted(scratch)
   }
+}
+
+// Root file systems of builds killed half-way (cfs-vm-build-<pid> of a process that is gone).
+function removeStaleScratch(): void {
+  for (const name of readdirSync(tmpdir())) {
+    const pid = /^cfs-vm-build-(\d+)$/.exec(name)?.[1]
+    if (pid && Number(pid) !== process.pid && !existsSync(`/proc/${pid}`)) removeUnmounted(join(tmpdir(), name))
+  }
+}
+
+// rm -r, unless something is still mounted below `dir` (a killed mmdebstrap's /dev would take the host's nodes along).
+function removeUnmounted(dir: string): void {
+  const mounted = readMountInfo().filter((m) => m.mountPoint.startsWith(`${dir}/`))
+  if (mounted.length) console.log(`left ${dir}: ${mounted.map((m) => m.mountPoint).join(', ')} still mounted there`)
+  else rmSync(dir, { recursive: true, force: true })
 }
 
 /** The guest as kept in guest.json, with its files' paths in `dir`. */
