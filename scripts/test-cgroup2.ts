@@ -76,7 +76,7 @@ async function main(): Promise<void> {
     let result = accel === 'tcg' ? undefined : await boot(kernel, initramfs('kvm'), resultsDir('kvm'), 'kvm', accel === 'auto' ? kvmBootMs : undefined)
     if (accel === 'auto' && result?.bootMs === undefined) console.log(chalk.dim(`kvm did not boot within ${kvmBootMs / 1000} s: tcg instead`))
     if (!result || (accel === 'auto' && result.bootMs === undefined)) result = await boot(kernel, initramfs('tcg'), resultsDir('tcg'), 'tcg')
-    // The guest's results, for whoever set this run's CFS_VERIFY_JSON (test/vm/cgroup2.test.ts).
+    // The guest's results, for whoever set this run's CFS_VERIFY_JSON (npm run test:vm).
     forwardResults(join(result.resultsDir, guestResults))
     report(result, Date.now() - started)
   } finally {

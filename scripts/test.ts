@@ -51,7 +51,8 @@ if (beside) {
   const listed = spawnSync(tap, ['list'], { cwd: repoDir, encoding: 'utf8' }).stdout.split('\n').filter(Boolean)
   const hostTests = listed.filter((file) => !LAST.includes(file))
   const host = start(...pinned(`0-${cores - 2}`, hostTests), 'inherit')
-  const vm = start(...pinned(`${cores - 1}`, vmTests), ['ignore', 'pipe', 'pipe'])
+  // The guest's own deadline is in test/vm/; tap's per-file 600 s would cut it short.
+  const vm = start(...pinned(`${cores - 1}`, ['--timeout=960', ...vmTests]), ['ignore', 'pipe', 'pipe'])
   // Once the guest is done, the host's tests get every core: each thread of
   // each of their processes now (taskset --all-tasks), and what they start
   // later inherits it.
@@ -69,7 +70,7 @@ if (beside) {
   if (last.length) code = (await ended(start(tap, last, 'inherit'))) || code
 } else {
   code = await ended(start(tap, args, 'inherit'))
-  if (vmTests.length) code = (await ended(start(tap, vmTests, 'inherit'))) || code
+  if (vmTests.length) code = (await ended(start(tap, ['--timeout=960', ...vmTests], 'inherit'))) || code
 }
 handBack(join(repoDir, '.tap'))
 process.exit(code)
