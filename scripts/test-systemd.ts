@@ -66,7 +66,8 @@ async function main(): Promise<void> {
     rmSync(join(work, 'home'), { recursive: true, force: true })
     console.log(chalk.dim(`the learner's home disk (checkout, node_modules, Node, images): ${(homeMs / 1000).toFixed(1)} s`))
     const result = await bootGuest({
-      marker: 'SYSTEMD', kernel: guest.kernel, initramfs: guest.initramfs, append: 'rdinit=/init', resultsDir, accelerator: accel,
+      // net.ifnames=0: udev would rename eth0, which the initramfs brought up, and fail at it.
+      marker: 'SYSTEMD', kernel: guest.kernel, initramfs: guest.initramfs, append: 'rdinit=/init net.ifnames=0', resultsDir, accelerator: accel, nic: true,
       drives: [{ file: guest.image, snapshot: true }, { file: home }],
       timeoutMs: timeoutS * 1000,
     })

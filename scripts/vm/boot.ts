@@ -60,6 +60,8 @@ export interface GuestSpec {
   /** Disks, /dev/vda first; snapshot: the guest's writes go to a temporary file, the image stays as it is. */
   drives?: { file: string; snapshot?: boolean }[]
   shares?: { tag: string; path: string; options?: string }[]
+  /** A network card on qemu's user-mode network, restricted: the guest reaches nothing outside. */
+  nic?: boolean
   /** Shared writable as `results`: see CFS_VERIFY_JSON in the guests' environment. */
   resultsDir: string
   accelerator: string
@@ -84,6 +86,7 @@ export function bootGuest(spec: GuestSpec): Promise<BootResult> {
     '-kernel', spec.kernel, '-initrd', spec.initramfs,
     // panic=-1: a panic reboots, and -no-reboot makes that an exit.
     '-append', `console=ttyS0 quiet panic=-1 ${spec.append}`,
+    ...(spec.nic ? ['-nic', 'user,model=virtio-net-pci,restrict=on'] : []),
     ...(spec.drives ?? []).flatMap((drive) => ['-drive', `file=${drive.file},if=virtio,format=raw${drive.snapshot ? ',snapshot=on' : ''}`]),
     ...shares.flatMap(({ tag, path, options }) => [
       '-fsdev', `local,id=${tag},path=${path},security_model=passthrough${options ? `,${options}` : ''}`,

@@ -37,7 +37,14 @@ export const resultsMount = '/cfs-vm-results'
  * The modules the initramfs loads to mount the disks and the results directory (built-in ones are
  * skipped); ext4 needs crc32c, a soft dependency modinfo does not list.
  */
-const bootModules = ['virtio_pci', 'virtio_blk', 'crc32c_generic', 'ext4', '9pnet_virtio', '9p']
+const bootModules = ['virtio_pci', 'virtio_blk', 'crc32c_generic', 'ext4', '9pnet_virtio', '9p', 'virtio_net']
+/**
+ * The guest's network, as a laptop has one: qemu's user-mode network with
+ * restrict=on (no way out), its usual address. Step 08's verify needs the
+ * host to have an address outside the loopback (it refuses a CFS_SUBNET
+ * that clashes with it).
+ */
+export const guestNetwork = { address: '10.0.2.15/24', gateway: '10.0.2.2' }
 /** The image's size (sparse): the system takes about 400 MB, the rest is room for the run (writes go to a qemu snapshot). */
 const imageSize = '2G'
 
@@ -87,7 +94,7 @@ export interface DebianGuest {
 
 /** The recipe's key: the same recipe gives the same directory name. */
 function recipeKey(suite: string): string {
-  const recipe = JSON.stringify({ buildVersion, suite, packages, files, masked, learner, bootModules, imageSize })
+  const recipe = JSON.stringify({ buildVersion, suite, packages, files, masked, learner, bootModules, guestNetwork, imageSize })
   return createHash('sha256').update(recipe).digest('hex').slice(0, 12)
 }
 
@@ -193,7 +200,7 @@ function configure(root: string, staging: string, suite: string, built: DebianGu
 /**
  * The guest's first root: the host's static busybox and the modules that
  * reach the disks. Its /init mounts the image (/dev/vda) as /, the
- * learner's home (/dev/vdb) and the results (9p), and hands over to systemd,
+ * learner's home (/dev/vdb) and the results (9p), brings eth0 up, and hands over to systemd,
  * with nothing on the kernel's command line about cgroups: systemd mounts
  * cgroup2 alone at /sys/fs/cgroup, Debian's default since bookworm.
  */
@@ -217,6 +224,8 @@ done
 mount -t ext4 -o rw,noatime /dev/vda /newroot || fail "mount the image"
 mount -t ext4 -o rw,noatime /dev/vdb /newroot/home/${learner.name} || fail "mount the learner's home"
 mount -t 9p -o trans=virtio,version=9p2000.L results /newroot${resultsMount} || fail "mount the results directory over 9p"
+ip link set lo up
+ip link set eth0 up && ip addr add ${guestNetwork.address} dev eth0 && ip route add default via ${guestNetwork.gateway} || fail "eth0"
 umount /proc /sys
 mount --move /dev /newroot/dev
 exec switch_root /newroot /sbin/init
