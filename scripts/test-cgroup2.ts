@@ -1,4 +1,4 @@
-// npm run test:cgroup2
+// npm run test:cgroup2 (the busybox half of npm run test:vm)
 //
 // Prove the cgroup v2 code path on a real v2-only kernel. This host may keep
 // its controllers on v1 (or be hybrid); so boot Debian's own kernel under
