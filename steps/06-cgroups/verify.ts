@@ -191,7 +191,9 @@ async function startSleeper(args: string[], seconds: string, prefix?: string): P
   const run: ProcessPromise = prefix
     ? $({ cwd: repoDir, nothrow: true, quiet: true })`${prefix.split(' ')} ${stepCommand(step)} run ${full}`
     : runStep(step, full)
-  const sleep = await waitFor(() => findProcesses((argv) => argv[0] === 'sleep' && argv[1] === marker)[0])
+  // Up to 30 s (× CFS_WAIT_SCALE): two containers pinned to one CPU, at weights 20 and 39, start slowly
+  // beside systemd's slices at 100 when that CPU is busy (the systemd VM guest, under emulation).
+  const sleep = await waitFor(() => findProcesses((argv) => argv[0] === 'sleep' && argv[1] === marker)[0], 30_000)
   const id = sleep ? idOf(cgroupsOf(sleep).pids) : undefined
   if (id) seen.push(id)
   return { run, marker, sleep, step: findStepProcess(step, marker), shown: `${prefix ? `${prefix} ` : ''}${shown(step, full)}` }

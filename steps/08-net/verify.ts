@@ -23,7 +23,7 @@ import { findLeftovers } from '../../scripts/lib/clean.ts'
 import { listDir, readText } from '../../scripts/lib/files.ts'
 import { cmdline, findProcesses, parentPid } from '../../scripts/lib/procfs.ts'
 import { Checks, killSleeper, runSleeper, runStep, shown, tsx, type Sleeper } from '../../scripts/lib/verify.ts'
-import { waitFor } from '../../scripts/lib/wait.ts'
+import { scaled, waitFor } from '../../scripts/lib/wait.ts'
 import { requireRoot } from '../../shared/cli.ts'
 
 const step = '08-net'
@@ -233,7 +233,7 @@ async function endAll(pingers: Pinger[]): Promise<void> {
 // Once `stepPid` has started the container's child, stop it for `ms`, then let it go on.
 // A busy loop: the parent takes only some 20 ms from starting the child to telling it to go on.
 async function freezeAfterSpawn(stepPid: number | undefined, ms: number): Promise<boolean> {
-  const deadline = Date.now() + 10_000
+  const deadline = Date.now() + scaled(10_000) // tsx alone takes longer than 10 s to start a step under emulation
   while (stepPid && Date.now() < deadline && isRunning(stepPid)) {
     const children = readText(`/proc/${stepPid}/task/${stepPid}/children`).split(' ').filter(Boolean).map(Number)
     if (children.some((pid) => cmdline(pid).includes('child'))) {
