@@ -11,8 +11,10 @@
 // Delegate=yes`, as notes/09-userns.md tells learners), and without one;
 // what systemd does to the project's cgroups on `daemon-reload`; `npm run
 // clean` finds nothing and no cfs-* cgroup is left. With --ci, only the CI
-// subset: the session, the card's line, step 06's verify, step 09 rootless
-// in the delegated scope, the clean-up.
+// subset: the session, the card's line, step 09 rootless in the delegated
+// scope, a step-06 container with every limit through `daemon-reload`, the
+// clean-up. Not step 06's verify: 6 to 8 minutes alone under TCG, past CI's
+// budget for the guest (notes/cgroup2-vm.md, "In CI").
 //
 // One line per check, as the verifies print theirs; a verify's own claims
 // are counted and recorded as this script's (CFS_VERIFY_JSON). Ends with
@@ -58,10 +60,10 @@ const parts: [string, boolean, () => Promise<void>][] = [
     })
   }],
   ['card', true, checkCard],
-  ...['05-mount-ns', '06-cgroups', '07-overlay', '08-net', '09-userns', '10-security'].map((step): [string, boolean, () => Promise<void>] => [step, step === '06-cgroups', () => runVerify(step)]),
+  ...['05-mount-ns', '06-cgroups', '07-overlay', '08-net', '09-userns', '10-security'].map((step): [string, boolean, () => Promise<void>] => [step, false, () => runVerify(step)]),
   ['delegated', true, checkDelegatedScope],
   ['undelegated', false, checkNoDelegation],
-  ['daemon-reload', false, checkDaemonReload],
+  ['daemon-reload', true, checkDaemonReload],
   ['clean', true, checkClean],
 ]
 const only = process.argv.find((arg) => arg.startsWith('--only='))?.slice(7).split(',')
