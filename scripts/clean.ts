@@ -18,7 +18,8 @@ try {
     console.log(`Usage: npm run clean [-- --all]
 
 Remove what containers left behind after a crash: mounts under ${stateDir},
-cfs-* cgroups, cfs* interfaces and netns, container directories, stale leases
+cfs-* cgroups, cfs* interfaces and netns, the nftables table inet cfs and the forwarding
+it turned on, container directories, stale leases
 and state files (npm run ps), an image import's temporary directories, and
 the isolation matrix's runc containers, cfsm-* keys and shared memory.
 Anything a running container still uses is left alone. Images and layers

@@ -11,6 +11,8 @@ import { MIN_NODE, requireRoot } from '../shared/cli.ts'
 import { exitOnClosedPipe } from '../shared/errors.ts'
 import { CONTROLLERS, cgroupLayout, findControllers, findHierarchies } from '../shared/cgroups.ts'
 import { readMountInfo } from '../shared/mounts.ts'
+import { TABLE } from '../shared/firewall.ts'
+import { BRIDGE } from '../shared/net.ts'
 import { DEFAULT_IMAGES, imageRootfs } from '../shared/rootfs.ts'
 import { imagesDir, stateDir } from '../shared/settings.ts'
 import { usernsForbidden } from '../shared/userns.ts'
@@ -73,6 +75,17 @@ try {
 } catch {}
 check(!!ipVersion, `ip (iproute2)${ipVersion ? `: ${ipVersion.replace(/^ip utility, /, '')}` : ''}`, 'apt-get install iproute2 (step 08)')
 
+// Step 08's NAT, -p and firewall: nft(8), and no other table's forward
+// chain dropping what ours lets through (every table's chains see a packet).
+let nftVersion = ''
+try {
+  nftVersion = execFileSync('nft', ['--version'], { encoding: 'utf8' }).trim()
+} catch {}
+check(!!nftVersion, `nft (nftables)${nftVersion ? `: ${nftVersion}` : ''}`, 'apt-get install nftables (step 08: NAT, published ports, the firewall)')
+for (const chain of nftVersion ? forwardDrops() : []) {
+  note(`another firewall drops forwarded packets: ${chain}. Containers reach each other and the host, but not the outside, and -p ports are closed. Let ${BRIDGE} through there, e.g. with Docker: sudo iptables -I DOCKER-USER -i ${BRIDGE} -j ACCEPT; sudo iptables -I DOCKER-USER -o ${BRIDGE} -j ACCEPT; with ufw: sudo ufw route allow in on ${BRIDGE}; sudo ufw route allow out on ${BRIDGE} (see notes/08-net.md)`)
+}
+
 // Step 09: util-linux's unshare(1) and setpriv(1) start the child in its user
 // namespace; rootless, the kernel must also let a user make one.
 let unshareVersion = ''
@@ -104,6 +117,17 @@ try {
 
 console.log(failures ? chalk.red(`${failures} problem${failures > 1 ? 's' : ''} found`) : chalk.green('all set'))
 process.exitCode = failures ? 1 : 0
+
+// Forward chains of other tables whose policy is drop (iptables-nft's rules
+// are nftables tables too), as "family table chain"; not the project's own.
+function forwardDrops(): string[] {
+  try {
+    const { nftables } = JSON.parse(execFileSync('nft', ['-j', 'list', 'chains'], { encoding: 'utf8' })) as { nftables: { chain?: { family: string; table: string; name: string; hook?: string; policy?: string } }[] }
+    return nftables.flatMap(({ chain }) => (chain?.hook === 'forward' && chain.policy === 'drop' && !(chain.family === 'inet' && chain.table === TABLE) ? [`${chain.family} ${chain.table} ${chain.name} (policy drop)`] : []))
+  } catch {
+    return []
+  }
+}
 
 function hasModule(name: string): boolean {
   const listed = (file: string) => {

@@ -6,18 +6,22 @@
 //
 // On the host the `ip` command (iproute2) does the netlink work; inside,
 // the child sets up its end with ioctls (linkUp, addAddress,
-// addDefaultRoute). Traffic stays on this machine: containers reach each
-// other and the bridge, nothing else.
+// addDefaultRoute). Containers reach each other, the bridge, and, through
+// the host's NAT, the outside; the host's own services only where
+// shared/firewall.ts lets them (--network-isolation).
 
 import { execFile, execFileSync } from 'node:child_process'
-import { mkdirSync, readdirSync, readFileSync, rmSync, rmdirSync, statSync, writeFileSync } from 'node:fs'
+import { chownSync, mkdirSync, readdirSync, readFileSync, rmSync, rmdirSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
+import { isIPv4 } from 'node:net'
 import { UsageError } from './errors.ts'
+import { applyRuleset, enableForwarding, parsePublish, restoreForwarding, type Published, type Route } from './firewall.ts'
 import { check, raw } from './libc.ts'
 import { withLock } from './lock.ts'
 import { isRunning } from './procfs.ts'
 import { PREFIX, stateDir } from './settings.ts'
+import type { Volume } from './volumes.ts'
 
 /** The host's bridge that all containers plug into. */
 export const BRIDGE = `${PREFIX}0`
@@ -148,20 +152,25 @@ function ipError(err: unknown, args: string[], input?: string): UsageError {
 /**
  * Parent, once the child exists (it waits on the sync pipe): take a free
  * address and make sure the bridge is up, after checking that nothing else
- * on the host uses the subnet. Under a lock, so containers starting together
- * get different addresses and never race with the last one leaving, which
- * removes the bridge.
+ * on the host uses the subnet; then the host's forwarding on, and its
+ * nftables table (shared/firewall.ts) rewritten for the running containers,
+ * this one's published ports included. Under a lock, so containers starting
+ * together get different addresses and ports, and never race with the last
+ * one leaving, which removes the bridge and the table.
  */
-export async function allocateNetwork(id: string): Promise<Network> {
+export async function allocateNetwork(id: string, { publish = [], isolated = true }: { publish?: Published[]; isolated?: boolean } = {}): Promise<Network> {
   const hostVeth = vethName(id)
   if (interfaceExists(hostVeth)) throw new UsageError(`an interface named ${hostVeth} already exists on this host`)
   mkdirSync(netDir, { recursive: true })
   return withLock(lockDir, async () => {
-    const address = takeLease(id)
+    checkPorts(publish)
+    const address = takeLease(id, { publish, isolated })
     try {
       await ensureBridge()
+      enableForwarding(BRIDGE, await uplinks())
+      await applyRuleset(BRIDGE, SUBNET.cidr, liveLeases())
     } catch (err) {
-      rmSync(join(leasesDir, address), { force: true })
+      await freeLease(address).catch(() => {}) // the first error is the one to tell
       throw err
     }
     return { address, prefix: SUBNET.prefix, gateway: SUBNET.gateway, hostVeth }
@@ -170,7 +179,8 @@ export async function allocateNetwork(id: string): Promise<Network> {
 
 /**
  * Parent, after the container ended: free its address (the last one out
- * removes the bridge), and see its veth pair gone. Deleting a network device
+ * removes the bridge and the table, and puts forwarding back), and see its
+ * veth pair gone. Deleting a network device
  * waits in the kernel for tens of milliseconds (see notes/08-net.md), and
  * the kernel deletes the pair anyway, in the background, with the
  * container's network namespace once its last process is gone: so wait for
@@ -181,12 +191,60 @@ export async function allocateNetwork(id: string): Promise<Network> {
 export async function releaseNetwork(network: Network | undefined): Promise<void> {
   if (!network) return // rootless: none was allocated
   mkdirSync(netDir, { recursive: true })
-  await withLock(lockDir, async () => {
-    rmSync(join(leasesDir, network.address), { force: true })
-    if (liveLeases().length === 0) await deleteInterface(BRIDGE)
-  })
+  await withLock(lockDir, () => freeLease(network.address))
   for (const deadline = Date.now() + 250; interfaceExists(network.hostVeth) && Date.now() < deadline;) await delay(2)
   await deleteInterface(network.hostVeth)
+}
+
+// Under the lock: drop a lease, then the table as the containers left need
+// it; after the last one, no bridge, no table, forwarding as it was.
+async function freeLease(address: string): Promise<void> {
+  rmSync(join(leasesDir, address), { force: true })
+  const left = liveLeases()
+  if (!left.length) {
+    await deleteInterface(BRIDGE)
+    restoreForwarding()
+  }
+  await applyRuleset(BRIDGE, SUBNET.cidr, left)
+}
+
+// -p: a host port is published by one container at a time, and not while a
+// process of the host's listens on it (the host's service would vanish
+// behind the DNAT for everyone but the host itself).
+function checkPorts(publish: Published[]): void {
+  const taken = liveLeases().flatMap((lease) => lease.publish.map((p) => ({ ...p, id: lease.id })))
+  const seen = new Set<string>()
+  for (const p of publish) {
+    const port = `${p.hostPort}/${p.protocol}`
+    if (seen.has(port)) throw new UsageError(`-p: port ${port} is given twice`)
+    seen.add(port)
+    const other = taken.find((t) => t.hostPort === p.hostPort && t.protocol === p.protocol)
+    if (other) throw new UsageError(`-p: port ${port} is already published by container ${other.id}`)
+    if (hostListens(p)) throw new UsageError(`-p: port ${port} is in use on this host: a process listens on it`)
+  }
+}
+
+// A socket of the host's on this port: in LISTEN (tcp, state 0A) or bound (udp), any address, v4 or v6.
+function hostListens({ hostPort, protocol }: Published): boolean {
+  const hex = hostPort.toString(16).toUpperCase().padStart(4, '0')
+  return [protocol, `${protocol}6`].some((file) => {
+    let table = ''
+    try {
+      table = readFileSync(`/proc/net/${file}`, 'utf8')
+    } catch {
+      return false
+    }
+    return table.split('\n').slice(1).some((line) => {
+      const [, local, , state] = line.trim().split(/\s+/)
+      return local?.endsWith(`:${hex}`) && (protocol === 'udp' || state === '0A')
+    })
+  })
+}
+
+// The host's uplinks: every interface that carries one of its routes, but lo and the bridge.
+async function uplinks(): Promise<string[]> {
+  const routes = JSON.parse(await runIpAsync(['-j', 'route', 'show'])) as { dev?: string }[]
+  return [...new Set(routes.map((route) => route.dev).filter((dev): dev is string => !!dev && dev !== 'lo' && dev !== BRIDGE))]
 }
 
 /** Delete an interface if it exists; one that vanishes meanwhile (its namespace died) is fine. */
@@ -211,21 +269,22 @@ export function interfaceExists(name: string): boolean {
 }
 
 // The first free address in the subnet. A lease is a file named after the
-// address, holding the container id and the parent's PID; a lease whose
-// parent is gone is stale and is taken over.
-function takeLease(id: string): string {
+// address, holding the container id and the parent's PID, then what the
+// firewall needs (its published ports, whether it is isolated); a lease
+// whose parent is gone is stale and is taken over.
+function takeLease(id: string, firewall: Omit<Route, 'address'>): string {
   mkdirSync(leasesDir, { recursive: true })
   const taken = new Set(liveLeases().map((lease) => lease.address))
   for (const address of SUBNET.hosts) {
     if (taken.has(address)) continue
-    writeFileSync(join(leasesDir, address), `${id} ${process.pid}\n`)
+    writeFileSync(join(leasesDir, address), `${id} ${process.pid}\n${JSON.stringify(firewall)}\n`)
     return address
   }
   throw new UsageError(`no free address left in ${SUBNET.cidr}: ${taken.size} containers are running (npm run clean drops stale ones)`)
 }
 
 /** The leases whose parent process is still alive; stale ones are simply taken over. */
-export function liveLeases(): { address: string; id: string; pid: number }[] {
+export function liveLeases(): (Route & { id: string; pid: number })[] {
   let files: string[] = []
   try {
     files = readdirSync(leasesDir)
@@ -233,8 +292,10 @@ export function liveLeases(): { address: string; id: string; pid: number }[] {
     return []
   }
   return files.flatMap((address) => {
-    const [id, pid] = readFileSync(join(leasesDir, address), 'utf8').trim().split(' ')
-    return isRunning(Number(pid)) ? [{ address, id, pid: Number(pid) }] : []
+    const [first, firewall] = readFileSync(join(leasesDir, address), 'utf8').trim().split('\n')
+    const [id, pid] = first.split(' ')
+    const { publish = [], isolated = true } = JSON.parse(firewall || '{}') as Partial<Route>
+    return isRunning(Number(pid)) ? [{ address, id, pid: Number(pid), publish, isolated }] : []
   })
 }
 
@@ -286,4 +347,92 @@ export function parseSubnet(cidr: string) {
     hosts,
     contains: (address: string) => Math.floor(toInt(address) / size) === network / size,
   }
+}
+
+/** --network: bridge (eth0 on the bridge, NAT out), none (only lo), host (no network namespace: the host's own). */
+export type NetworkMode = 'bridge' | 'none' | 'host'
+
+/**
+ * What a step's network options ask for, checked: --network, -p,
+ * --network-isolation, --dns. In a user namespace (steps 09 and 10), not
+ * --network host: sysfs mounts only for a network namespace that the user
+ * namespace owns, and the host's is not; rootless, no -p (no eth0).
+ */
+export function networkFromOptions(
+  options: { network?: string; publish?: string[]; 'network-isolation'?: string; dns?: string[] },
+  { userns = false, rootless = false } = {},
+) {
+  const mode = (options.network ?? 'bridge') as NetworkMode
+  if (!['bridge', 'none', 'host'].includes(mode)) throw new UsageError(`--network ${options.network}: expected bridge, none or host`)
+  if (userns && mode === 'host') throw new UsageError('--network host: a user namespace may not mount sysfs for the host\'s network namespace, which it does not own (step 08 has --network host)')
+  const isolation = options['network-isolation'] ?? 'on'
+  if (isolation !== 'on' && isolation !== 'off') throw new UsageError(`--network-isolation ${isolation}: expected on or off`)
+  const publish = (options.publish ?? []).map(parsePublish)
+  if (publish.length && mode !== 'bridge') throw new UsageError(`-p publishes a port of a container on the bridge, not with --network ${mode}`)
+  if (publish.length && rootless) throw new UsageError('-p: a rootless container has no eth0 to publish a port of (run it with sudo)')
+  return { mode, publish, isolated: isolation === 'on', dns: (options.dns ?? []).map(parseDns) }
+}
+
+/**
+ * The container's /etc/resolv.conf, /etc/hosts and /etc/hostname, written
+ * in its directory, to be bound over the image's (etcVolumes), as Docker
+ * does: the image stays as it is, and each container has its own.
+ * `address`: its eth0's (none with --network none or host); `dns`: --dns.
+ * With --network host, the host's resolv.conf and hosts, as they are.
+ */
+export function writeEtcFiles(dir: string, { hostname, mode, address, dns, owner }: { hostname: string; mode: NetworkMode; address?: string; dns: string[]; owner?: number }): void {
+  const host = (file: string) => readFileSync(file, 'utf8')
+  const files = {
+    'resolv.conf': mode === 'host' && !dns.length ? host('/etc/resolv.conf') : resolvConf(dns),
+    hosts: mode === 'host' ? host('/etc/hosts') : `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n${address ?? '127.0.1.1'}\t${hostname}\n`,
+    hostname: `${hostname}\n`,
+  }
+  mkdirSync(join(dir, 'etc'), { recursive: true })
+  for (const [name, text] of Object.entries(files)) {
+    writeFileSync(join(dir, 'etc', name), text)
+    // Steps 09 and 10: container root's, as Docker's are (else nobody's, in there).
+    if (owner !== undefined) chownSync(join(dir, 'etc', name), owner, owner)
+  }
+}
+
+/** Where writeEtcFiles put them, as volumes to bind in the container. */
+export function etcVolumes(dir: string): Volume[] {
+  return ['resolv.conf', 'hosts', 'hostname'].map((name) => ({ source: join(dir, 'etc', name), target: `/etc/${name}`, readonly: false }))
+}
+
+/** --dns ADDR: an IPv4 address (the container has no IPv6 route). */
+export function parseDns(address: string): string {
+  if (!isIPv4(address)) throw new UsageError(`--dns ${address}: expected an IPv4 address, e.g. --dns 192.0.2.53`)
+  return address
+}
+
+/**
+ * A resolv.conf for a container: `dns` if given, else the host's
+ * nameservers. A nameserver on the host's loopback (systemd-resolved's
+ * 127.0.0.53) is not the container's loopback: then the servers
+ * systemd-resolved itself asks, from /run/systemd/resolve/resolv.conf.
+ * IPv6 ones are left out (no IPv6 route in here). Never a public resolver
+ * the host does not use: with none left, a comment says why and what to do.
+ */
+export function resolvConf(dns: string[], hostFile = '/etc/resolv.conf', resolvedFile = '/run/systemd/resolve/resolv.conf'): string {
+  if (dns.length) return `# from --dns\n${dns.map((server) => `nameserver ${server}\n`).join('')}`
+  const read = (file: string) => {
+    try {
+      return readFileSync(file, 'utf8')
+    } catch {
+      return ''
+    }
+  }
+  const servers = (text: string) => [...text.matchAll(/^\s*nameserver\s+(\S+)/gm)].map((m) => m[1])
+  const loopback = (server: string) => server.startsWith('127.') || server === '::1'
+  let source = hostFile
+  let text = read(hostFile)
+  if (servers(text).some(loopback)) {
+    source = `${resolvedFile} (the host's ${hostFile} names ${servers(text).filter(loopback).join(', ')}, its own loopback)`
+    text = read(resolvedFile)
+  }
+  const usable = servers(text).filter((server) => isIPv4(server) && !loopback(server))
+  const rest = text.split('\n').filter((line) => /^\s*(search|domain|options)\s/.test(line))
+  const none = usable.length ? [] : ['# no nameserver the container can reach (only loopback or IPv6 ones): give one with --dns ADDR']
+  return [`# from the host's ${source}`, ...rest, ...none, ...usable.map((server) => `nameserver ${server}`)].join('\n') + '\n'
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make a Debian or Ubuntu machine ready for the workshop, as root:
-#   1. apt packages: busybox-static (the offline image), iproute2 (step 08),
+#   1. apt packages: busybox-static (the offline image), iproute2 and
+#      nftables (step 08),
 #      tmux (the interactive test), procps and util-linux (ps, findmnt, lsns),
 #      and the man pages the exercises send you to: man-db (the man command),
 #      manpages-dev (sections 2 and 3: unshare(2), execvp(3)) and manpages
@@ -175,7 +176,7 @@ main() {
 
   log "apt packages"
   apt_update
-  apt_install busybox-static iproute2 tmux procps util-linux \
+  apt_install busybox-static iproute2 nftables tmux procps util-linux \
     man-db manpages manpages-dev
   check_man_pages
 

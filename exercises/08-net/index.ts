@@ -6,7 +6,9 @@
 // eth0, with an address no other running container has. The child, which
 // waits on the pipe from step 06, hears its address there once the parent is
 // done, then brings lo and eth0 up and routes via the bridge, so the command
-// never starts before its network is ready.
+// never starts before its network is ready. The host routes for the
+// bridge: NAT out to the world, published ports in (-p), and a firewall
+// between containers and the host's own services (shared/firewall.ts).
 //
 // Usage: npx tsx exercises/08-net run [options] <command> [args...]   (--help lists the options)
 //
@@ -27,7 +29,10 @@ import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
 } from '../../shared/mounts.ts'
 import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
-import { addAddress, addDefaultRoute, allocateNetwork, BRIDGE, ipAsync, linkUp, releaseNetwork, type Network } from '../../shared/net.ts'
+import {
+  addAddress, addDefaultRoute, allocateNetwork, BRIDGE, etcVolumes, ipAsync, linkUp, networkFromOptions, releaseNetwork, writeEtcFiles,
+  type Network, type NetworkMode,
+} from '../../shared/net.ts'
 import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
 import { chdir, containerEnv, enterWorkdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { imageLayers, withImageConfig } from '../../shared/image-config.ts'
@@ -41,7 +46,8 @@ Usage: npx tsx exercises/08-net run [options] <command> [args...]
 
 Run <command> as PID 1 of new UTS, PID, mount, IPC and network namespaces, on a
 copy-on-write overlay of an image (pivot_root), with /proc, /sys and a
-minimal /dev, in its own cgroup, with eth0 on the host's ${BRIDGE} bridge.
+minimal /dev, in its own cgroup, with eth0 on the host's ${BRIDGE} bridge,
+which routes it to the outside (NAT).
 
 Options:
   -h, --hostname NAME  the container's hostname (default: its id)
@@ -53,10 +59,15 @@ Options:
   -m, --memory SIZE   memory limit, e.g. 100M or 1G; beyond it the OOM killer acts
   --cpus N            CPU time, in CPUs, e.g. 0.5
   -c, --cpu-shares N  CPU weight relative to others (default 1024)
+  -p, --publish HOSTPORT:PORT[/tcp|udp]  the host's port goes to the container's; repeatable
+  --network bridge|none|host  bridge (default); none: only lo; host: the host's own network
+  --network-isolation on|off  off: the container may reach the host's own services
+  --dns ADDR          the container's nameserver (default: the host's); repeatable
 
 Examples:
   npx tsx exercises/08-net run ip addr show eth0
   npx tsx exercises/08-net run --name web sh
+  npx tsx exercises/08-net run -p 8080:80 httpd -f -p 80
 `
 
 /** What the parent hands to the child. */
@@ -66,6 +77,7 @@ interface Container {
   lowerdirs: string[] // the image's layers, top first
   workdir: string // -w, or the image's WorkingDir, or /
   volumes: Volume[] // -v HOST:CTR[:ro]
+  network: NetworkMode // --network
   command: string[]
   env: string[] // -e KEY=VALUE
   dir: string // <state dir>/containers/<id>: upper/, work/, merged/
@@ -83,18 +95,23 @@ async function main(argv: string[]): Promise<void> {
     memory: { type: 'string', short: 'm' },
     cpus: { type: 'string' },
     'cpu-shares': { type: 'string', short: 'c' },
+    publish: { type: 'string', short: 'p', multiple: true },
+    network: { type: 'string' },
+    'network-isolation': { type: 'string' },
+    dns: { type: 'string', multiple: true },
   }, usage, { commandFromImage: true })
   const limits = limitsFromOptions(options)
+  const net = networkFromOptions(options)
   requireRoot()
   const image = await imageLayers(options.image)
   // What runs, with what, where: the command line's over the image's config, as Docker merges them.
   const config = withImageConfig(image.config, { command, env, workdir: options.workdir })
   const id = newContainerId()
-  await run({ id, hostname: options.hostname ?? id, lowerdirs: image.lowerdirs, volumes, ...config }, limits, options.keep)
+  await run({ id, hostname: options.hostname ?? id, lowerdirs: image.lowerdirs, volumes, network: net.mode, ...config }, limits, net, options.keep)
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
-async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = false): Promise<void> {
+async function run(container: Omit<Container, 'dir'>, limits: Limits, net: ReturnType<typeof networkFromOptions>, keep = false): Promise<void> {
   const cleanup = new Cleanup()
   try {
     // A cgroup is a directory in a cgroup filesystem: one in each hierarchy
@@ -132,8 +149,11 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     // through the child's PID. Take an address for it (and free it when the
     // container ends), then create a veth pair (two interfaces joined like a
     // cable) with one end made right in there as eth0 and the other plugged
-    // into the host's bridge: two lines of ip(8). Then tell the child to go
-    // on, and what its address is.
+    // into the host's bridge: two lines of ip(8). (Not with --network none
+    // or host: no address, no veth.) Then its own /etc/resolv.conf, hosts
+    // and hostname, which the child binds over the image's (writeEtcFiles,
+    // with its address), and tell the child to go on, and what its address
+    // is: `{ network }`.
     tellChild(child)
     process.exitCode = await waitForExit(child, terminal)
   } finally {
@@ -148,8 +168,8 @@ function child(container: Container): void {
   prctl(PR_SET_PDEATHSIG, SIGKILL)
   // Wait until the parent has put us in our cgroup and eth0 in our network
   // namespace: from here on, everything we do, and the command, is limited.
-  // TODO: the parent's word on the pipe is this container's address (a
-  // Network): keep what waitForParent() returns.
+  // TODO: the parent's word on the pipe is `{ network }`, this container's
+  // address (a Network): keep what waitForParent() returns.
   waitForParent()
   // Our own UTS namespace: this hostname is seen only in here.
   sethostname(container.hostname)
@@ -159,6 +179,7 @@ function child(container: Container): void {
   // loopback up, the address on eth0, eth0 up, and the default route via the
   // bridge: four calls of shared/net.ts, ioctls of this process. Not `ip`: a
   // program started now would count against pids.max, with Node's threads.
+  // --network none: lo alone; host: the host's own, nothing to do.
   // The host's / is usually a shared mount (`findmnt -o TARGET,PROPAGATION /`):
   // anything mounted under it would show up on the host too. MS_REC: all of
   // the tree, or mounts such as /dev/pts would still leak.
@@ -168,7 +189,7 @@ function child(container: Container): void {
   // scratch space (on upperdir's filesystem), and merged shows them as one tree.
   const { upper, work, merged } = overlayDirs(container.dir)
   mount('overlay', merged, 'overlay', 0, `lowerdir=${container.lowerdirs.join(':')},upperdir=${upper},workdir=${work}`)
-  pivotInto(merged, container.volumes)
+  pivotInto(merged, [...etcVolumes(container.dir), ...container.volumes])
   // A proc filesystem shows the PID namespace of the process that mounts it.
   mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
   // sysfs read-only: the container may read the kernel's view of devices and settings, not change it.

@@ -2,6 +2,7 @@
 // crash (a parent killed with SIGKILL cannot clean up after itself):
 // mounts under the state dir, cfs-* cgroups (at the top, and, of a rootless
 // step 09 or 10, in a user's delegated cgroup), cfs* interfaces and netns,
+// the nftables table `inet cfs` and the forwarding settings it came with,
 // container directories, stale address leases, an image import's
 // temporary directories (never an image or a layer: npm run images -- prune
 // removes layers), and the isolation matrix's runc containers, cfsm-* keys
@@ -18,6 +19,7 @@ import {
 } from '../../shared/cgroups.ts'
 import { MNT_DETACH, readMountInfo, umount2 } from '../../shared/mounts.ts'
 import { BRIDGE, deleteInterface, liveLeases } from '../../shared/net.ts'
+import { deleteTable, restoreForwarding, savedForwarding, TABLE, tableExists } from '../../shared/firewall.ts'
 import { removeContainerDir } from '../../shared/overlay.ts'
 import { STALE_LOCK_MS } from '../../shared/lock.ts'
 import { isRunning } from '../../shared/procfs.ts'
@@ -31,7 +33,7 @@ import { cmdline, findProcesses } from './procfs.ts'
 
 /** Something the project made: what it is, whether a running container still uses it, how to remove it. */
 export interface Leftover {
-  kind: 'mount' | 'cgroup' | 'interface' | 'netns' | 'container dir' | 'store temp' | 'lease' | 'lock' | 'runc container' | 'key' | 'shm' | 'state file'
+  kind: 'mount' | 'cgroup' | 'interface' | 'netns' | 'nftables table' | 'forwarding' | 'container dir' | 'store temp' | 'lease' | 'lock' | 'runc container' | 'key' | 'shm' | 'state file'
   name: string
   inUse: string | false // why it must stay, if it must
   remove: () => unknown // may return a promise
@@ -63,6 +65,7 @@ export function findLeftovers(kinds?: Leftover['kind'][]): Leftover[] {
     ...(wanted('cgroup') ? cgroups() : []),
     ...(wanted('interface') ? interfaces() : []),
     ...(wanted('netns') ? netns() : []),
+    ...(wanted('nftables table', 'forwarding') ? firewall() : []),
     ...(wanted('container dir') ? containerDirs() : []),
     ...(wanted('store temp', 'lock') ? storeTemps() : []),
     ...(wanted('lease', 'lock') ? leases() : []),
@@ -101,7 +104,7 @@ export async function clean(all = false, rootless = false): Promise<{ removed: L
   const kept: Leftover[] = []
   const failed: { item: Leftover; error: string }[] = []
   // Order matters: runc's containers and cgroups first (kills processes), then mounts, then the rest.
-  const order = ['runc container', 'cgroup', 'mount', 'interface', 'netns', 'container dir', 'store temp', 'lease', 'lock', 'key', 'shm', 'state file']
+  const order = ['runc container', 'cgroup', 'mount', 'interface', 'netns', 'nftables table', 'forwarding', 'container dir', 'store temp', 'lease', 'lock', 'key', 'shm', 'state file']
   const items = (rootless ? ownLeftovers() : findLeftovers()).sort((a, b) => order.indexOf(a.kind) - order.indexOf(b.kind))
   for (const item of items) {
     if (item.inUse && !all) {
@@ -267,6 +270,18 @@ function interfaces(): Leftover[] {
       remove: () => deleteInterface(name),
       id: idIn(name.slice(PREFIX.length)),
     }))
+}
+
+// The project's nftables table and the interfaces whose forwarding it
+// turned on (shared/firewall.ts), once no container is left to use them:
+// the last one out removes them itself, unless it was killed.
+function firewall(): Leftover[] {
+  if (liveLeases().length) return []
+  const saved = Object.entries(savedForwarding())
+  return [
+    ...(onPath('nft') && tableExists() ? [{ kind: 'nftables table' as const, name: `inet ${TABLE}`, inUse: false as const, remove: deleteTable }] : []),
+    ...(saved.length ? [{ kind: 'forwarding' as const, name: saved.map(([name, was]) => `net.ipv4.conf.${name}.forwarding back to ${was}`).join(', '), inUse: false as const, remove: restoreForwarding }] : []),
+  ]
 }
 
 // Named network namespaces (ip netns) with the project's prefix, made by exercises and tests.

@@ -73,7 +73,8 @@ export async function prepareRunc(host: Host, u: string, script: string): Promis
     if (spec.status !== 0) throw new Error(`runc spec --bundle ${bundle}: ${spec.error?.message ?? spec.stderr.trim()}`)
     // A network namespace of the project's, on its bridge, as step 08's: the network probes compare the two.
     // The lease's id names the host's veth, cfs<id>: 15 characters at most.
-    network = await allocateNetwork(`m${process.pid}`)
+    // Not isolated from the host's services (--network-isolation=off): Docker's default, which this column shows.
+    network = await allocateNetwork(`m${process.pid}`, { isolated: false })
     execFileSync('ip', ['netns', 'add', netns])
     await ipAsync(`link add ${network.hostVeth} type veth peer name eth0 netns ${netns}`, `link set ${network.hostVeth} master ${BRIDGE} up`)
     execFileSync('ip', ['-n', netns, '-batch', '-'], {

@@ -25,7 +25,10 @@ import {
   mount, MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, pivot_root, umount2,
 } from '../../shared/mounts.ts'
 import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS } from '../../shared/namespaces.ts'
-import { addAddress, addDefaultRoute, allocateNetwork, BRIDGE, ipAsync, linkUp, releaseNetwork, type Network } from '../../shared/net.ts'
+import {
+  addAddress, addDefaultRoute, allocateNetwork, BRIDGE, etcVolumes, ipAsync, linkUp, networkFromOptions, releaseNetwork, writeEtcFiles,
+  type Network,
+} from '../../shared/net.ts'
 import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
 import { chdir, containerEnv, enterWorkdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
 import { imageLayers, withImageConfig } from '../../shared/image-config.ts'
@@ -57,6 +60,10 @@ Options:
   -m, --memory SIZE   memory limit, e.g. 100M or 1G; beyond it the OOM killer acts
   --cpus N            CPU time, in CPUs, e.g. 0.5
   -c, --cpu-shares N  CPU weight relative to others (default 1024)
+  -p, --publish HOSTPORT:PORT[/tcp|udp]  the host's port goes to the container's; repeatable
+  --network bridge|none  bridge (default; rootless: lo alone); none: only lo
+  --network-isolation on|off  off: the container may reach the host's own services
+  --dns ADDR          the container's nameserver (default: the host's); repeatable
 
 Examples:
   npx tsx steps/09-userns run id
@@ -88,19 +95,24 @@ async function main(argv: string[]): Promise<void> {
     memory: { type: 'string', short: 'm' },
     cpus: { type: 'string' },
     'cpu-shares': { type: 'string', short: 'c' },
+    publish: { type: 'string', short: 'p', multiple: true },
+    network: { type: 'string' },
+    'network-isolation': { type: 'string' },
+    dns: { type: 'string', multiple: true },
   }, usage, { commandFromImage: true })
   const limits = limitsFromOptions(options)
+  const net = networkFromOptions(options, { userns: true, rootless })
   // No sudo: run by a user, the step is rootless, if the host lets users make user namespaces.
   requireUserns()
   const image = await imageLayers(options.image)
   // What runs, with what, where: the command line's over the image's config, as Docker merges them.
   const config = withImageConfig(image.config, { command, env, workdir: options.workdir })
   const id = newContainerId()
-  await run({ id, hostname: options.hostname ?? id, lowerdirs: image.lowerdirs, volumes, ...config, rootless }, limits, options.keep)
+  await run({ id, hostname: options.hostname ?? id, lowerdirs: image.lowerdirs, volumes, ...config, rootless }, limits, net, options.keep)
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
-async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = false): Promise<void> {
+async function run(container: Omit<Container, 'dir'>, limits: Limits, net: ReturnType<typeof networkFromOptions>, keep = false): Promise<void> {
   const cleanup = new Cleanup()
   try {
     // A cgroup is a directory in a cgroup filesystem: one in each hierarchy
@@ -145,10 +157,12 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
     const pid = containerPid(child.pid!)
     signalContainer(child, pid)
     for (const { dir } of cgroup.dirs) writeFileSync(join(dir, 'cgroup.procs'), String(pid))
-    // Its network namespace exists now: a free address, and the bridge up.
+    // Its network namespace exists now: a free address, the bridge up, and
+    // the host's nftables table rewritten for it: NAT out, its -p ports in,
+    // the firewall (shared/firewall.ts). Not for --network none.
     // Rootless: only root may plug a veth pair into the host; the container gets lo alone.
-    const network = container.rootless ? undefined : await allocateNetwork(container.id)
-    // The veth pair goes with the container's namespace; free the address (and the bridge, if last).
+    const network = container.rootless || net.mode === 'none' ? undefined : await allocateNetwork(container.id, net)
+    // The veth pair goes with the container's namespace; free the address (the bridge and the table, if last).
     cleanup.defer(() => releaseNetwork(network))
     // A veth pair is a virtual cable. One end is made right inside the child's
     // network namespace (`netns <pid>`), as its eth0; ours plugs into the bridge.
@@ -157,8 +171,10 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
       `link add ${network.hostVeth} type veth peer name eth0 netns ${child.pid}`,
       `link set ${network.hostVeth} master ${BRIDGE} up`,
     )
+    // Its own /etc/resolv.conf, hosts and hostname, container root's, which the child binds over the image's.
+    writeEtcFiles(dir, { hostname: container.hostname, mode: net.mode, address: network?.address, dns: net.dns, owner: map.outside })
     // Go on, with this address.
-    tellChild(child, network)
+    tellChild(child, { network })
     process.exitCode = await waitForExit(child, terminal)
   } finally {
     await cleanup.run()
@@ -170,7 +186,7 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, keep = fal
 function child(container: Container): void {
   // Wait until the parent has put us in our cgroup and eth0 in our network
   // namespace: from here on, everything we do, and the command, is limited.
-  const network = waitForParent<Network>()
+  const { network } = waitForParent<{ network?: Network }>()
   // Our maps are written: drop the host's groups (rootless the kernel keeps
   // them, as nobody: setgroups is denied), then become root in here.
   if (!container.rootless) setgroups([])
@@ -186,7 +202,7 @@ function child(container: Container): void {
   // ioctls of our own (shared/net.ts), not `ip`: a program started now would
   // count against pids.max, where Node's threads are already.
   linkUp('lo')
-  if (!container.rootless) {
+  if (network) {
     addAddress('eth0', network.address, network.prefix)
     linkUp('eth0')
     addDefaultRoute(network.gateway)
@@ -214,7 +230,7 @@ function child(container: Container): void {
   // namespace of whoever mounts it, so the container sees only its own.
   mkdirSync(join(merged, 'dev/mqueue'))
   mount('mqueue', join(merged, 'dev/mqueue'), 'mqueue', MS_NOSUID | MS_NODEV | MS_NOEXEC)
-  pivotInto(merged, container.volumes)
+  pivotInto(merged, [...etcVolumes(container.dir), ...container.volumes])
   // A terminal of the container's own, if the parent has one to relay: a pty
   // from our devpts, the command's controlling terminal and fds 0-2, so that
   // nothing in here holds the host's (shared/terminal.ts).
