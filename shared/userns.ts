@@ -192,8 +192,10 @@ export function signalContainer(child: ChildProcess, pid: number): void {
   recordPid1(pid)
   child.kill = (signal?: NodeJS.Signals | number) => {
     try {
-      process.kill(pid, signal)
+      // The launcher first: were PID 1 killed first, unshare could wake and
+      // exit 1 before its own SIGKILL came. Its child goes with it (--kill-child).
       if (signal === 'SIGKILL' || signal === 9) process.kill(launcher, 'SIGKILL')
+      process.kill(pid, signal)
       return true
     } catch {
       return false // gone already
