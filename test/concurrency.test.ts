@@ -3,15 +3,17 @@
 // bridge, all reach each other over it (each pings the next one's
 // address), and all of it is gone afterwards. (steps/08-net/verify.ts
 // checks what the step claims with one or two containers; the load is
-// here.) Only addresses in the project's subnet are pinged: traffic stays
-// on this machine.
+// here.) Each publishes a port of its own (-p), so all ten rewrite the
+// host's nftables table at once, under the lease lock. Only addresses in
+// the project's subnet are pinged: traffic stays on this machine.
 
 import t from 'tap'
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { setTimeout as delay } from 'node:timers/promises'
 import { cgroupName, findHierarchies } from '../shared/cgroups.ts'
 import { BRIDGE, liveLeases, SUBNET, vethName } from '../shared/net.ts'
+import { savedForwarding, TABLE, tableExists } from '../shared/firewall.ts'
 import { waitFor } from '../scripts/lib/wait.ts'
 import { containersDir, repoDir } from '../shared/settings.ts'
 import { tsx } from '../scripts/lib/verify.ts'
@@ -19,6 +21,8 @@ import { leftoversOf } from '../scripts/lib/clean.ts'
 import { rootOnly } from './helpers.ts'
 
 const COUNT = 10
+/** Container i publishes port PORT + i: ports nothing else uses here. */
+const PORT = 28100
 
 // Print the hostname and eth0's address, wait for the next container's
 // address on stdin, ping it, then stay up until told to go (the one before
@@ -40,7 +44,7 @@ interface Run {
 function start(i: number): Run {
   const marker = `cfs-concurrency-${process.pid}-${i}`
   // env -u NODE_OPTIONS: as a learner runs it, without tap's preloads.
-  const child = spawn('env', ['-u', 'NODE_OPTIONS', tsx, 'steps/08-net', 'run', 'sh', '-c', script, marker], {
+  const child = spawn('env', ['-u', 'NODE_OPTIONS', tsx, 'steps/08-net', 'run', '-p', `${PORT + i}:80`, 'sh', '-c', script, marker], {
     cwd: repoDir, detached: true, stdio: ['pipe', 'pipe', 'pipe'],
   })
   const run: Run = {
@@ -84,6 +88,10 @@ t.test(`${COUNT} containers of step 08 at once`, rootOnly(), async (t) => {
     const hierarchies = findHierarchies()
     t.same(ids.filter((id) => !hierarchies.some((h) => existsSync(`${h.mountPoint}/${cgroupName(id)}`))), [], 'each hostname is a running container\'s id: its cgroup cfs-<id> exists')
     t.same(ids.filter((id) => !existsSync(`${containersDir}/${id}`)), [], '…and so does its directory, containers/<id>')
+    // The table, written by each start under the lock: every container's port, to its own address.
+    const table = execFileSync('nft', ['list', 'chain', 'inet', TABLE, 'published'], { encoding: 'utf8' })
+    const dnat = addresses.map((address, i) => `tcp dport ${PORT + i} dnat ip to ${address}:80`)
+    t.same(dnat.filter((rule) => !table.includes(rule)), [], `the host's nftables table \`inet ${TABLE}\` sends each container's published port to it: ${COUNT} DNAT rules`, { table })
 
     // Each pings the next one; all stay up until every ping is done.
     runs.forEach((run, i) => {
@@ -114,6 +122,10 @@ t.test(`${COUNT} containers of step 08 at once`, rootOnly(), async (t) => {
     // The last container out removes the bridge; another run's container may still hold it.
     const bridgeGone = await waitFor(() => (existsSync(`/sys/class/net/${BRIDGE}`) && liveLeases().length === 0 ? undefined : true), 3000)
     t.ok(bridgeGone, `the ${BRIDGE} bridge is gone, unless another container still holds an address`)
+    if (liveLeases().length === 0) {
+      t.notOk(tableExists(), `…and so is the table \`inet ${TABLE}\``)
+      t.same(savedForwarding(), {}, '…and every forwarding setting is put back (no record of one left)')
+    }
   } finally {
     runs.forEach((run) => run.kill())
   }

@@ -102,6 +102,8 @@ export async function runStress(
     const final = leftoversOf(ids, imageDir, outcomes.map((o) => marker(o.n)))
     const bridge = await waitFor(() => (orphanBridge() ? undefined : true), 3000)
     if (!bridge) final.push(`bridge ${BRIDGE} with no container on it`)
+    // So do the nftables table and the forwarding settings (shared/firewall.ts).
+    if (liveLeases().length === 0) final.push(...findLeftovers(['nftables table', 'forwarding']).map((item) => `${item.kind}: ${item.name} with no container left`))
     // What the SIGKILL path's own clean had to leave (in use by a container still running then).
     const finalClean = final.length ? (await clean()).removed.map((item) => `${item.kind}: ${item.name}`) : []
     return {
