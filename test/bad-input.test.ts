@@ -7,7 +7,7 @@
 import t from 'tap'
 import { execFileSync, spawn } from 'node:child_process'
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { findLeftovers, leftoversOf } from '../scripts/lib/clean.ts'
 import { UsageError } from '../shared/errors.ts'
 import { allocateNetwork, BRIDGE, releaseNetwork, vethName } from '../shared/net.ts'
@@ -116,6 +116,11 @@ t.test('bad input: one line, the documented exit code, nothing left', rootOnly()
   symlinkSync('/', join(linked, 'x'))
   symlinkSync('/proc', join(linked, 'p'))
   t.teardown(() => rmSync(scratch, { recursive: true, force: true }))
+  // A PATH with ip(8) and Node, and without nft(8): no way to set up NAT and the firewall.
+  const noNft = join(scratch, 'no-nft-bin')
+  mkdirSync(noNft)
+  symlinkSync(execFileSync('sh', ['-c', 'command -v ip'], { encoding: 'utf8' }).trim(), join(noNft, 'ip'))
+  const pathWithoutNft = [noNft, dirname(process.execPath), '/usr/bin', '/bin'].join(':')
 
   const cases: Case[] = [
     { name: 'unknown option', steps: ALL, args: ['--bogus', 'true'], exitCode: 125, stderr: /Unknown option '--bogus'/ },
@@ -131,6 +136,14 @@ t.test('bad input: one line, the documented exit code, nothing left', rootOnly()
       name: 'state dir unwritable (CFS_HOME below a file)', steps: ['07-overlay', '08-net'], args: ['--image', image, 'true'],
       env: { CFS_HOME: join(aFile, 'x') }, exitCode: 125, stderr: /ENOTDIR/, makesContainer: true,
     },
+    { name: '-p 99999:80', steps: from('08-net'), args: ['-p', '99999:80', 'true'], exitCode: 125, stderr: /-p 99999:80: expected HOSTPORT:CONTAINERPORT\[\/tcp\|udp\], ports from 1 to 65535/ },
+    { name: '-p 80', steps: ['08-net', '10-security'], args: ['-p', '80', 'true'], exitCode: 125, stderr: /-p 80: expected HOSTPORT:CONTAINERPORT/ },
+    { name: '-p with --network none', steps: from('08-net'), args: ['--network', 'none', '-p', '8080:80', 'true'], exitCode: 125, stderr: /-p publishes a port of a container on the bridge, not with --network none/ },
+    { name: '--network bogus', steps: from('08-net'), args: ['--network', 'bogus', 'true'], exitCode: 125, stderr: /--network bogus: expected bridge, none or host/ },
+    { name: '--network host in a user namespace', steps: from('09-userns'), args: ['--network', 'host', 'true'], exitCode: 125, stderr: /--network host: a user namespace may not mount sysfs/ },
+    { name: '--network-isolation maybe', steps: from('08-net'), args: ['--network-isolation', 'maybe', 'true'], exitCode: 125, stderr: /--network-isolation maybe: expected on or off/ },
+    { name: '--dns ::1', steps: ['08-net', '10-security'], args: ['--dns', '::1', 'true'], exitCode: 125, stderr: /--dns ::1: expected an IPv4 address/ },
+    { name: 'nft missing', steps: ['08-net', '09-userns'], args: ['true'], env: { PATH: pathWithoutNft }, exitCode: 125, stderr: /the `nft` command is missing \(it sets up NAT and the firewall\): apt-get install nftables/, makesContainer: true },
     { name: '--cap-add BOGUS', steps: from('10-security'), args: ['--cap-add', 'BOGUS', 'true'], exitCode: 125, stderr: /--cap-add BOGUS: no such capability/ },
     { name: '--security-opt label=x', steps: from('10-security'), args: ['--security-opt', 'label=x', 'true'], exitCode: 125, stderr: /--security-opt label=x: expected seccomp=unconfined/ },
     { name: 'not root', steps: needRoot, args: ['true'], asNobody: true, exitCode: 125, stderr: /needs root/ },
