@@ -51,10 +51,12 @@ export function parsePublish(spec: string): Published {
  * The table for these containers on `bridge` (gateway address, subnet).
  * Read top to bottom, it is the packet's path: prerouting and output (where
  * a packet goes: DNAT for published ports), postrouting (who it seems to
- * come from: masquerade), input (what containers may send the host itself).
+ * come from: masquerade), input (what containers may send the host itself),
+ * forward (what the host forwards for whom).
  */
-export function ruleset(bridge: string, subnet: string, routes: Route[]): string {
+export function ruleset(bridge: string, subnet: string, routes: Route[], uplinks: string[]): string {
   const open = routes.filter((route) => !route.isolated).map((route) => route.address)
+  const quoted = uplinks.map((name) => `"${name}"`).join(', ')
   const dnat = routes.flatMap((route) => route.publish.map((p) => `    ${p.protocol} dport ${p.hostPort} dnat ip to ${route.address}:${p.containerPort}`))
   return `table inet ${TABLE} {
   # Containers that may reach the host's own services (--network-isolation=off).
@@ -110,6 +112,22 @@ ${dnat.join('\n')}
     # Anything else: refused at once (not dropped: no waiting for a timeout).
     reject with icmpx type admin-prohibited
   }
+
+  # The interfaces whose forwarding was off until the project turned it on
+  # for the containers: through them, the host forwards what is for the
+  # containers (replies, published ports) and nothing else, not a packet
+  # another machine routes through this one, nor one straight to a
+  # container's address.
+  set enabled {
+    type ifname
+${uplinks.length ? `    elements = { ${quoted} }
+` : ''}  }
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    iifname @enabled ct state established,related accept
+    iifname @enabled ct status dnat accept
+    iifname @enabled drop
+  }
 }
 `
 }
@@ -120,7 +138,8 @@ ${dnat.join('\n')}
  * `delete table`, then the new table.
  */
 export async function applyRuleset(bridge: string, subnet: string, routes: Route[]): Promise<void> {
-  const script = `table inet ${TABLE}\ndelete table inet ${TABLE}\n${routes.length ? ruleset(bridge, subnet, routes) : ''}`
+  const enabled = Object.entries(savedForwarding()).filter(([, was]) => was !== '1').map(([name]) => name)
+  const script = `table inet ${TABLE}\ndelete table inet ${TABLE}\n${routes.length ? ruleset(bridge, subnet, routes, enabled) : ''}`
   // Without nft there is no table to delete either.
   await nft(['-f', '-'], script, routes.length === 0)
 }

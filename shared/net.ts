@@ -292,11 +292,21 @@ export function liveLeases(): (Route & { id: string; pid: number })[] {
     return []
   }
   return files.flatMap((address) => {
-    const [first, firewall] = readFileSync(join(leasesDir, address), 'utf8').trim().split('\n')
+    const lease = readLease(join(leasesDir, address))
+    return lease && isRunning(lease.pid) ? [{ address, ...lease }] : []
+  })
+}
+
+/** A lease file: `<id> <parent's pid>`, then a line of JSON for the firewall (takeLease); undefined if unreadable. */
+export function readLease(file: string): (Omit<Route, 'address'> & { id: string; pid: number }) | undefined {
+  try {
+    const [first, firewall] = readFileSync(file, 'utf8').trim().split('\n')
     const [id, pid] = first.split(' ')
     const { publish = [], isolated = true } = JSON.parse(firewall || '{}') as Partial<Route>
-    return isRunning(Number(pid)) ? [{ address, id, pid: Number(pid), publish, isolated }] : []
-  })
+    return { id, pid: Number(pid), publish, isolated }
+  } catch {
+    return undefined
+  }
 }
 
 // Create the bridge if it is not there, after checking that no other

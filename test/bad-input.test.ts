@@ -10,7 +10,7 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlin
 import { dirname, join } from 'node:path'
 import { findLeftovers, leftoversOf } from '../scripts/lib/clean.ts'
 import { UsageError } from '../shared/errors.ts'
-import { allocateNetwork, BRIDGE, releaseNetwork, vethName } from '../shared/net.ts'
+import { allocateNetwork, BRIDGE, readLease, releaseNetwork, vethName } from '../shared/net.ts'
 import { listDir, readText } from '../scripts/lib/files.ts'
 import { cmdline, descendants, findProcesses } from '../scripts/lib/procfs.ts'
 import { waitFor } from '../scripts/lib/wait.ts'
@@ -74,8 +74,8 @@ function watchRun(root: number, pids: Set<number>, ids: Set<string>): void {
   }
   for (const id of listDir(containersDir)) if (pids.has(Number(readText(join(containersDir, id, 'parent.pid'))))) ids.add(id)
   for (const address of listDir(leasesDir)) {
-    const [id, pid] = readText(join(leasesDir, address)).split(' ')
-    if (pids.has(Number(pid))) ids.add(id)
+    const lease = readLease(join(leasesDir, address))
+    if (lease && pids.has(lease.pid)) ids.add(lease.id)
   }
   // The run's state file (shared/state.ts), there from its child's start to
   // its clean-up: on a busy machine the child may come and go between polls.

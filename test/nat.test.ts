@@ -68,7 +68,8 @@ t.test('beyond the bridge: NAT, -p, the firewall, /etc files, --network', { ...r
     } catch {}
   })
   execFileSync('ip', ['-batch', '-'], { input: [`link add ${uplink} type veth peer name eth0 netns ${ns}`, `addr add ${HOST_UP}/24 dev ${uplink}`, `link set ${uplink} up`].join('\n') })
-  execFileSync('ip', ['-n', ns, '-batch', '-'], { input: [`addr add ${UPSTREAM}/24 dev eth0`, 'link set eth0 up', 'link set lo up'].join('\n') })
+  // And a route to the container subnet through the host, as another machine on the host's network could add.
+  execFileSync('ip', ['-n', ns, '-batch', '-'], { input: [`addr add ${UPSTREAM}/24 dev eth0`, 'link set eth0 up', 'link set lo up', `route add ${SUBNET.cidr} via ${HOST_UP}`].join('\n') })
   const listener = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e',
     `require('net').createServer((s) => s.end('from ' + s.remoteAddress + '\\n')).listen(${UP_PORT}, '${UPSTREAM}', () => console.log('listening'))`],
   { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, NODE_OPTIONS: '' } })
@@ -105,6 +106,9 @@ t.test('beyond the bridge: NAT, -p, the firewall, /etc files, --network', { ...r
       const up = await waitUntil(() => fromHost() === `served by ${step}\n`, 30_000)
       t.ok(up, `-p ${hostPort}:80: the host reaches the container's port 80 on its own address ${HOST_UP}:${hostPort}`, { got: fromHost(), stderr: await Promise.race([server.then((r) => r.stderr), Promise.resolve('(still running)')]) })
       t.equal(upstream(httpGet(HOST_UP, hostPort)), `served by ${step}\n`, `…the upstream namespace reaches it at ${HOST_UP}:${hostPort} (DNAT, forwarded)`)
+      // Forwarding on the uplink is for the containers' traffic only: not a packet routed straight to a container's address.
+      const address = liveLeases().find((lease) => lease.publish.some((p) => p.hostPort === hostPort))?.address
+      t.match(upstream(httpGet(address ?? '10.77.0.254', 80)), /^error /, `…but not straight at the container's address, ${address}:80, even with a route to it through the host (forward chain)`)
       const other = await run(step, ['wget', '-q', '-O', '-', `http://${gateway}:${hostPort}/`])
       t.equal(other.stdout, `served by ${step}\n`, `…another container reaches it through the gateway ${gateway}:${hostPort} (hairpin NAT)`, other)
       t.equal(execFileSync(process.execPath, ['-e', httpGet('127.0.0.1', hostPort)], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } }), 'error ECONNREFUSED',

@@ -18,7 +18,7 @@ import {
   cgroupPopulated, cgroupProcs, findHierarchies, listCgroups, parseLeafName, removeCgroup,
 } from '../../shared/cgroups.ts'
 import { MNT_DETACH, readMountInfo, umount2 } from '../../shared/mounts.ts'
-import { BRIDGE, deleteInterface, liveLeases } from '../../shared/net.ts'
+import { BRIDGE, deleteInterface, liveLeases, readLease } from '../../shared/net.ts'
 import { deleteTable, restoreForwarding, savedForwarding, TABLE, tableExists } from '../../shared/firewall.ts'
 import { removeContainerDir } from '../../shared/overlay.ts'
 import { STALE_LOCK_MS } from '../../shared/lock.ts'
@@ -342,8 +342,8 @@ function leases(): Leftover[] {
   const netDir = join(stateDir, 'net')
   const stale: Leftover[] = listDir(join(netDir, 'leases')).flatMap((address) => {
     const file = join(netDir, 'leases', address)
-    const [id, pid] = readText(file).split(' ')
-    return Number(pid) > 0 && isRunning(Number(pid)) ? [] : [{ kind: 'lease' as const, name: file, inUse: false as const, remove: () => rmSync(file, { force: true }), id: idIn(id) }]
+    const { id = '', pid = 0 } = readLease(file) ?? {}
+    return pid > 0 && isRunning(pid) ? [] : [{ kind: 'lease' as const, name: file, inUse: false as const, remove: () => rmSync(file, { force: true }), id: idIn(id) }]
   })
   const lock = join(netDir, 'lock')
   if (existsSync(lock) && Date.now() - statSync(lock).mtimeMs > STALE_LOCK_MS) {

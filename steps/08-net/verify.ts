@@ -16,7 +16,7 @@ import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { $, type ProcessPromise } from 'zx'
 import { namespaceOf } from '../../shared/namespaces.ts'
-import { BRIDGE, liveLeases, SUBNET } from '../../shared/net.ts'
+import { BRIDGE, liveLeases, readLease, SUBNET } from '../../shared/net.ts'
 import { isRunning } from '../../shared/procfs.ts'
 import { containersDir, PREFIX, repoDir, stateDir } from '../../shared/settings.ts'
 import { findLeftovers } from '../../scripts/lib/clean.ts'
@@ -284,8 +284,8 @@ async function firstHostAddress(): Promise<string | undefined> {
 // The lease (address and container id) whose parent is `stepPid`.
 function leaseOf(stepPid: number): { address: string; id: string } | undefined {
   for (const address of listDir(leasesDir)) {
-    const [id, pid] = readFileSync(join(leasesDir, address), 'utf8').trim().split(' ')
-    if (Number(pid) === stepPid) return { address, id }
+    const lease = readLease(join(leasesDir, address))
+    if (lease?.pid === stepPid) return { address, id: lease.id }
   }
   return undefined
 }

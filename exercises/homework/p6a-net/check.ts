@@ -4,10 +4,10 @@
 //
 // Usage: npm run homework -- p6a
 
-import { existsSync, readFileSync, readlinkSync } from 'node:fs'
+import { readlinkSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
-import { SUBNET } from '../../../shared/net.ts'
+import { readLease, SUBNET } from '../../../shared/net.ts'
 import { findProcesses } from '../../../scripts/lib/procfs.ts'
 import { isRunning } from '../../../shared/procfs.ts'
 import { stateDir } from '../../../shared/settings.ts'
@@ -45,7 +45,8 @@ c.ok('while it ran, nc ran in a network namespace other than the host\'s', names
 await delay(300)
 const stale = [a, b].filter((address): address is string => address !== undefined).filter((address) => {
   const lease = join(stateDir, 'net', 'leases', address)
-  return existsSync(lease) && !isRunning(Number(readFileSync(lease, 'utf8').split(' ')[1]))
+  const pid = readLease(lease)?.pid
+  return pid !== undefined && !isRunning(pid)
 })
 const left = [...seen.keys()].filter(isRunning)
 c.ok('afterwards no nc is left, and both addresses are released', left.length === 0 && stale.length === 0, {
