@@ -23,11 +23,11 @@ const suites = ['trixie', 'bookworm']
 /**
  * What a learner's Debian has for the workshop: systemd as init with
  * logind (libpam-systemd: a login gets a session scope and user@UID.service),
- * sudo, and what README asks for (busybox-static, iproute2); the kernel,
+ * sudo, and what README asks for (busybox-static, iproute2, nftables); the kernel,
  * whose modules the guest loads from the image (overlay, bridge, veth).
  */
 const packages = [
-  'systemd', 'systemd-sysv', 'dbus', 'libpam-systemd', 'udev', 'login', 'sudo', 'kmod', 'procps', 'iproute2', 'busybox-static', 'linux-image-amd64',
+  'systemd', 'systemd-sysv', 'dbus', 'libpam-systemd', 'udev', 'login', 'sudo', 'kmod', 'procps', 'iproute2', 'nftables', 'busybox-static', 'linux-image-amd64',
 ]
 /** The learner: not root, sudo without a password (nobody types it), uid 1000 as a desktop installer makes the first user. */
 export const learner = { name: 'learner', uid: 1000 }
