@@ -4,13 +4,15 @@
 // state file for its container while it runs (shared/state.ts): its id,
 // name, step, command, PIDs and start. The rest is read live from /proc:
 // the cgroup PID 1 is in, from /proc/PID/cgroup, and its addresses, from
-// its network namespace's routing tables, /proc/PID/net/fib_trie.
+// its network namespace's routing tables, /proc/PID/net/fib_trie; its
+// published ports (-p, step 08 on), from its address lease.
 
 import { statSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { exitOnClosedPipe, exitWithError, UsageError } from '../shared/errors.ts'
 import { PREFIX } from '../shared/settings.ts'
 import { readStates, runDir, statusOf, type ContainerState, type Status } from '../shared/state.ts'
+import { liveLeases } from '../shared/net.ts'
 import { readText } from './lib/files.ts'
 import { stateDirs } from './lib/containers.ts'
 
@@ -19,7 +21,8 @@ exitOnClosedPipe()
 const usage = `Usage: npm run ps [-- [--all] [--format table|json]]
 
 List the running containers of every step: id, --name, step, the host PID
-of the container's PID 1, uptime, status, address, cgroup and command.
+of the container's PID 1, uptime, status, address, published ports (-p),
+cgroup and command.
 As root (or with sudo) root's containers and the rootless ones of the
 user who ran sudo; as a user, theirs and root's.
 
@@ -46,6 +49,7 @@ interface Row {
   user: string // who ran it: root, or the user of a rootless step
   cgroup: string | null // relative to its hierarchy's root
   address: string | null
+  ports: string[] // -p, as docker ps shows them: 8080->80/tcp
   stateFile: string
 }
 
@@ -58,8 +62,9 @@ try {
     process.exit(0)
   }
   if (values.format !== 'table' && values.format !== 'json') throw new UsageError(`--format \`${values.format}\`: expected table or json (see --help)`)
+  const leases = liveLeases()
   const rows = stateDirs()
-    .flatMap((dir) => readStates(runDir(dir)).map(({ file, state }) => row(file, state)))
+    .flatMap((dir) => readStates(runDir(dir)).map(({ file, state }) => row(file, state, leases)))
     .filter((r) => values.all || r.status !== 'stale')
     .sort((a, b) => b.started.localeCompare(a.started)) // newest first, as docker ps
   if (values.format === 'json') console.log(JSON.stringify(rows, null, 2))
@@ -80,7 +85,7 @@ function ownerOf(file: string): string {
   return entry?.[0] ?? String(uid)
 }
 
-function row(file: string, state: ContainerState): Row {
+function row(file: string, state: ContainerState, leases: ReturnType<typeof liveLeases>): Row {
   const status = statusOf(state)
   const live = status === 'running' || status === 'parent gone'
   return {
@@ -96,6 +101,7 @@ function row(file: string, state: ContainerState): Row {
     user: ownerOf(file),
     cgroup: live ? cgroupOf(state.pid1.pid) : null,
     address: live ? addressOf(state.pid1.pid) : null,
+    ports: live ? (leases.find((lease) => lease.id === state.id)?.publish ?? []).map((p) => `${p.hostPort}->${p.containerPort}/${p.protocol}`) : [],
     stateFile: file,
   }
 }
@@ -138,9 +144,9 @@ function localAddresses(fibTrie: string): string[] | undefined {
 }
 
 function table(rows: Row[]): string {
-  const header = ['CONTAINER ID', 'NAME', 'STEP', 'PID', 'UPTIME', 'STATUS', 'ADDRESS', 'CGROUP', 'COMMAND']
+  const header = ['CONTAINER ID', 'NAME', 'STEP', 'PID', 'UPTIME', 'STATUS', 'ADDRESS', 'PORTS', 'CGROUP', 'COMMAND']
   const cells = rows.map((r) => [
-    r.id, r.name ?? '-', r.step, String(r.pid), uptime(r.uptimeSeconds), r.status, r.address ?? '-', r.cgroup ?? '-', shortCommand(r.command),
+    r.id, r.name ?? '-', r.step, String(r.pid), uptime(r.uptimeSeconds), r.status, r.address ?? '-', r.ports.join(',') || '-', r.cgroup ?? '-', shortCommand(r.command),
   ])
   const all = [header, ...cells]
   const widths = header.map((_, i) => Math.max(...all.map((line) => line[i].length)))

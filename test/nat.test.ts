@@ -113,6 +113,8 @@ t.test('beyond the bridge: NAT, -p, the firewall, /etc files, --network', { ...r
       t.equal(other.stdout, `served by ${step}\n`, `…another container reaches it through the gateway ${gateway}:${hostPort} (hairpin NAT)`, other)
       t.equal(execFileSync(process.execPath, ['-e', httpGet('127.0.0.1', hostPort)], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } }), 'error ECONNREFUSED',
         '…but not at 127.0.0.1: a packet to loopback never leaves lo (Docker runs a userland proxy for it; here there is none)')
+      const ps = JSON.parse(execFileSync('env', ['-u', 'NODE_OPTIONS', tsx, 'scripts/ps.ts', '--format', 'json'], { cwd: repoDir, encoding: 'utf8' })) as { address: string; ports: string[] }[]
+      t.same(ps.find((row) => row.address === address)?.ports, [`${hostPort}->80/tcp`], `npm run ps shows its port: ${hostPort}->80/tcp`)
       const clash = await run(step, ['-p', `${hostPort}:80`, 'true'])
       t.equal(clash.code, 125, `a second -p ${hostPort}:80 while it runs: exit 125`, clash)
       t.match(clash.stderr, new RegExp(`^cfs: -p: port ${hostPort}/tcp is already published by container [0-9a-f]{12}\\n$`), '…with one line', clash)

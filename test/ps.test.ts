@@ -90,8 +90,8 @@ t.test('a running container of step 08: its step, name, PID 1, cgroup and addres
   t.same(asNobody && [asNobody.pid, asNobody.cgroup, asNobody.address], [row.pid, row.cgroup, row.address], 'a user without sudo sees root\'s container too, the same')
   const table = await runTool('scripts/ps.ts')
   const line = table.stdout.split('\n').find((l) => l.startsWith(row.id))
-  t.match(line, new RegExp(`^${row.id}\\s+${name}\\s+08-net\\s+${c.sleep}\\s+\\S+\\s+running\\s+${row.address}\\s+/cfs-${row.id}\\s+sleep ${mark}$`), 'the table has it on one line', { table: table.stdout })
-  t.match(table.stdout, /^CONTAINER ID\s+NAME\s+STEP\s+PID\s+UPTIME\s+STATUS\s+ADDRESS\s+CGROUP\s+COMMAND$/m, 'under a header')
+  t.match(line, new RegExp(`^${row.id}\\s+${name}\\s+08-net\\s+${c.sleep}\\s+\\S+\\s+running\\s+${row.address}\\s+-\\s+/cfs-${row.id}\\s+sleep ${mark}$`), 'the table has it on one line', { table: table.stdout })
+  t.match(table.stdout, /^CONTAINER ID\s+NAME\s+STEP\s+PID\s+UPTIME\s+STATUS\s+ADDRESS\s+PORTS\s+CGROUP\s+COMMAND$/m, 'under a header')
 
   stopGroup(c.child, 'SIGTERM')
   t.equal(await c.ended, 137, 'SIGTERM stops it: sleep, PID 1 with no handler, ignores it, and the step SIGKILLs it after 2 s (137)')
