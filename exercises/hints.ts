@@ -91,7 +91,7 @@ export const exercises: Record<string, Exercise> = {
     hints: [
       'Four TODOs: a flag and the veth pair in run(), the address and the network set-up in child(). The parent and the child meet on the sync pipe (fd 3): the parent writes its word, the child reads it. shared/net.ts has allocateNetwork/releaseNetwork (the address and the bridge), ipAsync(), which runs ip(8) commands on the host, one line each, as a batch, and linkUp/addAddress/addDefaultRoute for the inside.',
       'The flag is CLONE_NEWNET (with --network host, none: 0). In run(): const network = net.mode === \'bridge\' ? await allocateNetwork(container.id, net) : undefined, cleanup.defer(() => releaseNetwork(network)), then if (network) await ipAsync(`link add ${network.hostVeth} type veth peer name eth0 netns ${child.pid}`, `link set ${network.hostVeth} master ${BRIDGE} up`); give writeEtcFiles address: network?.address, and tellChild(child, { network }) says the address.',
-      'In child(): const { network } = waitForParent<{ network?: Network }>(), then linkUp(\'lo\') (not with --network host), and if (network): addAddress(\'eth0\', network.address, network.prefix), linkUp(\'eth0\') and addDefaultRoute(network.gateway). The order matters: eth0 does not exist before the parent says so, and the route needs eth0 up with its address.',
+      'In child(): const { network } = waitForParent<{ network?: Network }>(), then linkUp(\'lo\'), and if (network): addAddress(\'eth0\', network.address, network.prefix), linkUp(\'eth0\') and addDefaultRoute(network.gateway). The order matters: eth0 does not exist before the parent says so, and the route needs eth0 up with its address.',
     ],
   },
   '09-userns': {

@@ -28,7 +28,7 @@ import {
 import { CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS } from '../../shared/namespaces.ts'
 import {
   addAddress, addDefaultRoute, allocateNetwork, BRIDGE, etcVolumes, ipAsync, linkUp, networkFromOptions, releaseNetwork, writeEtcFiles,
-  type Network, type NetworkMode,
+  type Network,
 } from '../../shared/net.ts'
 import { createContainerDir, keepContainerDir, overlayDirs, removeContainerDir } from '../../shared/overlay.ts'
 import { chdir, containerEnv, enterWorkdir, execCommand, prctl, PR_SET_PDEATHSIG, SIGKILL } from '../../shared/process.ts'
@@ -73,7 +73,6 @@ interface Container {
   lowerdirs: string[] // the image's layers, top first
   workdir: string // -w, or the image's WorkingDir, or /
   volumes: Volume[] // -v HOST:CTR[:ro]
-  network: NetworkMode // --network
   command: string[]
   env: string[] // -e KEY=VALUE
   dir: string // <state dir>/containers/<id>: upper/, work/, merged/
@@ -103,7 +102,7 @@ async function main(argv: string[]): Promise<void> {
   // What runs, with what, where: the command line's over the image's config, as Docker merges them.
   const config = withImageConfig(image.config, { command, env, workdir: options.workdir })
   const id = newContainerId()
-  await run({ id, hostname: options.hostname ?? id, lowerdirs: image.lowerdirs, volumes, network: net.mode, ...config }, limits, net, options.keep)
+  await run({ id, hostname: options.hostname ?? id, lowerdirs: image.lowerdirs, volumes, ...config }, limits, net, options.keep)
 }
 
 // Parent: start the child, wait for it, exit with its exit code.
@@ -176,8 +175,8 @@ function child(container: Container): void {
   // up, the address on eth0, the default route through the bridge. With
   // ioctls of our own (shared/net.ts), not `ip`: a program started now would
   // count against pids.max, where Node's threads are already.
-  // --network none: lo alone; host: the host's own, nothing to do.
-  if (container.network !== 'host') linkUp('lo')
+  // --network none: lo alone; host: the host's own lo, up already.
+  linkUp('lo')
   if (network) {
     addAddress('eth0', network.address, network.prefix)
     linkUp('eth0')
