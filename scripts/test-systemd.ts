@@ -34,9 +34,8 @@ const vmDir = join(stateDir, 'vm')
 const ci = process.argv.includes('--ci')
 /**
  * The whole run, boot included: 12 minutes for the CI subset, which took
- * 14.6 on this 2-core machine when others' tests kept it busy and should
- * take 8 to 9 beside only the host's own (notes/cgroup2-vm.md, "In CI");
- * 40 for every verify (33 measured).
+ * 7.7 on a core of its own of this 2-core machine; 40 for every verify
+ * (32.5 measured). See notes/cgroup2-vm.md.
  */
 const timeoutS = Number(process.env.CFS_VM_TIMEOUT_S ?? (ci ? 720 : 2400))
 const accel = process.env.CFS_VM_ACCEL ?? 'tcg'

@@ -6,13 +6,14 @@
 // holds nothing root-owned afterwards.
 //
 // Two tap runs at once, each on cores of its own (taskset): the VM guest
-// (test/vm/, which .taprc leaves out of tap's list) on the last core, where
+// (test/vm/, which .taprc leaves out of tap's list: the systemd guest's CI
+// subset, notes/cgroup2-vm.md) on the last core, where
 // qemu emulates the guest's CPUs in one thread, and the host's tests on the
 // others until the guest is done, then on all. Most of the host's tests run
 // one thing at a time, and took about as long on one core as on two
 // (December 2026, 2 cores: the verify, flags and interactive tests, 212 s on
 // one core beside the guest, 209 s on both in a full run); in turn, the
-// guest's four minutes or so would come on top. Unpinned, they starved the
+// guest's seven minutes or so would come on top. Unpinned, they starved the
 // guest, whose checks have deadlines of their own. bad-input, which runs two
 // steps at a time, comes last, on every core: pinned, it took 155 s instead
 // of 72. The guest's output is held back and printed when both are done;

@@ -3,9 +3,10 @@
 // the learner logs in on its console) and turns each claim the guest
 // records into a tap assertion (CFS_VERIFY_JSON: the results come back over
 // 9p, see scripts/lib/results.ts). The CI subset: the session, the card's
-// line, step 06's verify, step 09 rootless in a scope systemd delegates,
-// `npm run clean`. 9 to 15 minutes under TCG on the 2-core CI machine,
-// with the host busy; see notes/cgroup2-vm.md. The whole set, with the busybox guest: npm run test:vm.
+// line, step 09 rootless in a scope systemd delegates, a step-06 container
+// through `systemctl daemon-reload`, `npm run clean`: 7.7 minutes under TCG
+// on a core of its own of the 2-core CI machine; see notes/cgroup2-vm.md.
+// The whole set, with the busybox guest: npm run test:vm.
 //
 // Not in tap's own list (.taprc excludes test/vm/): `npm test`
 // (scripts/test.ts) runs this file beside the host's tests, at the same
