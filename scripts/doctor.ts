@@ -11,7 +11,7 @@ import { MIN_NODE, requireRoot } from '../shared/cli.ts'
 import { exitOnClosedPipe } from '../shared/errors.ts'
 import { CONTROLLERS, cgroupLayout, findControllers, findHierarchies } from '../shared/cgroups.ts'
 import { readMountInfo } from '../shared/mounts.ts'
-import { TABLE } from '../shared/firewall.ts'
+import { nftPath, TABLE } from '../shared/firewall.ts'
 import { BRIDGE } from '../shared/net.ts'
 import { DEFAULT_IMAGES, imageRootfs } from '../shared/rootfs.ts'
 import { imagesDir, stateDir } from '../shared/settings.ts'
@@ -79,7 +79,7 @@ check(!!ipVersion, `ip (iproute2)${ipVersion ? `: ${ipVersion.replace(/^ip utili
 // chain dropping what ours lets through (every table's chains see a packet).
 let nftVersion = ''
 try {
-  nftVersion = execFileSync('nft', ['--version'], { encoding: 'utf8' }).trim()
+  nftVersion = execFileSync(nftPath() ?? 'nft', ['--version'], { encoding: 'utf8' }).trim()
 } catch {}
 check(!!nftVersion, `nft (nftables)${nftVersion ? `: ${nftVersion}` : ''}`, 'apt-get install nftables (step 08: NAT, published ports, the firewall)')
 for (const chain of nftVersion ? forwardDrops() : []) {
@@ -122,7 +122,7 @@ process.exitCode = failures ? 1 : 0
 // are nftables tables too), as "family table chain"; not the project's own.
 function forwardDrops(): string[] {
   try {
-    const { nftables } = JSON.parse(execFileSync('nft', ['-j', 'list', 'chains'], { encoding: 'utf8' })) as { nftables: { chain?: { family: string; table: string; name: string; hook?: string; policy?: string } }[] }
+    const { nftables } = JSON.parse(execFileSync(nftPath()!, ['-j', 'list', 'chains'], { encoding: 'utf8' })) as { nftables: { chain?: { family: string; table: string; name: string; hook?: string; policy?: string } }[] }
     return nftables.flatMap(({ chain }) => (chain?.hook === 'forward' && chain.policy === 'drop' && !(chain.family === 'inet' && chain.table === TABLE) ? [`${chain.family} ${chain.table} ${chain.name} (policy drop)`] : []))
   } catch {
     return []

@@ -8,9 +8,10 @@
 // published ports (-p, step 08 on), from its address lease.
 
 import { statSync } from 'node:fs'
+import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { exitOnClosedPipe, exitWithError, UsageError } from '../shared/errors.ts'
-import { PREFIX } from '../shared/settings.ts'
+import { PREFIX, rootStateDir } from '../shared/settings.ts'
 import { readStates, runDir, statusOf, type ContainerState, type Status } from '../shared/state.ts'
 import { liveLeases } from '../shared/net.ts'
 import { readText } from './lib/files.ts'
@@ -62,7 +63,8 @@ try {
     process.exit(0)
   }
   if (values.format !== 'table' && values.format !== 'json') throw new UsageError(`--format \`${values.format}\`: expected table or json (see --help)`)
-  const leases = liveLeases()
+  // Leases are root's (only root plugs a container into the bridge), whoever asks.
+  const leases = liveLeases(join(rootStateDir, 'net', 'leases'))
   const rows = stateDirs()
     .flatMap((dir) => readStates(runDir(dir)).map(({ file, state }) => row(file, state, leases)))
     .filter((r) => values.all || r.status !== 'stale')

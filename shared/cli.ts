@@ -1,7 +1,7 @@
 // The command line every step shares: `run [options] <command> [args...]`.
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { accessSync, closeSync, constants, existsSync, openSync } from 'node:fs'
+import { accessSync, closeSync, constants, existsSync, openSync, readFileSync } from 'node:fs'
 import { constants as osConstants } from 'node:os'
 import { delimiter, dirname, isAbsolute, join, resolve } from 'node:path'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
@@ -186,7 +186,7 @@ export function requireRoot(args = rerunArgs ?? process.argv.slice(2)): void {
   let rerun: ChildProcess
   try {
     checkNodeVersion()
-    if (process.getuid?.() === 0) return
+    if (process.getuid?.() === 0) return watchInvoker()
     const why = 'needs root (namespaces, mounts and cgroups are for root)'
     // Our own mark, so a sudo that does not make us root cannot loop.
     if (process.env.CFS_SUDO) throw new UsageError(`${why}, and sudo ran it as uid ${process.getuid?.()}: run it as root`)
@@ -206,7 +206,8 @@ export function requireRoot(args = rerunArgs ?? process.argv.slice(2)): void {
     // If our own parent ends first (`npx tsx` killed, even by SIGKILL), the
     // kernel sends us SIGHUP, which goes on to sudo: the container stops, clean.
     prctl(PR_SET_PDEATHSIG, SIGHUP)
-    rerun = spawn(sudo, ['--', 'env', ...settings, 'CFS_SUDO=1', path, process.execPath, ...process.execArgv, process.argv[1], ...args], { stdio: 'inherit' })
+    // CFS_SUDO: our PID, for watchInvoker in the root run.
+    rerun = spawn(sudo, ['--', 'env', ...settings, `CFS_SUDO=${process.pid}`, path, process.execPath, ...process.execArgv, process.argv[1], ...args], { stdio: 'inherit' })
   } catch (err) {
     exitWithError(err)
   }
@@ -219,6 +220,32 @@ export function requireRoot(args = rerunArgs ?? process.argv.slice(2)): void {
   process.on('uncaughtException', (err) => err instanceof RerunUnderSudo || exitWithError(err))
   process.on('unhandledRejection', (err) => err instanceof RerunUnderSudo || exitWithError(err))
   throw new RerunUnderSudo()
+}
+
+/**
+ * The root run, re-run by requireRoot: if the process that ran sudo ends
+ * first, even by SIGKILL, stop as on SIGHUP, with the clean-up. sudo,
+ * set-user-ID, cannot have a parent-death signal (execve clears it), and
+ * would run on; so look every half second whether that process, CFS_SUDO,
+ * is still the one that started us (its start time, from /proc).
+ */
+function watchInvoker(): void {
+  const pid = Number(process.env.CFS_SUDO)
+  if (!(pid > 1)) return
+  const started = startTime(pid)
+  if (!started) return
+  setInterval(() => startTime(pid) !== started && process.kill(process.pid, 'SIGHUP'), 500).unref()
+}
+
+// A process's start time (proc(5), /proc/PID/stat, field 22), or '' if it is gone.
+function startTime(pid: number): string {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return fields[0] === 'Z' ? '' : fields[19] // a zombie is gone too
+  } catch {
+    return ''
+  }
 }
 
 // The first executable `name` in PATH, as a shell would find it.

@@ -15,7 +15,7 @@
 // forwarded packets, they stay dropped; npm run doctor says so.
 
 import { execFile, execFileSync } from 'node:child_process'
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { accessSync, constants, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { UsageError } from './errors.ts'
 import { PREFIX, stateDir } from './settings.ts'
@@ -95,6 +95,13 @@ ${dnat.join('\n')}
     ip saddr ${subnet} oifname "${bridge}" ct status dnat masquerade
   }
 
+  # Whatever the routes say (the bridge gone under a stale lease, say), a
+  # packet for the container subnet leaves by the bridge or not at all.
+  chain guard {
+    type filter hook postrouting priority filter; policy accept;
+    ip daddr ${subnet} oifname != "${bridge}" drop
+  }
+
   # What containers send to the host itself. The gateway is the host: without
   # this, every service on the host listening on all addresses (0.0.0.0)
   # answers every container.
@@ -109,7 +116,10 @@ ${dnat.join('\n')}
     # ping the gateway; DNS, if the host serves it.
     icmp type echo-request accept
     meta l4proto { tcp, udp } th dport 53 accept
-    # Anything else: refused at once (not dropped: no waiting for a timeout).
+    # Anything else: refused at once, not dropped, so nothing waits out a
+    # timeout: TCP with a reset ("Connection refused"), the rest with ICMP
+    # ("No route to host").
+    meta l4proto tcp reject with tcp reset
     reject with icmpx type admin-prohibited
   }
 
@@ -146,8 +156,10 @@ export async function applyRuleset(bridge: string, subnet: string, routes: Route
 
 /** True if the project's table is there (for npm run clean). */
 export function tableExists(): boolean {
+  const nft = nftPath()
+  if (!nft) return false
   try {
-    execFileSync('nft', ['list', 'table', 'inet', TABLE], { stdio: 'ignore' })
+    execFileSync(nft, ['list', 'table', 'inet', TABLE], { stdio: 'ignore' })
     return true
   } catch {
     return false
@@ -156,14 +168,33 @@ export function tableExists(): boolean {
 
 /** Delete the project's table if it is there (npm run clean, after a crash). */
 export function deleteTable(): void {
-  if (tableExists()) execFileSync('nft', ['delete', 'table', 'inet', TABLE], { stdio: 'ignore' })
+  if (tableExists()) execFileSync(nftPath()!, ['delete', 'table', 'inet', TABLE], { stdio: 'ignore' })
+}
+
+/**
+ * Where nft(8) is: on PATH, else in /usr/sbin or /sbin, where Debian puts
+ * it, and which a user's PATH (kept by `sudo env "PATH=$PATH"`) lacks.
+ */
+export function nftPath(): string | undefined {
+  const dirs = [...(process.env.PATH ?? '').split(':').filter(Boolean), '/usr/sbin', '/sbin']
+  return dirs.map((dir) => join(dir, 'nft')).find((file) => {
+    try {
+      accessSync(file, constants.X_OK)
+      return true
+    } catch {
+      return false
+    }
+  })
 }
 
 function nft(args: string[], input: string, missingOk = false): Promise<void> {
+  const file = nftPath()
+  if (!file) {
+    return missingOk ? Promise.resolve() : Promise.reject(new UsageError('the `nft` command is missing (it sets up NAT and the firewall): apt-get install nftables, or run with --network none'))
+  }
   return new Promise((resolve, reject) => {
-    const child = execFile('nft', args, { encoding: 'utf8' }, (err, _stdout, stderr) => {
-      if (!err || (missingOk && (err as NodeJS.ErrnoException).code === 'ENOENT')) return resolve()
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return reject(new UsageError('the `nft` command is missing (it sets up NAT and the firewall): apt-get install nftables, or run with --network none'))
+    const child = execFile(file, args, { encoding: 'utf8' }, (err, _stdout, stderr) => {
+      if (!err) return resolve()
       reject(new UsageError(`nft: ${stderr.trim().split('\n')[0] || err.message}`))
     })
     child.stdin?.end(input)

@@ -270,38 +270,38 @@ export function interfaceExists(name: string): boolean {
 
 // The first free address in the subnet. A lease is a file named after the
 // address, holding the container id and the parent's PID, then what the
-// firewall needs (its published ports, whether it is isolated); a lease
-// whose parent is gone is stale and is taken over.
+// firewall needs (its published ports, whether it is isolated) as JSON
+// without spaces, on the same line: older checkouts read the first two
+// words only; a lease whose parent is gone is stale and is taken over.
 function takeLease(id: string, firewall: Omit<Route, 'address'>): string {
   mkdirSync(leasesDir, { recursive: true })
   const taken = new Set(liveLeases().map((lease) => lease.address))
   for (const address of SUBNET.hosts) {
     if (taken.has(address)) continue
-    writeFileSync(join(leasesDir, address), `${id} ${process.pid}\n${JSON.stringify(firewall)}\n`)
+    writeFileSync(join(leasesDir, address), `${id} ${process.pid} ${JSON.stringify(firewall)}\n`)
     return address
   }
   throw new UsageError(`no free address left in ${SUBNET.cidr}: ${taken.size} containers are running (npm run clean drops stale ones)`)
 }
 
-/** The leases whose parent process is still alive; stale ones are simply taken over. */
-export function liveLeases(): (Route & { id: string; pid: number })[] {
+/** The leases whose parent process is still alive; stale ones are simply taken over. `dir`: another state dir's (npm run ps, as a user, reads root's). */
+export function liveLeases(dir = leasesDir): (Route & { id: string; pid: number })[] {
   let files: string[] = []
   try {
-    files = readdirSync(leasesDir)
+    files = readdirSync(dir)
   } catch {
     return []
   }
   return files.flatMap((address) => {
-    const lease = readLease(join(leasesDir, address))
+    const lease = readLease(join(dir, address))
     return lease && isRunning(lease.pid) ? [{ address, ...lease }] : []
   })
 }
 
-/** A lease file: `<id> <parent's pid>`, then a line of JSON for the firewall (takeLease); undefined if unreadable. */
+/** A lease file: `<id> <parent's pid> <JSON for the firewall>` (takeLease); undefined if unreadable. */
 export function readLease(file: string): (Omit<Route, 'address'> & { id: string; pid: number }) | undefined {
   try {
-    const [first, firewall] = readFileSync(file, 'utf8').trim().split('\n')
-    const [id, pid] = first.split(' ')
+    const [id, pid, firewall] = readFileSync(file, 'utf8').trim().split(' ')
     const { publish = [], isolated = true } = JSON.parse(firewall || '{}') as Partial<Route>
     return { id, pid: Number(pid), publish, isolated }
   } catch {

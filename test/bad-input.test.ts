@@ -7,7 +7,7 @@
 import t from 'tap'
 import { execFileSync, spawn } from 'node:child_process'
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
-import { dirname, join } from 'node:path'
+import { join } from 'node:path'
 import { findLeftovers, leftoversOf } from '../scripts/lib/clean.ts'
 import { UsageError } from '../shared/errors.ts'
 import { allocateNetwork, BRIDGE, readLease, releaseNetwork, vethName } from '../shared/net.ts'
@@ -34,6 +34,7 @@ interface Case {
   stderr: RegExp // what the one line must say
   env?: NodeJS.ProcessEnv
   asNobody?: boolean
+  hideNft?: boolean // run in a mount namespace of its own with an empty /usr/sbin: no nft(8), as on a host without nftables
   makesContainer?: boolean // it gets as far as a container id (from step 02 on): the leftover check has ids to look for
   mounts?: boolean // a -v: the host's mount table must be the same after it
 }
@@ -46,9 +47,10 @@ interface Result {
 }
 
 // Run a step as a learner would (without tap's NODE_OPTIONS preloads), maybe as `nobody`.
-function runStep(step: string, args: string[], options: { env?: NodeJS.ProcessEnv; asNobody?: boolean } = {}): Promise<Result> {
+function runStep(step: string, args: string[], options: { env?: NodeJS.ProcessEnv; asNobody?: boolean; hideNft?: boolean } = {}): Promise<Result> {
   const command = ['env', '-u', 'NODE_OPTIONS', tsx, `steps/${step}`, 'run', ...args]
-  const argv = options.asNobody ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', ...command] : command
+  const hidden = options.hideNft ? ['unshare', '--mount', 'sh', '-c', 'mount -t tmpfs cfs-no-nft /usr/sbin && exec "$@"', 'sh', ...command] : command
+  const argv = options.asNobody ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', ...hidden] : hidden
   const child = spawn(argv[0], argv.slice(1), { cwd: repoDir, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, FORCE_COLOR: '0', ...options.env } })
   let stderr = ''
   child.stderr!.on('data', (chunk) => (stderr += chunk))
@@ -116,11 +118,6 @@ t.test('bad input: one line, the documented exit code, nothing left', rootOnly()
   symlinkSync('/', join(linked, 'x'))
   symlinkSync('/proc', join(linked, 'p'))
   t.teardown(() => rmSync(scratch, { recursive: true, force: true }))
-  // A PATH with ip(8) and Node, and without nft(8): no way to set up NAT and the firewall.
-  const noNft = join(scratch, 'no-nft-bin')
-  mkdirSync(noNft)
-  symlinkSync(execFileSync('sh', ['-c', 'command -v ip'], { encoding: 'utf8' }).trim(), join(noNft, 'ip'))
-  const pathWithoutNft = [noNft, dirname(process.execPath), '/usr/bin', '/bin'].join(':')
 
   const cases: Case[] = [
     { name: 'unknown option', steps: ALL, args: ['--bogus', 'true'], exitCode: 125, stderr: /Unknown option '--bogus'/ },
@@ -143,7 +140,7 @@ t.test('bad input: one line, the documented exit code, nothing left', rootOnly()
     { name: '--network host in a user namespace', steps: from('09-userns'), args: ['--network', 'host', 'true'], exitCode: 125, stderr: /--network host: a user namespace may not mount sysfs/ },
     { name: '--network-isolation maybe', steps: from('08-net'), args: ['--network-isolation', 'maybe', 'true'], exitCode: 125, stderr: /--network-isolation maybe: expected on or off/ },
     { name: '--dns ::1', steps: ['08-net', '10-security'], args: ['--dns', '::1', 'true'], exitCode: 125, stderr: /--dns ::1: expected an IPv4 address/ },
-    { name: 'nft missing', steps: ['08-net', '09-userns'], args: ['true'], env: { PATH: pathWithoutNft }, exitCode: 125, stderr: /the `nft` command is missing \(it sets up NAT and the firewall\): apt-get install nftables/, makesContainer: true },
+    { name: 'nft missing', steps: ['08-net', '09-userns'], args: ['true'], hideNft: true, exitCode: 125, stderr: /the `nft` command is missing \(it sets up NAT and the firewall\): apt-get install nftables/, makesContainer: true },
     { name: '--cap-add BOGUS', steps: from('10-security'), args: ['--cap-add', 'BOGUS', 'true'], exitCode: 125, stderr: /--cap-add BOGUS: no such capability/ },
     { name: '--security-opt label=x', steps: from('10-security'), args: ['--security-opt', 'label=x', 'true'], exitCode: 125, stderr: /--security-opt label=x: expected seccomp=unconfined/ },
     { name: 'not root', steps: needRoot, args: ['true'], asNobody: true, exitCode: 125, stderr: /needs root/ },

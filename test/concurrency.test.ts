@@ -13,7 +13,7 @@ import { existsSync } from 'node:fs'
 import { setTimeout as delay } from 'node:timers/promises'
 import { cgroupName, findHierarchies } from '../shared/cgroups.ts'
 import { BRIDGE, liveLeases, SUBNET, vethName } from '../shared/net.ts'
-import { savedForwarding, TABLE, tableExists } from '../shared/firewall.ts'
+import { nftPath, savedForwarding, TABLE, tableExists } from '../shared/firewall.ts'
 import { waitFor } from '../scripts/lib/wait.ts'
 import { containersDir, repoDir } from '../shared/settings.ts'
 import { tsx } from '../scripts/lib/verify.ts'
@@ -89,7 +89,7 @@ t.test(`${COUNT} containers of step 08 at once`, rootOnly(), async (t) => {
     t.same(ids.filter((id) => !hierarchies.some((h) => existsSync(`${h.mountPoint}/${cgroupName(id)}`))), [], 'each hostname is a running container\'s id: its cgroup cfs-<id> exists')
     t.same(ids.filter((id) => !existsSync(`${containersDir}/${id}`)), [], '…and so does its directory, containers/<id>')
     // The table, written by each start under the lock: every container's port, to its own address.
-    const table = execFileSync('nft', ['list', 'chain', 'inet', TABLE, 'published'], { encoding: 'utf8' })
+    const table = execFileSync(nftPath()!, ['list', 'chain', 'inet', TABLE, 'published'], { encoding: 'utf8' })
     const dnat = addresses.map((address, i) => `tcp dport ${PORT + i} dnat ip to ${address}:80`)
     t.same(dnat.filter((rule) => !table.includes(rule)), [], `the host's nftables table \`inet ${TABLE}\` sends each container's published port to it: ${COUNT} DNAT rules`, { table })
 

@@ -59,14 +59,13 @@ Options:
   -m, --memory SIZE   memory limit, e.g. 100M or 1G; beyond it the OOM killer acts
   --cpus N            CPU time, in CPUs, e.g. 0.5
   -c, --cpu-shares N  CPU weight relative to others (default 1024)
-  -p, --publish HOSTPORT:PORT[/tcp|udp]  the host's port goes to the container's; repeatable
+  -p, --publish HOSTPORT:PORT[/udp]  the host's port to the container's (not on 127.0.0.1); repeatable
   --network bridge|none|host  bridge (default); none: only lo; host: the host's own network
   --network-isolation on|off  off: the container may reach the host's own services
   --dns ADDR          the container's nameserver (default: the host's); repeatable
 
 Examples:
   npx tsx exercises/08-net run ip addr show eth0
-  npx tsx exercises/08-net run --name web sh
   npx tsx exercises/08-net run -p 8080:80 httpd -f -p 80
 `
 
@@ -148,11 +147,12 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, net: Retur
     // through the child's PID. Take an address for it (and free it when the
     // container ends), then create a veth pair (two interfaces joined like a
     // cable) with one end made right in there as eth0 and the other plugged
-    // into the host's bridge: two lines of ip(8). (Not with --network none
-    // or host: no address, no veth.) Then its own /etc/resolv.conf, hosts
-    // and hostname, which the child binds over the image's (writeEtcFiles,
-    // with its address), and tell the child to go on, and what its address
-    // is: `{ network }`.
+    // into the host's bridge: lines of ip(8). (Not with --network none or
+    // host: no address, no veth.) The address goes in `network`.
+    let network: Network | undefined
+    // Its own /etc/resolv.conf, hosts and hostname, which the child binds over the image's.
+    writeEtcFiles(dir, { hostname: container.hostname, mode: net.mode, address: network?.address, dns: net.dns })
+    // TODO: tell the child to go on, and what its address is: `{ network }`.
     tellChild(child)
     process.exitCode = await waitForExit(child, terminal)
   } finally {

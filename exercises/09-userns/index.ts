@@ -63,7 +63,7 @@ Options:
   -m, --memory SIZE   memory limit, e.g. 100M or 1G; beyond it the OOM killer acts
   --cpus N            CPU time, in CPUs, e.g. 0.5
   -c, --cpu-shares N  CPU weight relative to others (default 1024)
-  -p, --publish HOSTPORT:PORT[/tcp|udp]  the host's port goes to the container's; repeatable
+  -p, --publish HOSTPORT:PORT[/udp]  the host's port to the container's (not on 127.0.0.1); repeatable
   --network bridge|none  bridge (default; rootless: lo alone); none: only lo
   --network-isolation on|off  off: the container may reach the host's own services
   --dns ADDR          the container's nameserver (default: the host's); repeatable
@@ -175,6 +175,9 @@ async function run(container: Omit<Container, 'dir'>, limits: Limits, net: Retur
     if (network) await ipAsync(
       `link add ${network.hostVeth} type veth peer name eth0 netns ${child.pid}`,
       `link set ${network.hostVeth} master ${BRIDGE} up`,
+      // Hairpin: the bridge may send a frame back out of the port it came in
+      // by, as when a container reaches its own -p port through the host.
+      `link set ${network.hostVeth} type bridge_slave hairpin on`,
     )
     // Its own /etc/resolv.conf, hosts and hostname, container root's, which the child binds over the image's.
     writeEtcFiles(dir, { hostname: container.hostname, mode: net.mode, address: network?.address, dns: net.dns, owner: map.outside })

@@ -279,7 +279,7 @@ function firewall(): Leftover[] {
   if (liveLeases().length) return []
   const saved = Object.entries(savedForwarding())
   return [
-    ...(onPath('nft') && tableExists() ? [{ kind: 'nftables table' as const, name: `inet ${TABLE}`, inUse: false as const, remove: deleteTable }] : []),
+    ...(tableExists() ? [{ kind: 'nftables table' as const, name: `inet ${TABLE}`, inUse: false as const, remove: deleteTable }] : []),
     ...(saved.length ? [{ kind: 'forwarding' as const, name: saved.map(([name, was]) => `net.ipv4.conf.${name}.forwarding back to ${was}`).join(', '), inUse: false as const, remove: restoreForwarding }] : []),
   ]
 }
