@@ -388,13 +388,14 @@ export function networkFromOptions(
  * in its directory, to be bound over the image's (etcVolumes), as Docker
  * does: the image stays as it is, and each container has its own.
  * `address`: its eth0's (none with --network none or host); `dns`: --dns.
- * With --network host, the host's resolv.conf and hosts, as they are.
+ * With --network host, the host's resolv.conf and hosts, the latter with
+ * the container's hostname added (its UTS namespace is still its own).
  */
 export function writeEtcFiles(dir: string, { hostname, mode, address, dns, owner }: { hostname: string; mode: NetworkMode; address?: string; dns: string[]; owner?: number }): void {
   const host = (file: string) => readFileSync(file, 'utf8')
   const files = {
     'resolv.conf': mode === 'host' && !dns.length ? host('/etc/resolv.conf') : resolvConf(dns),
-    hosts: mode === 'host' ? host('/etc/hosts') : `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n${address ?? '127.0.1.1'}\t${hostname}\n`,
+    hosts: mode === 'host' ? `${host('/etc/hosts').trimEnd()}\n127.0.1.1\t${hostname}\n` : `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n${address ?? '127.0.1.1'}\t${hostname}\n`,
     hostname: `${hostname}\n`,
   }
   mkdirSync(join(dir, 'etc'), { recursive: true })
