@@ -91,6 +91,7 @@ t.test('beyond the bridge: NAT, -p, the firewall, /etc files, --network', { ...r
       // The firewall: the host's service on 0.0.0.0 is not for containers, by any of the host's addresses.
       t.notMatch(out.stdout, token, `…and cannot reach a host service listening on 0.0.0.0:${servicePort}, by the gateway ${gateway} nor by ${HOST_UP}`, out)
       t.match(out.stdout, /^rc=1\nrc=1$/m, '…both refused (nc exits 1)', out)
+      t.match(out.stderr, /Connection refused/, '…at once, with a TCP reset: "Connection refused", as from a closed port', out)
 
       const open = await run(step, ['--network-isolation', 'off', 'nc', '-w', '3', gateway, String(servicePort)])
       t.equal(open.stdout.trim(), token, '--network-isolation off: the host\'s service answers again (the leak Docker leaves open by default)', open)
@@ -124,6 +125,11 @@ t.test('beyond the bridge: NAT, -p, the firewall, /etc files, --network', { ...r
       t.equal(ended.code, 137, 'the web server\'s container ends on SIGTERM (137: PID 1 ignored it, and was killed)', ended)
     })
   }
+
+  t.test('a container reaches its own published port through the gateway (hairpin, steps/08-net)', async (t) => {
+    const self = await run('08-net', ['-p', '18180:80', 'sh', '-c', `mkdir /www && echo self > /www/index.html && httpd -p 80 -h /www && wget -q -O - http://${gateway}:18180/`])
+    t.equal(self.stdout, 'self\n', `-p 18180:80, then wget http://${gateway}:18180/ from inside: its own httpd answers (the veth's hairpin mode lets the frame back out of its port)`, self)
+  })
 
   t.test('the container\'s /etc/resolv.conf, hosts and hostname (steps/08-net)', async (t) => {
     const files = await run('08-net', ['--hostname', 'web1', '--dns', '198.51.100.53', 'sh', '-c', 'cat /etc/resolv.conf; echo --; cat /etc/hosts; echo --; cat /etc/hostname; echo --; ip -4 -o addr show eth0; grep -E " /etc/(resolv.conf|hosts|hostname) " /proc/self/mountinfo | wc -l'])
