@@ -259,8 +259,8 @@ function findInPath(name: string): string | undefined {
   return undefined
 }
 
-// sudo asks for a password on the controlling terminal, /dev/tty, if there is one.
-function hasTerminal(): boolean {
+/** True if this process has a controlling terminal: /dev/tty opens only then (sudo asks for a password there). */
+export function hasTerminal(): boolean {
   try {
     closeSync(openSync('/dev/tty', 'r'))
     return true
