@@ -32,7 +32,7 @@ import { needsRoot, runTool, type Test, type ToolResult } from './helpers.ts'
 /** Where the built images are kept between runs, outside the repository. */
 const CACHE = process.env.CFS_TEST_CACHE || '/var/cache/containers-from-scratch-test'
 /** Bump when the way the images below are made changes: the cache is rebuilt. */
-const FIXTURES = 'images-1'
+const FIXTURES = 'images-2'
 const DEBIAN = 'debian-bookworm-minbase-procps-iproute2-python3-1.tar'
 const TOOLS = ['umoci', 'skopeo', 'mmdebstrap']
 
@@ -107,11 +107,11 @@ function buildFixtures(busyboxLayer: string): Fixtures {
     mkdirSync(join(second, 'etc'), { recursive: true })
     mkdirSync(join(second, 'var'))
     writeFileSync(join(second, 'etc/added'), 'from layer 2\n')
-    writeFileSync(join(second, 'etc/.wh.hosts'), '') // rm /etc/hosts
+    writeFileSync(join(second, 'etc/.wh.os-release'), '') // rm /etc/os-release
     writeFileSync(join(second, 'var/.wh..wh..opq'), '') // /var: nothing of the layers below
     writeFileSync(join(second, 'var/new'), 'only this in /var\n')
     run('tar', ['--numeric-owner', '--owner=0', '--group=0', '-C', second, '-cf', join(work, 'layer2.tar'), 'etc', 'var'])
-    run('umoci', ['raw', 'add-layer', '--image', `${layout}:two`, '--history.created_by', 'RUN echo > /etc/added; rm /etc/hosts; rm -rf /var/*; echo > /var/new', join(work, 'layer2.tar')])
+    run('umoci', ['raw', 'add-layer', '--image', `${layout}:two`, '--history.created_by', 'RUN echo > /etc/added; rm /etc/os-release; rm -rf /var/*; echo > /var/new', join(work, 'layer2.tar')])
     run('umoci', ['config', '--image', `${layout}:two`, '--config.cmd', '/bin/sh', '--config.env', 'PATH=/bin:/usr/bin', '--config.workingdir', '/root'])
     run('umoci', ['gc', '--layout', layout])
     run('tar', ['-C', layout, '-cf', join(work, 'two.oci.tar'), 'oci-layout', 'index.json', 'blobs'])
@@ -241,7 +241,7 @@ t.test('images as layers: busybox, an OCI image three ways, shared layers, white
   t.equal(two.layers.length, 2, 'two layers', { layers: two.layers })
   t.match(two, { source: 'oci', format: 'oci-layout', platform: `linux/${hostArchitecture()}` }, 'image.json says where it came from')
   t.same(two.config, { Cmd: ['/bin/sh'], Env: ['PATH=/bin:/usr/bin'], WorkingDir: '/root' }, 'image.json has the config, with OCI names')
-  t.same(two.history?.map((h) => h.createdBy), ['COPY busybox /', 'RUN echo > /etc/added; rm /etc/hosts; rm -rf /var/*; echo > /var/new', 'umoci config'], 'and the history, oldest first')
+  t.same(two.history?.map((h) => h.createdBy), ['COPY busybox /', 'RUN echo > /etc/added; rm /etc/os-release; rm -rf /var/*; echo > /var/new', 'umoci config'], 'and the history, oldest first')
   t.notOk(existsSync(join(home, 'images/two/rootfs')), 'a two-layer image has no rootfs link')
   // PATH:TAG, as umoci and skopeo name an image in a layout.
   const byTag = await rootfs(home, '--from-oci', `${fixtures.layout}:two`, '--name', 'two-by-tag')
@@ -253,25 +253,25 @@ t.test('images as layers: busybox, an OCI image three ways, shared layers, white
   t.match(noTag.stderr, /^cfs: [^\n]*: no image tagged `nope` in it; its tags: two\n$/, '…in one line that lists the tags it has')
   t.notOk(existsSync(join(home, 'images/nope')), '…and no image `nope`')
   const [first, second] = two.layers.map((diffId) => layerPath(home, diffId))
-  t.ok(lstatSync(join(first, 'bin/busybox')).isFile() && lstatSync(join(first, 'etc/hosts')).isFile(), 'layer 1 has the busybox image\'s files')
-  const hosts = lstatSync(join(second, 'etc/hosts'))
-  t.ok(hosts.isCharacterDevice() && hosts.rdev === 0, 'layer 2: .wh.hosts became etc/hosts, a character device 0:0 (overlayfs\'s whiteout)', { mode: hosts.mode.toString(8), rdev: hosts.rdev })
+  t.ok(lstatSync(join(first, 'bin/busybox')).isFile() && lstatSync(join(first, 'etc/os-release')).isFile(), 'layer 1 has the busybox image\'s files')
+  const hosts = lstatSync(join(second, 'etc/os-release'))
+  t.ok(hosts.isCharacterDevice() && hosts.rdev === 0, 'layer 2: .wh.os-release became etc/os-release, a character device 0:0 (overlayfs\'s whiteout)', { mode: hosts.mode.toString(8), rdev: hosts.rdev })
   t.equal(readFileSync(join(second, 'etc/added'), 'utf8'), 'from layer 2\n', 'layer 2: its new file')
   t.same(readdirSync(join(second, 'var')), ['new'], 'layer 2: var/.wh..wh..opq is gone, var/new stays')
   t.equal(lgetxattr(join(second, 'var'), 'trusted.overlay.opaque'), 'y', 'layer 2: var is opaque for root\'s overlay (trusted.overlay.opaque=y)')
   t.equal(lgetxattr(join(second, 'var'), 'user.overlay.opaque'), 'y', 'layer 2: and for a userxattr overlay (user.overlay.opaque=y)')
   t.equal(statSync(second).mode & 0o777, 0o755, 'a layer\'s root is 0755 even when its tar has no ./ member')
 
-  // The kernel reads the layers as they are: the merged tree has no /etc/hosts and only /var/new.
+  // The kernel reads the layers as they are: the merged tree has no /etc/os-release and only /var/new.
   const merged = mkdtempSync(join(tmpdir(), 'cfs-images-merged-'))
   t.teardown(() => rmSync(merged, { recursive: true, force: true }))
-  const look = `ls ${merged}/etc/hosts 2>/dev/null; ls ${merged}/var; cat ${merged}/etc/added; umount ${merged}`
+  const look = `ls ${merged}/etc/os-release 2>/dev/null; ls ${merged}/var; cat ${merged}/etc/added; umount ${merged}`
   for (const [how, argv] of [
     ['mounted by root', ['sh', '-c', `mount -t overlay overlay -o lowerdir=${second}:${first} ${merged} && ${look}`]],
     ['mounted in a user namespace with userxattr', ['unshare', '-Urm', 'sh', '-c', `mount -t overlay overlay -o userxattr,lowerdir=${second}:${first} ${merged} && ${look}`]],
   ] as const) {
     const seen = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8' })
-    t.equal(seen.stdout, 'new\nfrom layer 2\n', `overlay of the two layers, ${how}: no /etc/hosts, /var has only new, /etc/added is there`, { stderr: seen.stderr })
+    t.equal(seen.stdout, 'new\nfrom layer 2\n', `overlay of the two layers, ${how}: no /etc/os-release, /var has only new, /etc/added is there`, { stderr: seen.stderr })
   }
 
   // The same image twice more: its layers are in the store, not unpacked again.
@@ -310,8 +310,8 @@ t.test('images as layers: busybox, an OCI image three ways, shared layers, white
 
   // Steps 07 and 08 run it as its layers: one lowerdir per layer, top first, and the whiteout and the new file as layer 2 left them.
   for (const name of ['07-overlay', '08-net']) {
-    const ran = await step(home, name, '--image', 'two', 'sh', '-c', 'grep " / / " /proc/self/mountinfo; cat /etc/added; ls /var; ls /etc/hosts')
-    t.equal(ran.exitCode, 1, `step ${name} --image two: exit 1, from \`ls /etc/hosts\` (whited out)`, said(ran))
+    const ran = await step(home, name, '--image', 'two', 'sh', '-c', 'grep " / / " /proc/self/mountinfo; cat /etc/added; ls /var; ls /etc/os-release')
+    t.equal(ran.exitCode, 1, `step ${name} --image two: exit 1, from \`ls /etc/os-release\` (whited out)`, said(ran))
     const lowerdirs = /\blowerdir=([^,\s]+)/.exec(ran.stdout)?.[1].split(':') ?? []
     t.same(lowerdirs, [second, first], `step ${name}: the root is an overlay with one lowerdir per layer, top first`, said(ran))
     t.match(ran.stdout, /^from layer 2\nnew$/m, `step ${name}: /etc/added is there, /var has only new`, said(ran))

@@ -2,7 +2,7 @@
 // layers is written by hand in the store's layout (shared/image-config.ts)
 // in a throwaway CFS_HOME: busybox with /opaque-dir/from-base; a layer that
 // adds /a and /opaque-dir/from-a; a top layer with a whiteout for the
-// base's /etc/hosts, an opaque /opaque-dir holding only from-top, and /b.
+// base's /etc/os-release, an opaque /opaque-dir holding only from-top, and /b.
 // Steps 07, 08, 09 (as root, and rootless) and 10 run it: inside, the
 // whiteout's file is gone, the opaque directory shows the top layer's file
 // alone, and / is an overlay of the three, top first. Its config:
@@ -85,7 +85,7 @@ function makeStore(home: string, base: string, opaqueXattr: string): { layers: s
   const top = layer('whiteout-and-opaque', (dir) => {
     mkdirSync(join(dir, 'etc'), { recursive: true })
     // A whiteout: a character device 0,0, "this name is gone" for the layers below.
-    mknod(join(dir, 'etc/hosts'), S_IFCHR, makedev(0, 0))
+    mknod(join(dir, 'etc/os-release'), S_IFCHR, makedev(0, 0))
     mkdirSync(join(dir, 'opaque-dir'))
     writeFileSync(join(dir, 'opaque-dir/from-top'), 'top\n')
     lsetxattr(join(dir, 'opaque-dir'), opaqueXattr, 'y')
@@ -103,7 +103,7 @@ function makeStore(home: string, base: string, opaqueXattr: string): { layers: s
 }
 
 // What the container reports, one fact a line (the image's Entrypoint is sh -c: this is its one argument).
-const FACTS = 'test -e /etc/hosts && echo hosts-present || echo hosts-gone; ls /opaque-dir | tr "\\n" " "; echo; cat /a /b; grep " / / " /proc/self/mountinfo; pwd; echo "FROM_IMAGE=$FROM_IMAGE PATH=$PATH"'
+const FACTS = 'test -e /etc/os-release && echo whited-out-present || echo whited-out-gone; ls /opaque-dir | tr "\\n" " "; echo; cat /a /b; grep " / / " /proc/self/mountinfo; pwd; echo "FROM_IMAGE=$FROM_IMAGE PATH=$PATH"'
 // What a container changes, for diff and export: a new file, a copy-up, a deletion, a directory made anew.
 const CHANGES = 'echo new > /new; echo more >> /a; rm /etc/passwd; rm -r /opaque-dir; mkdir /opaque-dir; echo fresh > /opaque-dir/fresh'
 const EXPECTED_DIFF = ['C /a', 'C /etc', 'D /etc/passwd', 'A /new', 'C /opaque-dir', 'A /opaque-dir/fresh', 'D /opaque-dir/from-top', 'A /work']
@@ -180,7 +180,7 @@ t.test('an image of three layers, and its config, at steps 07-10', rootOnly(), a
     const r = await runStep(step, ['--image', 'layered', FACTS], env)
     const lines = r.stdout.split('\n')
     t.equal(r.exitCode, 0, `${step}: runs the layered image`, { ran: r.ran, stderr: r.stderr })
-    t.equal(lines[0], 'hosts-gone', `${step}: /etc/hosts, whited out by the top layer, is gone`, { ran: r.ran })
+    t.equal(lines[0], 'whited-out-gone', `${step}: /etc/os-release, whited out by the top layer, is gone`, { ran: r.ran })
     t.equal(lines[1], 'from-top ', `${step}: the opaque /opaque-dir shows only the top layer's file, not the base's or the middle layer's`, { ran: r.ran })
     t.same(lines.slice(2, 4), ['a', 'b'], `${step}: /a from the middle layer and /b from the top one are there`, { ran: r.ran })
     t.match(lines[4], ` - overlay overlay rw,lowerdir=${lowerdirs.join(':')},upperdir=`, `${step}: / is an overlay of the three layers, the top one first`, { ran: r.ran, got: lines[4] })
@@ -251,7 +251,7 @@ t.test('an image of three layers, and its config, at steps 07-10', rootOnly(), a
     const r = await runStep('09-userns', ['--image', 'layered', FACTS], userEnv, user)
     const lines = r.stdout.split('\n')
     t.equal(r.exitCode, 0, 'runs rootless', { ran: r.ran, stderr: r.stderr })
-    t.same(lines.slice(0, 4), ['hosts-gone', 'from-top ', 'a', 'b'], 'the whiteout and the opaque directory hold, rootless too', { ran: r.ran })
+    t.same(lines.slice(0, 4), ['whited-out-gone', 'from-top ', 'a', 'b'], 'the whiteout and the opaque directory hold, rootless too', { ran: r.ran })
     t.match(lines[4], ` - overlay overlay rw,lowerdir=${own.join(':')},upperdir=`, '/ is an overlay of the user\'s layers, as they are (the user\'s files are root\'s inside)', { got: lines[4] })
     t.same(lines.slice(5, 7), ['/work', 'FROM_IMAGE=image PATH=/usr/bin:/bin'], 'WorkingDir and Env', { ran: r.ran })
     const kept = await runStep('09-userns', ['--image', 'layered', '--keep', CHANGES], userEnv, user)
@@ -280,7 +280,7 @@ async function checkExport(t: Test, id: string, env: NodeJS.ProcessEnv, what: st
   const reported = /: (\d+) files, (\d+) bytes/.exec(r.stdout)
   t.same(reported && [Number(reported[1]), Number(reported[2])], [listed.length, existsSync(file) ? statSync(file).size : -1], `${what}: it reports the tar's entries and bytes`, { stdout: r.stdout })
   for (const name of ['./a', './b', './new', './opaque-dir/fresh', './bin/busybox', './proc/']) t.ok(names.includes(name), `${what}: the tar has ${name}`)
-  for (const name of ['./etc/hosts', './etc/passwd', './opaque-dir/from-top', './opaque-dir/from-base', './opaque-dir/from-a']) t.notOk(names.includes(name), `${what}: the tar has no ${name}: not in the container's view`)
+  for (const name of ['./etc/os-release', './etc/passwd', './opaque-dir/from-top', './opaque-dir/from-base', './opaque-dir/from-a']) t.notOk(names.includes(name), `${what}: the tar has no ${name}: not in the container's view`)
   t.notOk(names.some((name) => name.startsWith('./proc/') && name !== './proc/'), `${what}: nothing of /proc: what is mounted inside is left out`)
   const a = spawnSync('tar', ['-xOf', file, './a'], { encoding: 'utf8' }).stdout
   t.equal(a, 'a\nmore\n', `${what}: /a is the container's copy, changed`)

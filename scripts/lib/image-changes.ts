@@ -13,6 +13,7 @@ import { handBack } from './owner.ts'
 import { UsageError } from '../../shared/errors.ts'
 import { mount, MS_PRIVATE, MS_RDONLY, MS_REC } from '../../shared/mounts.ts'
 import { CLONE_NEWNS, spawnInNamespaces } from '../../shared/namespaces.ts'
+import { etcVolumes } from '../../shared/net.ts'
 import { isOpaque, isWhiteout, overlayDirs, readLowerdirs } from '../../shared/overlay.ts'
 import { readStates, runDir, statusOf } from '../../shared/state.ts'
 import { ROOT_MAP, shiftedLayers, type IdMap } from '../../shared/userns.ts'
@@ -75,7 +76,21 @@ export function findContainerDir(idOrName: string): ContainerDir {
 /** The container's changes to its image, by path: what its upper dir holds, against the layers below. */
 export function containerChanges(idOrName: string): Change[] {
   const container = findContainerDir(idOrName)
-  return changesIn(overlayDirs(container.dir).upper, lowerdirsOf(container))
+  const upper = overlayDirs(container.dir).upper
+  return withoutMountPoints(changesIn(upper, lowerdirsOf(container)), upper, container.dir)
+}
+
+// Steps 08-10 bind the container's own /etc/resolv.conf, hosts and hostname
+// (shared/net.ts) over the image's; one the image lacks is made in the upper
+// dir first, empty, as the mount's target. Not a change of the container's,
+// and `docker diff` does not list Docker's either: leave those out, and
+// /etc's C if nothing else in it changed.
+function withoutMountPoints(changes: Change[], upper: string, dir: string): Change[] {
+  if (!existsSync(join(dir, 'etc'))) return changes // not a container of steps 08-10
+  const targets = new Set(etcVolumes(dir).map((volume) => volume.target))
+  const stub = (change: Change) => change.kind === 'A' && targets.has(change.path) && lstatSync(join(upper, change.path)).size === 0
+  const left = changes.filter((change) => !stub(change))
+  return left.filter((change) => change.path !== '/etc' || change.kind !== 'C' || left.some((other) => other.path.startsWith('/etc/')) || left.length === changes.length)
 }
 
 // The layers under its upper dir, as its directory notes them.
