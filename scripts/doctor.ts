@@ -78,10 +78,15 @@ check(!!ipVersion, `ip (iproute2)${ipVersion ? `: ${ipVersion.replace(/^ip utili
 // Step 08's NAT, -p and firewall: nft(8), and no other table's forward
 // chain dropping what ours lets through (every table's chains see a packet).
 let nftVersion = ''
+let nftError = ''
 try {
-  nftVersion = execFileSync(nftPath() ?? 'nft', ['--version'], { encoding: 'utf8' }).trim()
-} catch {}
-check(!!nftVersion, `nft (nftables)${nftVersion ? `: ${nftVersion}` : ''}`, 'apt-get install nftables (step 08: NAT, published ports, the firewall)')
+  nftVersion = execFileSync(nftPath() ?? 'nft', ['--version'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim()
+} catch (err) {
+  nftError = String((err as { stderr?: string }).stderr ?? '').trim().split('\n')[0]
+}
+// nft opens a netlink socket even for --version: installed, but without the kernel's nf_tables, it fails.
+check(!!nftVersion, `nft (nftables)${nftVersion ? `: ${nftVersion}` : nftPath() ? `: ${nftPath()} is there, but it says: ${nftError}` : ''}`,
+  nftPath() ? 'this kernel has no nf_tables (step 08\'s NAT, ports and firewall): modprobe nf_tables' : 'apt-get install nftables (step 08: NAT, published ports, the firewall)')
 for (const chain of nftVersion ? forwardDrops() : []) {
   note(`another firewall drops forwarded packets: ${chain}. Containers reach each other and the host, but not the outside, and -p ports are closed. Let ${BRIDGE} through there, e.g. with Docker: sudo iptables -I DOCKER-USER -i ${BRIDGE} -j ACCEPT; sudo iptables -I DOCKER-USER -o ${BRIDGE} -j ACCEPT; with ufw: sudo ufw route allow in on ${BRIDGE}; sudo ufw route allow out on ${BRIDGE} (see notes/08-net.md)`)
 }

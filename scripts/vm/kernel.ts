@@ -13,10 +13,16 @@ import { onPath } from '../lib/files.ts'
 /**
  * The modules the guest needs (with what they depend on): to reach the
  * host's files, and, for step 09 as root, the bridge and veth pairs of its
- * network (the guest cannot load modules on demand: its modprobe is the
- * host's, with the host's /lib/modules).
+ * network and step 08's nftables table (NAT, DNAT, fib, reject, conntrack;
+ * npm run doctor asks nft, which needs nf_tables), since the guest cannot
+ * load modules on demand: its modprobe is the host's, with the host's
+ * /lib/modules.
  */
-const wantedModules = ['virtio_pci', '9pnet_virtio', '9p', 'overlay', 'bridge', 'veth']
+const wantedModules = [
+  'virtio_pci', '9pnet_virtio', '9p', 'overlay', 'bridge', 'veth',
+  // crc32c_generic first: libcrc32c, which nf_tables needs, names it only as a soft dependency.
+  'crc32c_generic', 'nf_tables', 'nft_chain_nat', 'nft_masq', 'nft_nat', 'nft_fib_inet', 'nft_reject_inet', 'nft_ct',
+]
 
 /** An unpacked kernel: <dir>/vmlinuz, and <dir>/modules/<name>.ko to load in this order. */
 export interface Kernel {
