@@ -116,7 +116,7 @@ const sleeperEnd = new Promise<string | null>((resolve) => sleeper.on('exit', (_
 joinCgroup(probe, sleeper.pid)
 const probeWrites = watchWrites(join(probe.dirs[0].dir, 'cgroup.kill'))
 await removeCgroup(probe)
-const signal = await Promise.race([sleeperEnd, delay(5000, 'still running')])
+const signal = await Promise.race([sleeperEnd, delay(5000, 'still running', { ref: false })])
 c.ok('removeCgroup on a cgroup with a process in it: cgroup.kill SIGKILLs it and rmdir succeeds', signal === 'SIGKILL' && probeWrites() > 0 && !existsSync(probe.dirs[0].dir), {
   ran: `createCgroup('vmcheck${process.pid}'), joinCgroup(sleep 60), removeCgroup  # shared/cgroups.ts`,
   expected: 'sleep killed by SIGKILL, a write to cgroup.kill, no directory',
@@ -154,7 +154,7 @@ c.ok('a 200 MB dd under --memory 20M is OOM-killed: memory.events oom_kill >= 1'
 })
 // SIGKILL the sleep, PID 1: the container ends as by itself, and the step cleans up.
 if (oom.sleep) process.kill(oom.sleep, 'SIGKILL')
-const oomOut = (await Promise.race([oom.run, delay(20_000).then(() => killSleeper(oom)).then(() => oom.run)])).stdout.trim()
+const oomOut = (await Promise.race([oom.run, delay(20_000, undefined, { ref: false }).then(() => killSleeper(oom)).then(() => oom.run)])).stdout.trim()
 c.ok('…dd ended by SIGKILL: exit 137 (128 + 9)', oomOut.includes('dd: exit 137'), { ran: oom.shown, expected: 'dd: exit 137', got: oomOut.replace(/\n/g, ' | ') })
 c.equal('…and once the container ended, its cgroup is gone', oomDir ? existsSync(oomDir) : 'no cgroup', false, `ls -d ${oomDir ?? '<cfs-id>'}`)
 const direct = await runStep(step, ['--memory', '20M', ...hog])
@@ -229,7 +229,7 @@ async function checkDelegated(): Promise<void> {
     })
     const signalled = Date.now()
     if (stepPid) process.kill(stepPid, 'SIGTERM')
-    const endA = await Promise.race([a.ended, delay(scaled(10_000)).then(() => undefined)])
+    const endA = await Promise.race([a.ended, delay(scaled(10_000), undefined, { ref: false })])
     c.ok('SIGTERM to the step ends it within 6 s (exit 137: PID 1, a sleep, ignores it and is SIGKILLed after 2 s)', endA?.exit === 137 && Date.now() - signalled < scaled(6000), {
       ran: `kill -TERM <step>  # during ${a.shown}`, expected: 'exit 137 within 6 s', got: endA ? `exit ${endA.exit} after ${Date.now() - signalled} ms (stderr: ${endA.stderr.trim()})` : 'still running after 10 s',
     })
@@ -258,7 +258,7 @@ async function checkDelegated(): Promise<void> {
     const idK = /\/cfs-([0-9a-f]{12})$/.exec(sleepK ? readText(`/proc/${sleepK}/cgroup`) : '')?.[1] ?? 'none'
     const stepK = findStepProcess(rootless, k.marker)
     if (stepK) process.kill(stepK, 'SIGKILL')
-    const endK = await Promise.race([k.ended, delay(scaled(10_000)).then(() => undefined)])
+    const endK = await Promise.race([k.ended, delay(scaled(10_000), undefined, { ref: false })])
     const left = listCgroups(dir)
     c.ok('SIGKILL to the step: its container ends (PR_SET_PDEATHSIG); its cgroup and the leaf stay, with the user\'s shell left in the leaf', endK?.exit === 137 && endK.cgroup === `0::${inRoot}/cfs-${idK}-step+pids+memory` && left.includes(`cfs-${idK}`), {
       ran: `kill -KILL <step>  # during ${k.shown}; ls ${dir}`, expected: `exit 137, the shell in ${inRoot}/cfs-${idK}-step+pids+memory, cfs-${idK} there`,

@@ -174,7 +174,7 @@ async function checkDelegatedScope(): Promise<void> {
     ran: `ls ${scopeDir || '<scope>'}; cat ${scopeDir || '<scope>'}/cgroup.procs`, expected: 'one cfs-<id>-step+… leaf; no PID', got: `${leaves.join(' ') || 'no leaf'}; ${readText(join(scopeDir, 'cgroup.procs')) || 'no PID'}`,
   })
   if (sleep) process.kill(sleep, 'SIGKILL') // the container's PID 1, the learner's own process: the container ends as by itself
-  const ended = await Promise.race([run, delay(60_000).then(() => undefined)])
+  const ended = await Promise.race([run, delay(60_000, undefined, { ref: false })])
   c.ok('…when its PID 1 dies the run ends (exit 137), and the scope goes with everything in it', ended?.exitCode === 137 && !!scopeDir && !existsSync(scopeDir), {
     ran: `kill -KILL <sleep>; ls -d ${scopeDir || '<scope>'}`, expected: 'exit 137, no scope',
     got: `${ended ? `exit ${ended.exitCode}` : 'still running after 60 s'} (stderr: ${ended?.stderr.trim() ?? ''}), scope ${scopeDir && existsSync(scopeDir) ? 'still there' : 'gone'}`,
@@ -217,7 +217,7 @@ async function checkDaemonReload(): Promise<void> {
   const journal = spawnSync('sudo', ['journalctl', '--no-pager', '-q', '--since', since, '_PID=1', '-g', 'cfs-'], { encoding: 'utf8' }).stdout.trim()
   c.equal('…and systemd says nothing about it in its journal', journal, '', `sudo journalctl --since '${since}' _PID=1 -g cfs-`)
   if (sleep) spawnSync('sudo', ['kill', '-KILL', String(sleep)])
-  const ended = await Promise.race([run, delay(60_000).then(() => undefined)])
+  const ended = await Promise.race([run, delay(60_000, undefined, { ref: false })])
   c.ok('…and when the container ends, the step removes its cgroup as ever', ended?.exitCode === 137 && !existsSync(dir), {
     ran: 'sudo kill -KILL <sleep>', expected: 'exit 137, no cgroup', got: `${ended ? `exit ${ended.exitCode}` : 'still running'}, ${existsSync(dir) ? 'cgroup still there' : 'cgroup gone'}`,
   })
