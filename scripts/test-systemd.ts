@@ -102,7 +102,9 @@ function report(result: BootResult, totalMs: number, buildMs: number): void {
     result.bootMs === undefined && `the learner's login shell did not start (${result.qemuStatus}; last lines: ${result.lines.slice(-5).join(' | ')})`,
     !counts && result.bootMs !== undefined && `no \`SYSTEMD-RESULT: pass N fail M\` line${verdict ? `, but: ${verdict}` : ''} (${result.qemuStatus})`,
     counts && Number(counts[2]) > 0 && `${counts[2]} of ${Number(counts[1]) + Number(counts[2])} checks failed in the guest`,
-    counts && result.exitCode !== 0 && `the guest's checks exited ${result.exitCode ?? '?'}`,
+    counts && result.exitCode !== 0 && (result.exitCode === undefined
+      ? `no SYSTEMD-EXIT line came within 30 s of the verdict: the checks' node did not exit (a timer or a child holding it open?)`
+      : `the guest's checks exited ${result.exitCode}`),
   ].filter(Boolean)
   if (problems.length) {
     console.log(chalk.red(`systemd VM test failed: ${problems.join('; ')}`))
