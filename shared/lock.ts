@@ -9,6 +9,12 @@ import { UsageError } from './errors.ts'
 /** How old a lock must be to count as left over from a crash. */
 export const STALE_LOCK_MS = 10_000
 
+/** Whether a lock is there and left over from a crash (one checked while its holder lets go is not). */
+export function isStaleLock(dir: string): boolean {
+  const stat = statSync(dir, { throwIfNoEntry: false })
+  return stat !== undefined && Date.now() - stat.mtimeMs > STALE_LOCK_MS
+}
+
 // Take the lock at `dir` (its parent must exist), waiting 5 ms at a time, 15 s at most.
 function acquire(dir: string): void {
   const deadline = Date.now() + 15_000
@@ -19,7 +25,7 @@ function acquire(dir: string): void {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
       try {
-        if (Date.now() - statSync(dir).mtimeMs > STALE_LOCK_MS) rmdirSync(dir)
+        if (isStaleLock(dir)) rmdirSync(dir)
       } catch {}
       if (Date.now() > deadline) throw new UsageError(`timed out waiting for ${dir} (npm run clean removes a stale one)`)
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5) // sleep 5 ms: the holder is another process

@@ -1,10 +1,14 @@
 // The small pieces of shared/: the CLI, errors from real system calls,
-// mountinfo, and subnets.
+// mountinfo, subnets, and the project's lock.
 
 import t from 'tap'
 import { parseRunArgs } from '../shared/cli.ts'
 import { SyscallError, UsageError } from '../shared/errors.ts'
 import { once } from 'node:events'
+import { existsSync, mkdirSync, mkdtempSync, rmSync, utimesSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { isStaleLock, STALE_LOCK_MS, withLockSync } from '../shared/lock.ts'
 import { fileURLToPath } from 'node:url'
 import { mount, readMountInfo, umount2 } from '../shared/mounts.ts'
 import { CLONE_NEWNS, spawnInNamespaces } from '../shared/namespaces.ts'
@@ -57,4 +61,18 @@ t.test('subnets and interface names', async (t) => {
   t.same(parseSubnet('10.9.9.8/30').hosts, ['10.9.9.10'], 'a /30 has room for one container')
   t.throws(() => parseSubnet('10.77.0.0'), UsageError, 'a range needs its prefix')
   t.equal(vethName('0123456789ab').length, 15, 'cfs<id> fits in 15 characters (IFNAMSIZ)')
+})
+
+t.test('a lock directory: left over from a crash once it is older than STALE_LOCK_MS; gone is not stale, and no error', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'cfs-test-lock-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const lock = join(dir, 'lock')
+  t.equal(isStaleLock(lock), false, 'no lock: not stale (npm run clean may look while its holder lets go)')
+  mkdirSync(lock)
+  t.equal(isStaleLock(lock), false, 'a fresh lock: held, not stale')
+  const old = (Date.now() - STALE_LOCK_MS - 5000) / 1000
+  utimesSync(lock, old, old)
+  t.equal(isStaleLock(lock), true, 'older than STALE_LOCK_MS: stale')
+  t.equal(withLockSync(lock, () => existsSync(lock)), true, 'withLockSync takes a stale lock over, and holds it while fn runs')
+  t.equal(existsSync(lock), false, '…and lets it go after')
 })

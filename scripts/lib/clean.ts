@@ -21,7 +21,7 @@ import { MNT_DETACH, readMountInfo, umount2 } from '../../shared/mounts.ts'
 import { BRIDGE, deleteInterface, liveLeases, readLease } from '../../shared/net.ts'
 import { deleteTable, restoreForwarding, savedForwarding, TABLE, tableExists } from '../../shared/firewall.ts'
 import { removeContainerDir } from '../../shared/overlay.ts'
-import { STALE_LOCK_MS } from '../../shared/lock.ts'
+import { isStaleLock } from '../../shared/lock.ts'
 import { isRunning } from '../../shared/procfs.ts'
 import { containersDir, imagesDir, layersDir, PREFIX, stateDir } from '../../shared/settings.ts'
 import { alive, readClaims, readStates, runDir, statusOf } from '../../shared/state.ts'
@@ -321,7 +321,7 @@ function containerDirs(): Leftover[] {
 // while that process lives. And the store's lock, left by a crash.
 function storeTemps(): Leftover[] {
   const lock = join(layersDir, '.lock')
-  const stale: Leftover[] = existsSync(lock) && Date.now() - statSync(lock).mtimeMs > STALE_LOCK_MS
+  const stale: Leftover[] = isStaleLock(lock)
     ? [{ kind: 'lock', name: lock, inUse: false, remove: () => rmdirSync(lock) }]
     : []
   return stale.concat([layersDir, imagesDir].flatMap((dir) => listDir(dir).flatMap((name) => {
@@ -346,7 +346,7 @@ function leases(): Leftover[] {
     return pid > 0 && isRunning(pid) ? [] : [{ kind: 'lease' as const, name: file, inUse: false as const, remove: () => rmSync(file, { force: true }), id: idIn(id) }]
   })
   const lock = join(netDir, 'lock')
-  if (existsSync(lock) && Date.now() - statSync(lock).mtimeMs > STALE_LOCK_MS) {
+  if (isStaleLock(lock)) {
     stale.push({ kind: 'lock', name: lock, inUse: false, remove: () => rmdirSync(lock) })
   }
   return stale
@@ -402,7 +402,7 @@ function stateFiles(): Leftover[] {
       found.push({ kind: 'state file', name: claim.file, inUse: claim.inUse && 'its container is running', remove: () => rmSync(claim.file, { force: true }), id: idIn(claim.id) })
     }
     const lock = join(dir, 'lock')
-    if (existsSync(lock) && Date.now() - statSync(lock).mtimeMs > STALE_LOCK_MS) found.push({ kind: 'lock', name: lock, inUse: false, remove: () => rmdirSync(lock) })
+    if (isStaleLock(lock)) found.push({ kind: 'lock', name: lock, inUse: false, remove: () => rmdirSync(lock) })
     return found
   })
 }
