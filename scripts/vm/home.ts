@@ -72,7 +72,8 @@ function npmPackage(): string {
  */
 function profile(options: HomeOptions): string {
   const env = [
-    'FORCE_COLOR=0', `CFS_WAIT_SCALE=${options.waitScale}`, `CFS_VERIFY_JSON=${resultsMount}/${homeResults}`, `CI=${process.env.CI ?? ''}`,
+    // npm_config_progress=false: npx's spinner would clear the console's line (ESC[1G ESC[0K) before each verify's verdict.
+    'FORCE_COLOR=0', 'npm_config_progress=false', `CFS_WAIT_SCALE=${options.waitScale}`, `CFS_VERIFY_JSON=${resultsMount}/${homeResults}`, `CI=${process.env.CI ?? ''}`,
   ]
   const checks = options.command ?? `node scripts/systemd-guest.ts ${options.guestArgs.join(' ')}`
   return `# Written for one run of the systemd VM test (scripts/vm/home.ts): this login runs the checks, then powers off.
