@@ -5,11 +5,13 @@
 
 import chalk from 'chalk'
 import { $, type ProcessPromise } from 'zx'
+import { rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { exitOnClosedPipe } from '../../shared/errors.ts'
 import { isRunning } from '../../shared/procfs.ts'
 import { repoDir } from '../../shared/settings.ts'
+import { readStates, statusOf } from '../../shared/state.ts'
 import { descendants, findProcesses, parentPid } from './procfs.ts'
 import { recordResult, type ClaimResult } from './results.ts'
 import { scaled, waitFor } from './wait.ts'
@@ -90,9 +92,13 @@ export async function signalStep(s: Sleeper, signal: NodeJS.Signals, timeoutMs =
   return { ms: ended ? Date.now() - started : Infinity, exitCode: ended ? ended.exitCode : null }
 }
 
-/** SIGKILL whatever is left of a sleeper run (the sleep first, then the step and tsx) and wait for the run to end. */
+/** End a sleeper run: SIGKILL the sleep, let the step end by itself (5 s at most), then SIGKILL what is left; wait for the run to end. */
 export async function killSleeper(s: Sleeper): Promise<void> {
-  for (const pid of [s.sleep, s.step, s.run.pid]) if (pid && isRunning(pid)) process.kill(pid, 'SIGKILL')
+  // Its container's PID 1 first: the step sees its container end and cleans up
+  // (state file, cgroup, overlay), as after any exit; whatever is left after 5 s, SIGKILL.
+  if (s.sleep && isRunning(s.sleep)) process.kill(s.sleep, 'SIGKILL')
+  await Promise.race([s.run, delay(scaled(5000), undefined, { ref: false })])
+  for (const pid of [s.step, s.run.pid]) if (pid && isRunning(pid)) process.kill(pid, 'SIGKILL')
   await s.run
 }
 
@@ -135,6 +141,13 @@ export async function checkDeathSignal(c: Checks, step: string, what = 'the cont
     got: orphan.sleep && orphan.step ? `sleep ${orphan.sleep} still running` : 'no sleep or no step process found',
   })
   await killSleeper(orphan)
+  // A step killed outright cannot remove its state file: a known leftover, as after any crash.
+  for (const { file, state } of readStates()) {
+    if (state.parent.pid === orphan.step && statusOf(state) === 'stale') {
+      rmSync(file, { force: true })
+      console.log(chalk.dim(`    left behind: its state file, ${file}; removed it, as \`npm run clean\` would`))
+    }
+  }
 }
 
 /** Collects claims, prints them and records them (CFS_VERIFY_JSON); `finish()` sets the exit code. */
