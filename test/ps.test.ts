@@ -4,7 +4,8 @@
 // listing it once it ends. A container whose step was killed with SIGKILL
 // while its PID 1 lives on shows as "parent gone"; once PID 1 is gone too
 // its state file is stale, hidden, and npm run clean's finder removes it.
-// Bad options: one line, exit 125. Nothing is left behind.
+// npm run stop ends a container as docker stop does. Bad options: one
+// line, exit 125. Nothing is left behind.
 
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
@@ -226,6 +227,47 @@ t.test('bad options: one line, exit 125; --help', async (t) => {
   const help = await runTool('scripts/ps.ts', ['--help'])
   t.equal(help.exitCode, 0, '--help exits 0')
   t.match(help.stdout, /^Usage: npm run ps/, '--help prints the usage')
+})
+
+t.test('npm run stop: SIGTERM to PID 1, SIGKILL after -t seconds; the step cleans up, and stop waits for it', rootOnly(), async (t) => {
+  // A sleep as PID 1 has no handler: SIGTERM does nothing, the SIGKILL after 1 s ends it.
+  const mark = marker()
+  const name = `stop-test-${process.pid}`
+  const c = await start('04-pid-proc', ['--name', name, 'sleep', mark], mark)
+  const row = (await ps()).find((r) => r.name === name)
+  if (row) ids.push(row.id)
+  const began = Date.now()
+  const stopped = await runTool('scripts/stop.ts', ['-t', '1', name])
+  const took = Date.now() - began
+  t.equal(stopped.exitCode, 0, 'stop -t 1 <name>: exit 0', { stderr: stopped.stderr })
+  t.equal(stopped.stdout.trim(), name, '…and it prints the name it was given, as docker stop does')
+  t.equal(await c.ended, 137, 'the sleep, PID 1, ignored SIGTERM and ended by SIGKILL: the run exits 137')
+  t.notOk(isRunning(c.sleep), 'the sleep is gone')
+  t.ok(row && !existsSync(row.stateFile), 'by the time stop returns, the step has removed its state file', { took })
+  // A PID 1 with a handler ends at the SIGTERM, long before -t's 30 s.
+  const mark2 = marker()
+  const c2 = await start('05-mount-ns', ['sh', '-c', `trap 'exit 3' TERM; sleep ${mark2} & wait`], mark2)
+  const row2 = (await ps()).find((r) => r.command.includes(`trap 'exit 3' TERM; sleep ${mark2} & wait`))
+  if (row2) ids.push(row2.id)
+  const began2 = Date.now()
+  const stopped2 = await runTool('scripts/stop.ts', ['-t', '30', row2?.id.slice(0, 6) ?? 'none'])
+  t.equal(stopped2.exitCode, 0, 'stop -t 30 <start of the id>: exit 0', { stderr: stopped2.stderr })
+  t.ok(Date.now() - began2 < 15_000, 'a PID 1 that traps SIGTERM ends at once, not after -t', { ms: Date.now() - began2 })
+  t.equal(await c2.ended, 3, '…with its own exit code, 3')
+  killMarked() // its sleep, orphaned by the shell's exit, ends with the PID namespace anyway
+})
+
+t.test('npm run stop, bad input: one line, exit 125', async (t) => {
+  for (const args of [[], ['no-such-container-xyz'], ['-t', 'soon', 'x'], ['--bogus']]) {
+    const result = await runTool('scripts/stop.ts', args)
+    const lines = result.stderr.trim().split('\n').filter((line) => !/^npm warn/.test(line))
+    t.equal(result.exitCode, 125, `stop ${args.join(' ')}: exit 125`, { stderr: result.stderr })
+    t.equal(lines.length, 1, `stop ${args.join(' ')}: one line`, { stderr: result.stderr })
+    t.match(lines[0], /^cfs: /, `stop ${args.join(' ')}: the line starts with \`cfs: \``)
+  }
+  const help = await runTool('scripts/stop.ts', ['--help'])
+  t.equal(help.exitCode, 0, '--help exits 0')
+  t.match(help.stdout, /^Usage: npm run stop/, '--help prints the usage')
 })
 
 t.test('nothing of these runs is left', rootOnly(), async (t) => {

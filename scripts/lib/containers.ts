@@ -1,5 +1,5 @@
 // The containers the tools can see: the state files in root's state dir and
-// in the user's (shared/state.ts), for `npm run ps` and `npm run exec`.
+// in the user's (shared/state.ts), for `npm run ps`, `exec` and `stop`.
 
 import { statSync } from 'node:fs'
 import { UsageError } from '../../shared/errors.ts'
@@ -17,7 +17,7 @@ export function stateDirs(): string[] {
 }
 
 /** A running container, by its id, a prefix of it that only it has, or its --name; else one line. */
-export function findContainer(idOrName: string): { state: ContainerState; owner: number } {
+export function findContainer(idOrName: string, nothing = 'there is nothing to run a command in'): { state: ContainerState; owner: number } {
   const all = stateDirs().flatMap((dir) => readStates(runDir(dir)).map(({ file, state }) => ({ file, state })))
   const byName = all.filter(({ state }) => state.name === idOrName)
   const matches = byName.length ? byName : all.filter(({ state }) => state.id.startsWith(idOrName))
@@ -30,13 +30,13 @@ export function findContainer(idOrName: string): { state: ContainerState; owner:
   if (!found) throw new UsageError(`no such container: \`${idOrName}\` (see npm run ps)`)
   const status = statusOf(found.state)
   if (status !== 'running' && status !== 'parent gone') {
-    throw new UsageError(`container ${found.state.id} has ended (${status}): there is nothing to run a command in`)
+    throw new UsageError(`container ${found.state.id} has ended (${status}): ${nothing}`)
   }
   let owner: number
   try {
     owner = statSync(found.file).uid
   } catch {
-    throw new UsageError(`container ${found.state.id} has ended: there is nothing to run a command in`)
+    throw new UsageError(`container ${found.state.id} has ended: ${nothing}`)
   }
   return { state: found.state, owner }
 }

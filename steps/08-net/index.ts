@@ -62,7 +62,8 @@ Options:
 
 Examples:
   npx tsx steps/08-net run ip addr show eth0
-  npx tsx steps/08-net run -p 8080:80 httpd -f -p 80
+  npx tsx steps/08-net run --name web -p 8080:80 httpd -f -p 80 -h /etc
+    (then, on the host: curl http://<a host address, not 127.0.0.1>:8080/hostname; npm run stop -- web)
 `
 
 /** What the parent hands to the child. */
