@@ -102,6 +102,13 @@ function inRootsStore(name: string): boolean {
   return process.getuid?.() !== 0 && join(rootStateDir, 'images') !== imagesDir && existsSync(join(rootStateDir, 'images', name))
 }
 
+// What to do about a missing image: root's store may have it; a user's own store holds only the busybox image made on first use.
+function missingHint(name: string): string {
+  if (inRootsStore(name)) return 'root\'s store has it (npm run rootfs writes there): run the step with sudo, or npm run images without --rootless'
+  const ownStore = process.getuid?.() !== 0 && join(rootStateDir, 'images') !== imagesDir
+  return ownStore ? 'rootless, your store has only the busybox image made on first use; import one with `npm run rootfs` (root\'s store), then run the step with sudo' : 'prepare it with `npm run rootfs`'
+}
+
 /** Whether there is an image of this name (of either kind). */
 export function imageExists(name: string): boolean {
   return existsSync(join(imagesDir, name, 'image.json')) || existsSync(join(imagesDir, name, 'rootfs'))
@@ -111,7 +118,7 @@ export function imageExists(name: string): boolean {
 export function readImage(name: string): ImageRecord {
   const dir = join(imagesDir, name)
   const file = join(dir, 'image.json')
-  if (!imageExists(name)) throw new UsageError(`no image \`${name}\` in ${imagesDir}: ${inRootsStore(name) ? 'root\'s store has it (npm run rootfs writes there): run the step with sudo, or npm run images without --rootless' : 'prepare it with `npm run rootfs`'}`)
+  if (!imageExists(name)) throw new UsageError(`no image \`${name}\` in ${imagesDir}: ${missingHint(name)}`)
   let json: Partial<ImageRecord> = {}
   try {
     if (existsSync(file)) json = JSON.parse(readFileSync(file, 'utf8'))

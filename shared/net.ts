@@ -373,10 +373,11 @@ export function networkFromOptions(
   { userns = false, rootless = false } = {},
 ) {
   const mode = (options.network ?? 'bridge') as NetworkMode
-  if (!['bridge', 'none', 'host'].includes(mode)) throw new UsageError(`--network ${options.network}: expected bridge, none or host`)
+  if (!['bridge', 'none', 'host'].includes(mode)) throw new UsageError(`--network ${options.network}: expected ${userns ? 'bridge or none' : 'bridge, none or host'}`)
   if (userns && mode === 'host') throw new UsageError('--network host: a user namespace may not mount sysfs for the host\'s network namespace, which it does not own (step 08 has --network host)')
   const isolation = options['network-isolation'] ?? 'on'
   if (isolation !== 'on' && isolation !== 'off') throw new UsageError(`--network-isolation ${isolation}: expected on or off`)
+  if (options['network-isolation'] !== undefined && mode !== 'bridge') throw new UsageError(`--network-isolation is the firewall between the bridge and the host, which --network ${mode} has none of`)
   const publish = (options.publish ?? []).map(parsePublish)
   if (publish.length && mode !== 'bridge') throw new UsageError(`-p publishes a port of a container on the bridge, not with --network ${mode}`)
   if (publish.length && rootless) throw new UsageError('-p: a rootless container has no eth0 to publish a port of (run it with sudo)')

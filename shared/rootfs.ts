@@ -55,7 +55,7 @@ export function imageRootfs(name: string): string {
 export async function ensureImage(name?: string): Promise<string> {
   if (name?.includes('/')) {
     const rootfs = imageRootfs(name)
-    if (!existsSync(rootfs)) throw new UsageError(`no image \`${name}\` at ${rootfs}: prepare it with \`npm run rootfs\``)
+    if (!existsSync(rootfs)) throw new UsageError(`--image ${name}: no such directory (a path with a / names a root filesystem; a name, an image of npm run images)`)
     // Through any symlink (images/<name>/rootfs is one): step 04 finds its
     // /proc mount in mountinfo by this path, which shows the real one.
     return checkImage(realpathSync(rootfs))

@@ -6,7 +6,7 @@
 
 import t from 'tap'
 import { execFileSync, spawn } from 'node:child_process'
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { findLeftovers, leftoversOf } from '../scripts/lib/clean.ts'
 import { UsageError } from '../shared/errors.ts'
@@ -118,6 +118,10 @@ t.test('bad input: one line, the documented exit code, nothing left', rootOnly()
   symlinkSync('/', join(linked, 'x'))
   symlinkSync('/proc', join(linked, 'p'))
   t.teardown(() => rmSync(scratch, { recursive: true, force: true }))
+  // A home of nobody's own, for a rootless run's state dir.
+  const nobodyHome = mkdtempSync('/tmp/cfs-bad-input-nobody-')
+  chownSync(nobodyHome, 65534, 65534)
+  t.teardown(() => rmSync(nobodyHome, { recursive: true, force: true }))
 
   const cases: Case[] = [
     { name: 'unknown option', steps: ALL, args: ['--bogus', 'true'], exitCode: 125, stderr: /Unknown option '--bogus'/ },
@@ -128,6 +132,11 @@ t.test('bad input: one line, the documented exit code, nothing left', rootOnly()
     { name: '--memory 0', steps: from('06-cgroups'), args: ['--memory', '0', 'true'], exitCode: 125, stderr: /--memory `0`: the smallest limit is 6M/ },
     { name: '--pids-limit -2', steps: from('06-cgroups'), args: ['--pids-limit', '-2', 'true'], exitCode: 125, stderr: /--pids-limit `-2`: expected a whole number/ },
     { name: 'missing image', steps: from('03-chroot'), args: ['--image', 'nope', 'true'], exitCode: 125, stderr: /no image `nope`/ },
+    { name: 'missing image path', steps: from('03-chroot'), args: ['--image', join(scratch, 'nowhere'), 'true'], exitCode: 125, stderr: /--image \S+\/nowhere: no such directory \(a path with a \/ names a root filesystem/ },
+    {
+      name: 'missing image, rootless', steps: from('09-userns'), args: ['--image', 'nope', 'true'], asNobody: true, env: { HOME: nobodyHome, XDG_DATA_HOME: nobodyHome },
+      exitCode: 125, stderr: /no image `nope` in \S+: rootless, your store has only the busybox image made on first use; import one with `npm run rootfs` \(root's store\), then run the step with sudo/,
+    },
     { name: 'corrupt image (no /bin/sh)', steps: from('03-chroot'), args: ['--image', corrupt, 'true'], exitCode: 125, stderr: /looks broken \(no \/bin\/sh\)/ },
     {
       name: 'state dir unwritable (CFS_HOME below a file)', steps: ['07-overlay', '08-net'], args: ['--image', image, 'true'],
@@ -136,7 +145,10 @@ t.test('bad input: one line, the documented exit code, nothing left', rootOnly()
     { name: '-p 99999:80', steps: from('08-net'), args: ['-p', '99999:80', 'true'], exitCode: 125, stderr: /-p 99999:80: expected HOSTPORT:CONTAINERPORT\[\/tcp\|udp\], ports from 1 to 65535/ },
     { name: '-p 80', steps: ['08-net', '10-security'], args: ['-p', '80', 'true'], exitCode: 125, stderr: /-p 80: expected HOSTPORT:CONTAINERPORT/ },
     { name: '-p with --network none', steps: from('08-net'), args: ['--network', 'none', '-p', '8080:80', 'true'], exitCode: 125, stderr: /-p publishes a port of a container on the bridge, not with --network none/ },
-    { name: '--network bogus', steps: from('08-net'), args: ['--network', 'bogus', 'true'], exitCode: 125, stderr: /--network bogus: expected bridge, none or host/ },
+    { name: '--network bogus', steps: ['08-net'], args: ['--network', 'bogus', 'true'], exitCode: 125, stderr: /--network bogus: expected bridge, none or host\s*$/ },
+    { name: '--network bogus in a user namespace', steps: from('09-userns'), args: ['--network', 'bogus', 'true'], exitCode: 125, stderr: /--network bogus: expected bridge or none\s*$/ },
+    { name: '--network-isolation with --network host', steps: ['08-net'], args: ['--network', 'host', '--network-isolation', 'off', 'true'], exitCode: 125, stderr: /--network-isolation is the firewall between the bridge and the host, which --network host has none of/ },
+    { name: '--network-isolation with --network none', steps: from('08-net'), args: ['--network', 'none', '--network-isolation', 'on', 'true'], exitCode: 125, stderr: /--network-isolation is the firewall between the bridge and the host, which --network none has none of/ },
     { name: '--network host in a user namespace', steps: from('09-userns'), args: ['--network', 'host', 'true'], exitCode: 125, stderr: /--network host: a user namespace may not mount sysfs/ },
     { name: '--network-isolation maybe', steps: from('08-net'), args: ['--network-isolation', 'maybe', 'true'], exitCode: 125, stderr: /--network-isolation maybe: expected on or off/ },
     { name: '--dns ::1', steps: ['08-net', '10-security'], args: ['--dns', '::1', 'true'], exitCode: 125, stderr: /--dns ::1: expected an IPv4 address/ },
