@@ -156,7 +156,9 @@ export const MIN_NODE = [22, 18] as const
 export function checkNodeVersion(version = process.versions.node): void {
   const [major, minor] = version.split('.').map(Number)
   if (major > MIN_NODE[0] || (major === MIN_NODE[0] && minor >= MIN_NODE[1])) return
-  throw new UsageError(`Node ${version} is too old: the workshop needs Node ${MIN_NODE.join('.')} or newer, which runs TypeScript itself (see README.md)`)
+  // Typed with sudo, whose secure_path finds the system's Node, not the one in the learner's home.
+  const sudo = process.getuid?.() === 0 && process.env.SUDO_USER ? '; under sudo, PATH is sudo\'s: leave sudo out (steps re-run themselves under it), or keep your PATH with sudo env "PATH=$PATH" …' : ''
+  throw new UsageError(`Node ${version} is too old: the workshop needs Node ${MIN_NODE.join('.')} or newer, which runs TypeScript itself (see README.md)${sudo}`)
 }
 
 /**

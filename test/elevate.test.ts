@@ -76,6 +76,10 @@ t.test(`every step under the machine's old Node (${oldNode || 'none'}): one line
     t.equal(result.status, 125, `${step}: exit 125 (stderr: ${result.stderr.trim().slice(-300)})`)
     t.match(result.stderr, /^cfs: Node [\d.]+ is too old: the workshop needs Node 22\.18 or newer.*\n$/, `${step}: one line`)
   }
+  // `sudo npx tsx …` finds the system's Node through sudo's secure_path: the line says so, and what to type instead.
+  if (process.getuid?.() !== 0) return
+  const underSudo = spawnSync('/usr/bin/node', [join(repoDir, 'node_modules/tsx/dist/cli.mjs'), 'steps/04-pid-proc', 'run', 'true'], { encoding: 'utf8', cwd: repoDir, env: { ...process.env, SUDO_USER: 'learner' } })
+  t.match(underSudo.stderr, /^cfs: Node [\d.]+ is too old: [^\n]*; under sudo, PATH is sudo's: leave sudo out \(steps re-run themselves under it\), or keep your PATH with sudo env "PATH=\$PATH" …\n$/, 'typed with sudo (SUDO_USER set, as root): the one line says to leave sudo out, or keep PATH')
 })
 
 t.test('-e KEY=VALUE as given; -e KEY takes the host\'s value, or nothing', async (t) => {
