@@ -7,7 +7,7 @@
 // npm run stop ends a container as docker stop does. Bad options: one
 // line, exit 125. Nothing is left behind.
 
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { execFileSync } from 'node:child_process'
 import { chownSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { join, resolve } from 'node:path'
@@ -217,16 +217,7 @@ t.test('a SIGKILLed step whose PID 1 lives on: "parent gone", then stale, and cl
 })
 
 t.test('bad options: one line, exit 125; --help', async (t) => {
-  for (const args of [['--bogus'], ['--format', 'yaml'], ['extra']]) {
-    const result = await runTool('scripts/ps.ts', args)
-    const lines = result.stderr.trim().split('\n').filter((line) => !/^npm warn/.test(line))
-    t.equal(result.exitCode, 125, `ps ${args.join(' ')}: exit 125`, { stderr: result.stderr })
-    t.equal(lines.length, 1, `ps ${args.join(' ')}: one line`, { stderr: result.stderr })
-    t.match(lines[0], /^cfs: /, `ps ${args.join(' ')}: the line starts with \`cfs: \``)
-  }
-  const help = await runTool('scripts/ps.ts', ['--help'])
-  t.equal(help.exitCode, 0, '--help exits 0')
-  t.match(help.stdout, /^Usage: npm run ps/, '--help prints the usage')
+  await refusesBadInput(t, 'ps', [['--bogus'], ['--format', 'yaml'], ['extra']])
 })
 
 t.test('npm run stop: SIGTERM to PID 1, SIGKILL after -t seconds; the step cleans up, and stop waits for it', rootOnly(), async (t) => {
@@ -257,18 +248,23 @@ t.test('npm run stop: SIGTERM to PID 1, SIGKILL after -t seconds; the step clean
   killMarked() // its sleep, orphaned by the shell's exit, ends with the PID namespace anyway
 })
 
-t.test('npm run stop, bad input: one line, exit 125', async (t) => {
-  for (const args of [[], ['no-such-container-xyz'], ['-t', 'soon', 'x'], ['--bogus']]) {
-    const result = await runTool('scripts/stop.ts', args)
-    const lines = result.stderr.trim().split('\n').filter((line) => !/^npm warn/.test(line))
-    t.equal(result.exitCode, 125, `stop ${args.join(' ')}: exit 125`, { stderr: result.stderr })
-    t.equal(lines.length, 1, `stop ${args.join(' ')}: one line`, { stderr: result.stderr })
-    t.match(lines[0], /^cfs: /, `stop ${args.join(' ')}: the line starts with \`cfs: \``)
-  }
-  const help = await runTool('scripts/stop.ts', ['--help'])
-  t.equal(help.exitCode, 0, '--help exits 0')
-  t.match(help.stdout, /^Usage: npm run stop/, '--help prints the usage')
+t.test('npm run stop, bad input: one line, exit 125; --help', async (t) => {
+  await refusesBadInput(t, 'stop', [[], ['no-such-container-xyz'], ['-t', 'soon', 'x'], ['--bogus']])
 })
+
+// npm run <tool> with each bad argument list: exit 125, one line starting `cfs: `; --help exits 0 with the usage.
+async function refusesBadInput(t: Test, tool: string, bad: string[][]): Promise<void> {
+  for (const args of bad) {
+    const result = await runTool(`scripts/${tool}.ts`, args)
+    const lines = result.stderr.trim().split('\n').filter((line) => !/^npm warn/.test(line))
+    t.equal(result.exitCode, 125, `${tool} ${args.join(' ')}: exit 125`, { stderr: result.stderr })
+    t.equal(lines.length, 1, `${tool} ${args.join(' ')}: one line`, { stderr: result.stderr })
+    t.match(lines[0], /^cfs: /, `${tool} ${args.join(' ')}: the line starts with \`cfs: \``)
+  }
+  const help = await runTool(`scripts/${tool}.ts`, ['--help'])
+  t.equal(help.exitCode, 0, '--help exits 0')
+  t.match(help.stdout, new RegExp(`^Usage: npm run ${tool}`), '--help prints the usage')
+}
 
 t.test('nothing of these runs is left', rootOnly(), async (t) => {
   t.same(leftoversOf(ids, undefined, markers), [], 'no cgroup, directory, lease, interface, mount, state file or marked process')
