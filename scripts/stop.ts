@@ -9,11 +9,11 @@
 // any exit, and this waits for that, so `npm run ps` no longer lists it.
 
 import { parseArgs } from 'node:util'
-import { setTimeout as delay } from 'node:timers/promises'
 import { requireRoot } from '../shared/cli.ts'
 import { exitWithError, UsageError } from '../shared/errors.ts'
 import { alive, type ContainerState } from '../shared/state.ts'
 import { findContainer } from './lib/containers.ts'
+import { pollFor } from './lib/wait.ts'
 
 const usage = `Usage: npm run stop -- [-t SECONDS] ID|NAME [ID|NAME...]
 
@@ -42,8 +42,8 @@ async function main(argv: string[]): Promise<void> {
     process.stdout.write(usage)
     process.exit(0)
   }
+  if (!/^\d+(\.\d+)?$/.test(values.time)) throw new UsageError(`-t \`${values.time}\`: expected a number of seconds (see --help)`)
   const seconds = Number(values.time)
-  if (!/^\d+(\.\d+)?$/.test(values.time) || !Number.isFinite(seconds)) throw new UsageError(`-t \`${values.time}\`: expected a number of seconds (see --help)`)
   if (positionals.length === 0) throw new UsageError('which container? give its id or name (see npm run ps, and --help)')
   const found = positionals.map((target) => findContainer(target, 'nothing to stop'))
   // Root's containers need root to signal; a user's (rootless 09-10) their user, or root.
@@ -55,12 +55,15 @@ async function main(argv: string[]): Promise<void> {
 }
 
 async function stop(state: ContainerState, seconds: number): Promise<void> {
+  // Its step killed with SIGKILL ("parent gone" in ps): no one is left to clean up after it.
+  const orphaned = !alive(state.parent)
   signal(state, 'SIGTERM')
   if (!(await until(() => !alive(state.pid1), seconds * 1000))) signal(state, 'SIGKILL')
   // Its step removes the cgroup, overlay, lease and state file once PID 1 is gone.
   if (!(await until(() => !alive(state.parent) && !alive(state.pid1), 15_000))) {
     throw new UsageError(`container ${state.id}: its step (PID ${state.parent.pid}) has not ended 15 s after its PID 1 was killed (npm run clean removes what it leaves)`)
   }
+  if (orphaned) process.stderr.write(`cfs: container ${state.id} had lost its step, which cleans up: npm run clean removes what it left\n`)
 }
 
 // Signal the container's PID 1, unless it has ended (and its PID may be someone else's now).
@@ -73,14 +76,9 @@ function signal(state: ContainerState, name: NodeJS.Signals): void {
   }
 }
 
-// Poll every 50 ms until `done`, for `ms` at most; whether it came.
+// Whether `done` came true within `ms` (polled every 50 ms).
 async function until(done: () => boolean, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms
-  while (!done()) {
-    if (Date.now() >= deadline) return false
-    await delay(50)
-  }
-  return true
+  return (await pollFor(() => done() || undefined, ms)) === true
 }
 
 main(process.argv.slice(2)).catch((err) => exitWithError(err))

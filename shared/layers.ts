@@ -99,14 +99,18 @@ export function checkImageName(name: string): void {
 
 // Whether root's store has an image `name`, for a user whose own store has none (rootless steps 09-10).
 function inRootsStore(name: string): boolean {
-  return process.getuid?.() !== 0 && join(rootStateDir, 'images') !== imagesDir && existsSync(join(rootStateDir, 'images', name))
+  return ownStore() && existsSync(join(rootStateDir, 'images', name))
+}
+
+// Whether this run uses a user's own store (rootless), not root's.
+function ownStore(): boolean {
+  return process.getuid?.() !== 0 && join(rootStateDir, 'images') !== imagesDir
 }
 
 // What to do about a missing image: root's store may have it; a user's own store holds only the busybox image made on first use.
 function missingHint(name: string): string {
   if (inRootsStore(name)) return 'root\'s store has it (npm run rootfs writes there): run the step with sudo, or npm run images without --rootless'
-  const ownStore = process.getuid?.() !== 0 && join(rootStateDir, 'images') !== imagesDir
-  return ownStore ? 'rootless, your store has only the busybox image made on first use; import one with `npm run rootfs` (root\'s store), then run the step with sudo' : 'prepare it with `npm run rootfs`'
+  return ownStore() ? 'rootless, your store has only the busybox image made on first use; import one with `npm run rootfs` (root\'s store), then run the step with sudo' : 'prepare it with `npm run rootfs`'
 }
 
 /** Whether there is an image of this name (of either kind). */

@@ -21,8 +21,13 @@ export function scaled(ms: number): number {
 }
 
 /** Wait until `find` returns something (or `timeoutMs` × CFS_WAIT_SCALE passes); returns the last result. */
-export async function waitFor<T>(find: () => T | undefined, timeoutMs = 10_000): Promise<T | undefined> {
-  const deadline = Date.now() + scaled(timeoutMs)
+export function waitFor<T>(find: () => T | undefined, timeoutMs = 10_000): Promise<T | undefined> {
+  return pollFor(find, scaled(timeoutMs))
+}
+
+/** As waitFor, for exactly `timeoutMs`: a deadline a user gave (npm run stop -t), not a check's. */
+export async function pollFor<T>(find: () => T | undefined, timeoutMs: number): Promise<T | undefined> {
+  const deadline = Date.now() + timeoutMs
   for (;;) {
     const found = find()
     if (found !== undefined || Date.now() > deadline) return found
